@@ -1,0 +1,1 @@
+"""The flow agent: capture, decode, flow cache, export."""
