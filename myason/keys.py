@@ -1,0 +1,133 @@
+"""Fernet key files shared by agents and collectors: safe creation, loading with rotation.
+
+A key file holds one or more url-safe base64 Fernet keys, one per line; '#' starts a comment
+and blank lines are ignored. The first key encrypts, every key decrypts, so a key is rotated
+by putting the new key first and removing the old one once every agent uses the new one.
+"""
+import os
+import re
+import stat
+import tempfile
+
+from cryptography.fernet import Fernet, MultiFernet
+
+from myason.errors import KeyFileError
+
+_FILE_HEADER = (b"# myason Fernet keys: the first key encrypts, every key decrypts.\n"
+                b"# Keep this file mode 0600.\n")
+# The canonical text of 32 bytes in url-safe base64; Fernet() alone would skip stray characters.
+_KEY_RE = re.compile(rb"[A-Za-z0-9_-]{43}=")
+
+
+def generate_key():
+    """A new random Fernet key (url-safe base64 bytes)."""
+    return Fernet.generate_key()
+
+
+def _key_bytes(key):
+    if isinstance(key, str):
+        key = key.encode("ascii")
+    if not isinstance(key, bytes) or not _KEY_RE.fullmatch(key.strip()):
+        raise ValueError("a Fernet key is 44 characters of url-safe base64")
+    return key
+
+
+def write_key_file(path, key, overwrite=False):
+    """Write one key to path with mode 0600; KeyFileError if it exists and not overwrite."""
+    data = _FILE_HEADER + _key_bytes(key).strip() + b"\n"
+    path = os.fspath(path)
+    if not overwrite:
+        # O_EXCL makes creation atomic and the file is never readable by others, not even briefly.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeyFileError("%s: already exists; refusing to overwrite a key file"
+                               % path) from None
+        except OSError as exc:
+            raise KeyFileError("%s: cannot create: %s" % (path, exc.strerror)) from None
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            os.unlink(path)
+            raise KeyFileError("%s: cannot write: %s" % (path, exc.strerror)) from None
+        return
+    # Replacing: write a private temporary file next to the target, then rename over it so
+    # readers see either the old or the new key file, never a partial one.
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".myason-key-", dir=directory)  # mode 0600
+    except OSError as exc:
+        raise KeyFileError("%s: cannot create: %s" % (path, exc.strerror)) from None
+    try:
+        _write_all(fd, data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise KeyFileError("%s: cannot write: %s" % (path, exc.strerror)) from None
+
+
+def _write_all(fd, data):
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_private(path):
+    # fstat on the opened descriptor so the mode checked is the mode of the file read.
+    # O_NONBLOCK: a FIFO put in place of the key file must not hang the program.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise KeyFileError("%s: key file not found" % path) from None
+    except OSError as exc:
+        raise KeyFileError("%s: cannot open key file: %s" % (path, exc.strerror)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError("%s: not a regular file" % path)
+        if st.st_mode & 0o077:
+            raise KeyFileError("%s: mode %04o lets group or others read the key; "
+                               "fix with: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path))
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError as exc:
+        raise KeyFileError("%s: cannot read key file: %s" % (path, exc.strerror)) from None
+    finally:
+        os.close(fd)
+
+
+def load_keys(path):
+    """The raw keys of a key file, in file order; KeyFileError if missing, unsafe, empty or bad."""
+    path = os.fspath(path)
+    data = _read_private(path)
+    keys = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        # Fernet keys never contain '#' or spaces, so a trailing comment is safe to cut.
+        text = line.split(b"#", 1)[0].strip()
+        if not text:
+            continue
+        if not _KEY_RE.fullmatch(text):
+            # Never echo the line: it may be a real key with a typo.
+            raise KeyFileError("%s: line %d is not a Fernet key (44 characters of url-safe base64)"
+                               % (path, number))
+        keys.append(text)
+    if not keys:
+        raise KeyFileError("%s: no keys in key file" % path)
+    return keys
+
+
+def load_key_file(path):
+    """A MultiFernet from a key file: the first key encrypts, all keys decrypt."""
+    return MultiFernet([Fernet(k) for k in load_keys(path)])
