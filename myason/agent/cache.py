@@ -87,14 +87,22 @@ class FlowCache:
         """Account one packet of `key` at time `ts` with IP length `length` and TCP `flags`."""
         self.packets += 1
         s = self.index.get(key)
-        if s is not None and (ts > self.c_deadline[s] or ts - self.c_last[s] > self.inactive):
+        if s is not None and (ts > self.c_deadline[s] or ts - self.c_last[s] > self.inactive
+                              or self.c_first[s] - ts > self.inactive):
+            # The last test: a packet from far in the past (clock stepped back, or the next of
+            # several replayed files) does not join a flow it cannot belong to.
             self._expire(s, self._reason(s))
             s = None
         if s is None:
             s = self._new(key, ts, vlan)
         self.c_packets[s] += 1
         self.c_bytes[s] += length
-        self.c_last[s] = ts
+        # first/last are the earliest and latest packet times, also when packets come out of
+        # order, so first <= last always holds.
+        if ts > self.c_last[s]:
+            self.c_last[s] = ts
+        elif ts < self.c_first[s]:
+            self.c_first[s] = ts
         self.c_flags[s] |= flags
         self.c_touched[s] = self.seq
         self.seq += 1

@@ -49,8 +49,10 @@ _U32_BE = Struct("!I").unpack_from
 _U32_LE = Struct("<I").unpack_from
 
 _VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200, 0x9300))
-# Extension headers walked to find the upper-layer protocol; ESP (50) and No Next Header (59) end the walk.
-_IPV6_EXT = frozenset((0, 43, 44, 51, 60, 135, 139, 140))
+# Extension headers walked to find the upper-layer protocol; ESP (50) and No Next Header (59) end the
+# walk. Mobility (135) and HIP (139) are not walked: they carry their message themselves and are
+# followed by No Next Header, so they are the protocol an operator wants to see (as softflowd does).
+_IPV6_EXT = frozenset((0, 43, 44, 51, 60, 140))
 _AF_INET6_BSD = frozenset((24, 28, 30))   # NetBSD/OpenBSD, FreeBSD, Darwin
 # PPP protocol -> ethertype; 0x0281/0x0283 are MPLS unicast/multicast.
 _PPP_TO_ETHERTYPE = {0x0021: 0x0800, 0x0057: 0x86DD, 0x0281: 0x8847, 0x0283: 0x8848}

@@ -222,3 +222,25 @@ def test_next_deadline():
 def test_rejects_bad_limit():
     with pytest.raises(ValueError):
         FlowCache(0)
+
+
+def test_out_of_order_packets_keep_first_le_last():
+    c = cache()
+    c.add(10.0, b"k", 1)
+    c.add(9.5, b"k", 1)             # earlier than first, within the idle limit: same flow
+    c.add(11.0, b"k", 1)
+    c.add(10.5, b"k", 1)
+    c.flush()
+    (r,) = records(c)
+    assert (r["packets"], r["first"], r["last"]) == (4, 9.5, 11.0)
+
+
+def test_packet_far_in_the_past_starts_a_new_flow():
+    c = cache(inactive=10.0)
+    c.add(1000.0, b"k", 1)
+    c.add(500.0, b"k", 1)           # e.g. the next replayed file starts earlier
+    (r,) = records(c)
+    assert (r["first"], r["last"], r["packets"]) == (1000.0, 1000.0, 1)
+    c.flush()
+    (r,) = records(c)
+    assert (r["first"], r["last"]) == (500.0, 500.0)

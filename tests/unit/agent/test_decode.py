@@ -367,7 +367,7 @@ def test_ipv6_ah_mobility_esp_and_no_next_header():
     r = dec(eth() / IPv6(src=A6, dst=B6, nh=51) / ah / TCP(sport=179, dport=50000))
     assert r[:5] == (a6(A6), a6(B6), 179, 50000, 6)
     r = dec(eth() / IPv6(src=A6, dst=B6) / IPv6ExtHdrDestOpt() / MIP6MH_BU())
-    assert r[P_PROTO] == 59
+    assert r[P_PROTO] == 135   # mobility is the protocol, not walked
     assert dec(eth() / IPv6(nh=50) / (b"\0\0\0\1" * 8))[P_PROTO] == 50
     assert dec(eth() / IPv6(nh=59))[P_SPORT:P_PROTO + 1] == (0, 0, 59)
     # AH in IPv4 is not walked: the flow is AH's.
@@ -575,3 +575,12 @@ def test_real_captures_against_scapy():
                 assert not isinstance(got, str) and got[:2] + (got[P_PROTO],) == expected, (name, index, got)
             elif linktype == LINKTYPE_ETHERNET:
                 assert isinstance(got, str), (name, index, got)
+
+
+def test_ipv6_mobility_header_is_the_protocol():
+    from scapy.layers.l2 import Ether as _E
+    from scapy.layers.inet6 import IPv6 as _I6
+    frame = bytes(_E(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+                  _I6(src="2001:db8::1", dst="2001:db8::2", nh=135) / (b"\x3b\x01\x05\x00" + bytes(12)))
+    p = decode(frame, 1)
+    assert p[P_PROTO] == 135 and p[P_SPORT] == p[P_DPORT] == 0

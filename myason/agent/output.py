@@ -1,0 +1,67 @@
+"""Flow record files: CSV or JSON lines, to a path or to stdout ('-')."""
+import csv
+import io
+import sys
+
+import orjson
+
+from myason.record import FIELDS
+
+
+class RecordFile:
+    """Writes rows (lists in FIELDS order) as CSV (.csv) or JSON lines (.jsonl, or '-' = stdout)."""
+
+    def __init__(self, path):
+        self.path = path
+        if path == "-":
+            self.format = "jsonl"
+            self._fh = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+            self._text = None if self._fh is not None else sys.stdout
+            self._own = False
+        else:
+            if path.endswith(".csv"):
+                self.format = "csv"
+            elif path.endswith(".jsonl") or path.endswith(".json"):
+                self.format = "jsonl"
+            else:
+                raise ValueError("--output %s: use a .csv or .jsonl file name, or '-' for stdout" % path)
+            self._fh = open(path, "wb")
+            self._text = None
+            self._own = True
+        self.rows = 0
+        if self.format == "csv":
+            self._buf = io.StringIO()
+            self._csv = csv.writer(self._buf, lineterminator="\n")
+            self._csv.writerow(FIELDS)
+            self._drain()
+
+    def _drain(self):
+        data = self._buf.getvalue()
+        self._buf.seek(0)
+        self._buf.truncate()
+        self._fh.write(data.encode())
+
+    def write(self, rows):
+        """Append rows."""
+        if not rows:
+            return
+        self.rows += len(rows)
+        if self.format == "csv":
+            self._csv.writerows(rows)
+            self._drain()
+            return
+        dumps = orjson.dumps
+        data = b"".join(dumps(dict(zip(FIELDS, r))) + b"\n" for r in rows)
+        if self._fh is not None:
+            self._fh.write(data)
+        else:
+            self._text.write(data.decode())
+
+    def close(self):
+        """Flush and close (stdout is flushed, not closed)."""
+        if self._fh is not None:
+            self._fh.flush()
+            if self._own:
+                self._fh.close()
+        elif self._text is not None:
+            self._text.flush()

@@ -1,0 +1,150 @@
+"""The packet processor: decoded frames -> flow cache -> flow rows ready for export."""
+import logging
+import socket
+import struct
+
+from myason.agent import decode as dec
+from myason.agent.cache import FlowCache
+
+log = logging.getLogger("myason.agent.process")
+
+_KEY_TAIL = struct.Struct("!HHBBI")
+_AF = {4: socket.AF_INET, 16: socket.AF_INET6}
+
+# Non-first fragments are attributed to their first fragment's ports for this long.
+FRAG_TTL = 30.0
+FRAG_TABLE_MAX = 65536
+
+
+def pack_key(src, dst, sport, dport, proto, tos, ifindex):
+    """The compact flow key: packed addresses then ports, protocol, ToS and ifindex."""
+    return src + dst + _KEY_TAIL.pack(sport, dport, proto, tos, ifindex)
+
+
+def unpack_key(key):
+    """Inverse of pack_key: (src, dst, sport, dport, proto, tos, ifindex) with packed addresses."""
+    alen = (len(key) - _KEY_TAIL.size) // 2
+    return (key[:alen], key[alen:2 * alen]) + _KEY_TAIL.unpack_from(key, 2 * alen)
+
+
+class PacketProcessor:
+    """Owns one flow cache; turns batches of frames into flow rows (lists in FIELDS order)."""
+
+    def __init__(self, cfg, agent_id, if_names=None, routes=None, asn=None, packet_clock=True):
+        self.cache = FlowCache(cfg.cache_limit, cfg.cache_active_timeout,
+                               cfg.cache_inactive_timeout, cfg.cache_fin_timeout)
+        self.agent_id = agent_id
+        self.if_names = dict(if_names or {})      # ifindex -> name
+        self.routes = routes
+        self.asn = asn
+        self.rejects = {}                          # decoder reason -> count
+        self.frames = 0
+        self.fragments = 0
+        self.fragments_unmatched = 0
+        self.linktypes_skipped = {}
+        self._frags = {}                           # (src, dst, proto, ident) -> (sport, dport, flags, ts)
+        self.now = 0.0                             # packet clock: the latest timestamp seen
+        # Replay runs the timers on the packets' own clock, checked per packet; live capture
+        # leaves ticking to its thread, on the wall clock.
+        self.packet_clock = packet_clock
+        self.tick_every = cfg.tick
+        self.next_tick = None
+
+    def process(self, batch, default_linktype=dec.LINKTYPE_ETHERNET, ifindex=0):
+        """Account a batch of (ts, frame[, linktype, ifindex, ...]) tuples."""
+        decode = dec.decode
+        add = self.cache.add
+        rejects = self.rejects
+        now = self.now
+        next_tick = self.next_tick if self.next_tick is not None else -1.0
+        for item in batch:
+            ts = item[0]
+            if len(item) > 2:
+                linktype, ifx = item[2], item[3]
+            else:
+                linktype, ifx = default_linktype, ifindex
+            p = decode(item[1], linktype)
+            if p.__class__ is str:
+                rejects[p] = rejects.get(p, 0) + 1
+                if p == "unsupported_linktype":
+                    if linktype not in self.linktypes_skipped:
+                        log.warning("link type %d is not supported: its frames are counted and skipped",
+                                    linktype)
+                    self.linktypes_skipped[linktype] = self.linktypes_skipped.get(linktype, 0) + 1
+                continue
+            src, dst, sport, dport, proto, tos, length, flags, _ver, vlan, frag = p
+            if frag:
+                sport, dport = self._fragment(ts, src, dst, proto, sport, dport, frag)
+            if ts > now:
+                now = ts
+                if self.packet_clock and now >= next_tick:
+                    next_tick = self._clock_tick(now)
+            add(ts, src + dst + _KEY_TAIL.pack(sport, dport, proto, tos, ifx), length, flags, vlan)
+        self.frames += len(batch)
+        self.now = now
+
+    def _clock_tick(self, now):
+        if self.next_tick is not None:
+            self.tick(now)
+        self.next_tick = now + self.tick_every
+        return self.next_tick
+
+    def _fragment(self, ts, src, dst, proto, sport, dport, frag):
+        ident, offset, more = frag
+        self.fragments += 1
+        fkey = (src, dst, proto, ident)
+        if offset == 0:
+            if len(self._frags) >= FRAG_TABLE_MAX:
+                # Oldest first: dicts keep insertion order.
+                del self._frags[next(iter(self._frags))]
+            self._frags[fkey] = (sport, dport, ts)
+            return sport, dport
+        first = self._frags.get(fkey)
+        if first is None or ts - first[2] > FRAG_TTL:
+            self.fragments_unmatched += 1
+            return 0, 0
+        # Entries stay until FRAG_TTL even after the last fragment: fragments may arrive out
+        # of order, and an id is not reused within that time in practice.
+        return first[0], first[1]
+
+    def tick(self, now=None):
+        """Run the cache timers at `now` (packet clock when None)."""
+        self.cache.tick(self.now if now is None else now)
+        if len(self._frags) > 1024:
+            cutoff = (self.now if now is None else now) - FRAG_TTL
+            for k in [k for k, v in self._frags.items() if v[2] < cutoff]:
+                del self._frags[k]
+
+    def flush(self, reason="shutdown"):
+        """Export every cached flow."""
+        self.cache.flush(reason)
+
+    def take_rows(self):
+        """Expired flows as rows in myason.record.FIELDS order."""
+        rows = []
+        agent = self.agent_id
+        names = self.if_names
+        routes, asn = self.routes, self.asn
+        ntop = socket.inet_ntop
+        for key, packets, nbytes, first, last, flags, vlan, reason in self.cache.take():
+            src, dst, sport, dport, proto, tos, ifx = unpack_key(key)
+            af = _AF[len(src)]
+            out_if, next_hop, src_mask, dst_mask = routes.annotate(src, dst) if routes else (0, "", 0, 0)
+            rows.append([
+                ntop(af, src), ntop(af, dst), sport, dport, proto, tos, packets, nbytes,
+                round(first, 6), round(last, 6), flags,
+                agent, names.get(ifx, ""), ifx, out_if, 4 if len(src) == 4 else 6, vlan, next_hop,
+                src_mask, dst_mask, asn.lookup(src) if asn else 0, asn.lookup(dst) if asn else 0,
+                reason,
+            ])
+        return rows
+
+    def stats(self):
+        """Counters for logging and the summary."""
+        c = self.cache
+        return {
+            "frames": self.frames, "packets_metered": c.packets, "flows_cached": len(c),
+            "flows_created": c.flows_created, "fragments": self.fragments,
+            "fragments_unmatched": self.fragments_unmatched,
+            "rejects": dict(self.rejects), "exported_by_reason": dict(c.counts),
+        }

@@ -1,0 +1,141 @@
+"""Command line: parse arguments, load and validate config, hand over to the app; owns exit codes.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+"""
+import argparse
+import logging
+import platform
+import sys
+
+from myason import __version__
+from myason.errors import CaptureError, ConfigError, KeyFileError
+
+log = logging.getLogger("myason")
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _versions():
+    parts = ["myason %s" % __version__]
+    for mod in ("scapy", "cryptography"):
+        try:
+            m = __import__(mod)
+            parts.append("%s %s" % (mod, getattr(m, "__version__", getattr(m, "VERSION", "?"))))
+        except ImportError:
+            parts.append("%s missing" % mod)
+    parts.append("Python %s" % platform.python_version())
+    return ", ".join(parts)
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_versions())
+        parser.exit()
+
+
+def build_parser():
+    """The argparse tree of every subcommand."""
+    p = argparse.ArgumentParser(prog="myason", description="Network flow monitoring.")
+    p.add_argument("--version", action=_VersionAction)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    a = sub.add_parser("agent", help="meter flows on interfaces or from capture files and export them")
+    a.add_argument("-ac", "--agent-conf", metavar="FILE", help="agent YAML config (default: built-in defaults)")
+    a.add_argument("-lc", "--logger-conf", metavar="FILE", help="logging YAML (dictConfig)")
+    a.add_argument("--read", nargs="+", metavar="PCAP", help="replay capture files instead of capturing live")
+    a.add_argument("--output", metavar="FILE", help="also write every exported flow to FILE (.csv, .jsonl, - = stdout)")
+    a.add_argument("--no-export", action="store_true", help="do not send to collectors")
+    a.add_argument("--check-config", action="store_true", help="validate and print the effective config")
+    a.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar during replay")
+    a.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
+
+    i = sub.add_parser("ifconfig", help="list network interfaces")
+    i.set_defaults(command="ifconfig")
+
+    k = sub.add_parser("keygen", help="create a new Fernet key")
+    k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600, never overwrites)")
+    return p
+
+
+def main(argv=None):
+    """Entry point of the `myason` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "agent":
+            return _agent(args)
+        if args.command == "ifconfig":
+            from myason.agent.ifconfig import format_table, list_interfaces
+            print(format_table(list_interfaces()))
+            return EXIT_OK
+        if args.command == "keygen":
+            return _keygen(args)
+    except ConfigError as exc:
+        print("myason: config error: %s" % exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyFileError as exc:
+        print("myason: key error: %s" % exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except CaptureError as exc:
+        print("myason: capture error: %s" % exc, file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_CONFIG
+
+
+def _keygen(args):
+    from myason import keys
+    key = keys.generate_key()
+    if args.out:
+        keys.write_key_file(args.out, key)
+        print("wrote a new key to %s (mode 0600)" % args.out, file=sys.stderr)
+    else:
+        print(key.decode())
+    return EXIT_OK
+
+
+def _agent(args):
+    from myason.config import load_agent_config
+    from myason.logs import setup_logging
+    cfg = load_agent_config(args.agent_conf)
+    export = not args.no_export
+    if export:
+        if not cfg.key_file:
+            raise ConfigError("key_file", "required to export (or run with --no-export)")
+        if not cfg.collectors:
+            raise ConfigError("collectors", "at least one host:port is required to export (or run with --no-export)")
+        from myason import keys
+        keys.load_key_file(cfg.key_file)
+    if not args.read and not cfg.interfaces:
+        raise ConfigError("interfaces", "at least one interface is required for live capture (or use --read)")
+    if args.output and args.output != "-" and not args.output.endswith((".csv", ".jsonl", ".json")):
+        raise ConfigError("--output", "use a .csv or .jsonl file name, or - for stdout")
+    if args.check_config:
+        import yaml
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return EXIT_OK
+    handle = setup_logging(args.logger_conf, json_format=args.log_json)
+    try:
+        from myason.agent.app import AgentApp
+        app = AgentApp(cfg, read=args.read, output=args.output, export=export,
+                       progress=False if args.no_progress else None)
+        app.install_signals()
+        code = app.run()
+    finally:
+        handle.stop()
+    if not args.quiet:
+        print(format_summary(app.summary), file=sys.stderr)
+    return code
+
+
+def format_summary(summary):
+    """A short human-readable summary of an agent run."""
+    lines = ["myason agent summary:"]
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            v = ", ".join("%s=%s" % kv for kv in sorted(v.items())) or "-"
+        lines.append("  %-24s %s" % (k, v))
+    return "\n".join(lines)
