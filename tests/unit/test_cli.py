@@ -1,0 +1,73 @@
+"""The command line's parsing and exit codes, run in-process through main()."""
+import os
+import stat
+
+import pytest
+from cryptography.fernet import Fernet
+
+from myason import cli, keys
+
+
+def test_version_lists_dependencies(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("myason", "scapy", "cryptography", "Python"):
+        assert word in out
+
+
+def test_keygen_prints_a_valid_key(capsys):
+    assert cli.main(["keygen"]) == 0
+    Fernet(capsys.readouterr().out.strip().encode())
+
+
+def test_keygen_out_writes_0600_and_refuses_to_overwrite(tmp_path, capsys):
+    path = tmp_path / "agent.key"
+    assert cli.main(["keygen", "--out", str(path)]) == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(keys.load_keys(str(path))) == 1
+    before = path.read_bytes()
+    assert cli.main(["keygen", "--out", str(path)]) == 2
+    assert path.read_bytes() == before
+    assert "agent.key" in capsys.readouterr().err
+
+
+def test_ifconfig_lists_loopback(capsys):
+    assert cli.main(["ifconfig"]) == 0
+    out = capsys.readouterr().out
+    assert "lo" in out.split() and "127.0.0.1" in out
+
+
+def test_agent_without_interfaces_or_read_is_a_config_error(capsys):
+    assert cli.main(["agent", "--no-export"]) == 2
+    assert "interfaces" in capsys.readouterr().err
+
+
+def test_agent_bad_output_name_is_a_config_error(tmp_path, capsys):
+    assert cli.main(["agent", "--read", "x.pcap", "--no-export", "--output", str(tmp_path / "o.txt")]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_agent_export_needs_collectors(tmp_path, capsys):
+    key = tmp_path / "k"
+    cli.main(["keygen", "--out", str(key)])
+    conf = tmp_path / "a.yaml"
+    conf.write_text("key_file: %s\n" % key)
+    assert cli.main(["agent", "-ac", str(conf), "--read", "x.pcap"]) == 2
+    assert "collectors" in capsys.readouterr().err
+
+
+def test_agent_unsafe_key_file_is_refused(tmp_path, capsys):
+    key = tmp_path / "k"
+    key.write_text(Fernet.generate_key().decode() + "\n")
+    os.chmod(key, 0o644)
+    conf = tmp_path / "a.yaml"
+    conf.write_text('key_file: %s\ncollectors: ["127.0.0.1:9999"]\n' % key)
+    assert cli.main(["agent", "-ac", str(conf), "--read", "x.pcap"]) == 2
+    assert "chmod" in capsys.readouterr().err
+
+
+def test_check_config_prints_yaml(capsys):
+    assert cli.main(["agent", "--read", "x.pcap", "--no-export", "--check-config"]) == 0
+    assert "cache_inactive_timeout: 15.0" in capsys.readouterr().out
