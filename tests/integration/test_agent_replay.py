@@ -136,3 +136,25 @@ def test_unsupported_link_type_is_counted_and_skipped(tmp_path):
     proc = run_agent("--read", str(path), "--no-export", "--output", str(tmp_path / "o.csv"))
     assert "unsupported_linktype=3" in proc.stderr
     assert os.path.getsize(tmp_path / "o.csv") > 0
+
+
+def test_replay_fills_as_numbers_from_an_asn_database(scenario_pcap, tmp_path):
+    pytest.importorskip("mmdb_writer")
+    from tests.unit.agent.test_asn import _write
+    db = _write(tmp_path / "asn.mmdb")
+    conf = tmp_path / "agent.yaml"
+    conf.write_text("asn_database: %s\n" % db)
+    out = tmp_path / "flows.jsonl"
+    run_agent("-ac", str(conf), "--read", str(scenario_pcap[0]), "--no-export", "--output", str(out))
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    web = [r for r in recs if r["dst_ip"] == "192.0.2.80"]
+    assert web and all(r["dst_as"] == 64500 and r["src_as"] == 0 for r in web)
+    v6 = [r for r in recs if r["src_ip"].startswith("2001:db8:")]
+    assert v6 and all(r["src_as"] == 64496 for r in v6)
+
+
+def test_missing_asn_database_is_a_config_error(tmp_path):
+    conf = tmp_path / "agent.yaml"
+    conf.write_text("asn_database: %s\n" % (tmp_path / "nope.mmdb"))
+    proc = run_agent("-ac", str(conf), "--read", "x.pcap", "--no-export", check=False)
+    assert proc.returncode == 2 and "asn_database" in proc.stderr
