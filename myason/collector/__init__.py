@@ -1,0 +1,1 @@
+"""The collector: UDP ingest, decryption and validation, spools, writers."""
