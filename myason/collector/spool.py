@@ -105,6 +105,13 @@ class Spool:
                 out.append((name, fh.read()))
         return out
 
+    def unclaim(self, name):
+        """Give a claimed batch back (its writer could not store it now)."""
+        try:
+            os.rename(os.path.join(self._dir("pending"), name), os.path.join(self._dir("incoming"), name))
+        except FileNotFoundError:
+            pass
+
     def done(self, name):
         """The batch is committed: delete it."""
         self._remove(name, None)

@@ -1,0 +1,1 @@
+"""Storage: the writer interface and registry, one writer per file."""

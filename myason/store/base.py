@@ -1,0 +1,97 @@
+"""The writer interface, the registry of writers by name, and the spool batch format.
+
+A writer stores batches of validated flow rows. Every batch carries a unique id (the spool file
+name); a writer must make `write(batch_id, rows)` idempotent per id (e.g. record the id in the
+same transaction as the rows), so a batch retried after a crash or a lost connection is stored
+exactly once.
+"""
+import orjson
+
+from myason.errors import MyasonError
+from myason.record import FIELDS
+
+# Columns the collector adds to each agent row, after FIELDS: when the datagram arrived and from
+# which address it came.
+COLLECTOR_FIELDS = ("received", "exporter")
+ROW_FIELDS = FIELDS + COLLECTOR_FIELDS
+
+_REGISTRY = {}
+
+
+class WriterError(MyasonError):
+    """A batch could not be stored now; `permanent` means retrying can never succeed."""
+
+    def __init__(self, message, permanent=False):
+        self.permanent = permanent
+        super().__init__(message)
+
+
+class Writer:
+    """Base class: open() once, write(batch_id, rows) per batch, close() at shutdown."""
+
+    name = ""
+
+    def __init__(self, **options):
+        self.options = options
+
+    def open(self):
+        """Connect and create or migrate the schema; raise WriterError when it cannot."""
+
+    def write(self, batch_id, rows):
+        """Store the rows (lists in ROW_FIELDS order) once, whatever the number of calls."""
+        raise NotImplementedError
+
+    def close(self):
+        """Flush and disconnect."""
+
+
+def register(cls):
+    """Class decorator: make a writer available by its `name` in the collector's config."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError("writer name %r missing or taken" % cls.name)
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def writer_class(name):
+    """The writer class registered under `name`; KeyError lists the known names."""
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError("unknown writer %r (known: %s)" % (name, ", ".join(sorted(_REGISTRY)))) from None
+
+
+def writer_names():
+    """Names of every registered writer."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin():
+    # Imported on demand so that `import myason.store.base` has no side effects and a writer's
+    # driver (psycopg, influxdb-client) is only needed when that writer is used.
+    import importlib
+    for mod in ("jsonl", "sqlite", "postgresql", "influxdb"):
+        try:
+            importlib.import_module("myason.store." + mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != "myason.store." + mod:
+                raise
+
+
+def encode_batch(rows):
+    """Spool file content for a batch of rows."""
+    return orjson.dumps({"v": 1, "rows": rows})
+
+
+def decode_batch(data):
+    """Rows from spool file content; WriterError(permanent) when the file is damaged."""
+    try:
+        obj = orjson.loads(data)
+        rows = obj["rows"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise WriterError("damaged spool batch: %s" % exc, permanent=True) from None
+    if obj.get("v") != 1 or not isinstance(rows, list):
+        raise WriterError("unknown spool batch version", permanent=True)
+    return rows
