@@ -1,0 +1,84 @@
+"""The collector's typed configuration (conf/collector.yaml), built on myason.config's validators."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from myason.config import (ConfigError, _meta, _plain, _validate_fields, check_bool, check_float, check_int,
+                           check_optional, check_str, load_config, parse_endpoint)
+
+WRITER_TYPES = ("sqlite", "postgresql", "influxdb", "jsonl")
+
+
+def check_addresses(key, value):
+    """One address or a list of them to bind to (IPv4 or IPv6 literals, or host names)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(key, "must be an address or a non-empty list of addresses, got %r" % (value,))
+    out = []
+    for i, item in enumerate(value):
+        host, _ = parse_endpoint("%s[%d]" % (key, i), "[%s]:1" % item if ":" in str(item) else "%s:1" % item)
+        out.append(host)
+    return tuple(out)
+
+
+def check_writers(key, value):
+    """A list of mappings, each with a `type` naming a registered writer and that writer's options."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(key, "must be a non-empty list of writers, e.g. [{type: sqlite, path: flows.db}]")
+    out = []
+    for i, item in enumerate(value):
+        k = "%s[%d]" % (key, i)
+        if not isinstance(item, dict) or "type" not in item:
+            raise ConfigError(k, "must be a mapping with a 'type' (one of %s)" % ", ".join(WRITER_TYPES))
+        if item["type"] not in WRITER_TYPES:
+            raise ConfigError(k + ".type", "must be one of %s, got %r" % (", ".join(WRITER_TYPES), item["type"]))
+        out.append(dict(item))
+    names = [w.get("name", w["type"]) for w in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(key, "two writers share a name: give each a distinct 'name'")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Everything the collector reads from collector.yaml; see conf/collector.yaml for each key."""
+
+    bind_address: tuple = field(default=("0.0.0.0", "::"), metadata=_meta(check_addresses))
+    bind_port: int = field(default=9999, metadata=_meta(check_int(1, 65535)))
+    keystore: str | None = field(default=None, metadata=_meta(
+        check_optional(check_str(allow_empty=False, expected="a file path"))))
+    token_ttl: float = field(default=5.0, metadata=_meta(check_float(lo=0, lo_open=True)))
+    rcvbuf: int = field(default=16 << 20, metadata=_meta(check_int(65536, 1 << 30)))
+    max_datagram: int = field(default=16384, metadata=_meta(check_int(512, 65535)))
+    processors_number: int = field(default=1, metadata=_meta(check_int(1, 64)))
+    writers_number: int = field(default=1, metadata=_meta(check_int(1, 16)))
+    packet_queue: int = field(default=4096, metadata=_meta(check_int(lo=1)))
+    seq_window: int = field(default=4096, metadata=_meta(check_int(64, 1 << 20)))
+    clock_skew: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    batch_rows: int = field(default=5000, metadata=_meta(check_int(1, 1000000)))
+    batch_interval: float = field(default=0.5, metadata=_meta(check_float(lo=0, lo_open=True)))
+    spool_dir: str = field(default="/var/lib/myason/spool", metadata=_meta(check_str(allow_empty=False)))
+    spool_max_bytes: int = field(default=1 << 30, metadata=_meta(check_int(lo=1 << 20)))
+    spool_policy: str = field(default="block", metadata=_meta(
+        check_str(pattern=re.compile(r"^(block|reject)$"), expected="'block' or 'reject'")))
+    writers: tuple = field(default=({"type": "sqlite", "path": "/var/lib/myason/flows.db"},),
+                           metadata=_meta(check_writers))
+    stats_interval: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    metrics: str | None = field(default=None, metadata=_meta(
+        check_optional(check_str(allow_empty=False, expected="host:port for the Prometheus endpoint"))))
+    fsync: bool = field(default=True, metadata=_meta(check_bool()))
+
+    def __post_init__(self):
+        _validate_fields(self)
+
+    def to_dict(self) -> dict:
+        """Plain types that load back to an equal config."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def load_collector_config(path=None, overrides=None) -> CollectorConfig:
+    """Load and validate: defaults < YAML file at `path` < `overrides`."""
+    return load_config(CollectorConfig, path, overrides)
