@@ -1,0 +1,425 @@
+"""InfluxDB writer: per-interval traffic totals (bytes, packets, flows) as line protocol.
+
+Raw flows belong in PostgreSQL; InfluxDB gets time series for Grafana with bounded cardinality
+(no tag ever holds an address or a port). Schema and the no-overwrite design: docs/influxdb.md.
+In short, every batch is aggregated on its own and its points carry a timestamp offset inside
+the interval that is unique per batch (`seq`, allocated and persisted by the writer), so two
+batches never produce the same measurement+tags+timestamp, while a retried batch reproduces its
+own points exactly and InfluxDB's overwrite makes the retry harmless.
+"""
+import fcntl
+import http.client
+import json
+import os
+import socket
+import time
+import urllib.parse
+from collections import OrderedDict
+
+from myason.errors import ConfigError
+from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+
+_I = {name: i for i, name in enumerate(ROW_FIELDS)}
+I_FIRST, I_LAST, I_BYTES, I_PACKETS = _I["first"], _I["last"], _I["bytes"], _I["packets"]
+I_AGENT, I_IF_NAME, I_IN_IF, I_PROTO, I_IPV = (
+    _I["agent"], _I["if_name"], _I["in_if"], _I["proto"], _I["ip_version"])
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+# Row fields that may become extra tags (option extra_tags): all low-cardinality. Addresses,
+# ports, AS numbers and masks are refused on purpose.
+TAGGABLE = ("exporter", "vlan", "out_if", "in_if", "if_name", "tos", "end_reason")
+EMPTY_TAG = "-"             # line protocol forbids empty tag values
+MAX_SPREAD = 1000           # a flow spanning more intervals than this is attributed to its first
+PRECISIONS = {"ns": 1, "us": 1000, "ms": 1000000}
+RECENT = 256                # batch ids whose seq is remembered for retries (spool claims are ~8)
+_ESCAPE_TAG = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "/"})
+
+
+def escape_tag(value):
+    """A tag key or value in line protocol form; never empty, no control characters."""
+    text = str(value)
+    if not text:
+        return EMPTY_TAG
+    if not text.isprintable():
+        # Newlines would end the line; other controls are replaced too so every server agrees.
+        text = "".join(ch if ch.isprintable() else "_" for ch in text)
+    # Backslashes become "/": InfluxDB 1.x rejects a trailing one and VictoriaMetrics
+    # unescapes "\\" while InfluxDB keeps it, so no spelling reads back the same everywhere.
+    return text.translate(_ESCAPE_TAG)
+
+
+def escape_measurement(name):
+    """A measurement name in line protocol form."""
+    text = escape_tag(name)
+    return text.replace("\\=", "=")   # '=' needs no escape in a measurement
+
+
+def proto_name(proto):
+    """Tag value for an IP protocol number: tcp, udp, icmp, icmpv6, else the number."""
+    return PROTO_NAMES.get(proto) or str(proto)
+
+
+def spread(first, last, nbytes, npackets, interval):
+    """[(bucket, bytes, packets)]: a flow split over the intervals it overlaps, by time.
+
+    Shares are taken from cumulative floors so the parts always sum exactly to the totals;
+    buckets that receive nothing are left out. bucket = int(time // interval).
+    """
+    b0 = int(first // interval)
+    b1 = int(last // interval)
+    duration = last - first
+    if b1 <= b0 or duration <= 0 or b1 - b0 > MAX_SPREAD:
+        return [(b0, nbytes, npackets)]
+    out = []
+    done_b = done_p = 0
+    for b in range(b0, b1 + 1):
+        if b == b1:
+            cum_b, cum_p = nbytes, npackets
+        else:
+            frac = min(1.0, ((b + 1) * interval - first) / duration)
+            cum_b, cum_p = int(nbytes * frac), int(npackets * frac)
+        if cum_b != done_b or cum_p != done_p:
+            out.append((b, cum_b - done_b, cum_p - done_p))
+        done_b, done_p = cum_b, cum_p
+    return out
+
+
+def aggregate(rows, interval, extra=()):
+    """(totals, skipped): {(bucket, agent, iface, proto, ip_version, extras): [bytes, packets, flows]}.
+
+    `extra` is a sequence of functions row -> tag value. Bytes and packets are split over the
+    intervals a flow overlaps (spread); the flow itself counts once, in the interval of `first`.
+    Rows that cannot be read are skipped and counted, never raised.
+    """
+    totals = {}
+    skipped = 0
+    no_extra = ()
+    for row in rows:
+        try:
+            first, last = row[I_FIRST], row[I_LAST]
+            nbytes, npackets = int(row[I_BYTES]), int(row[I_PACKETS])
+            b0 = int(first // interval)
+            single = int(last // interval) <= b0
+            parts = None if single else spread(first, last, nbytes, npackets, interval)
+            ex = tuple(f(row) for f in extra) if extra else no_extra
+            ident = (row[I_AGENT], row[I_IF_NAME] or row[I_IN_IF], row[I_PROTO], row[I_IPV], ex)
+        except (TypeError, ValueError, IndexError, OverflowError, KeyError):
+            skipped += 1
+            continue
+        if single:
+            key = (b0,) + ident
+            cell = totals.get(key)
+            if cell is None:
+                totals[key] = [nbytes, npackets, 1]
+            else:
+                cell[0] += nbytes
+                cell[1] += npackets
+                cell[2] += 1
+            continue
+        for b, pb, pp in parts:
+            key = (b,) + ident
+            cell = totals.get(key)
+            if cell is None:
+                cell = totals[key] = [0, 0, 0]
+            cell[0] += pb
+            cell[1] += pp
+        cell = totals.get((b0,) + ident)
+        if cell is None:
+            totals[(b0,) + ident] = [0, 0, 1]
+        else:
+            cell[2] += 1
+    return totals, skipped
+
+
+def tag_set(ident, static_tags=(), extra_names=()):
+    """',k=v,...' for one aggregation key (without its bucket), tags sorted by key."""
+    agent, iface, proto, ipv, ex = ident
+    tags = [("agent", agent), ("interface", iface if iface not in ("", 0, None) else ""),
+            ("protocol", proto_name(proto)), ("ip_version", ipv)]
+    tags.extend(static_tags)
+    tags.extend(zip(extra_names, ex))
+    tags.sort()
+    return "".join(",%s=%s" % (escape_tag(k), escape_tag(v)) for k, v in tags)
+
+
+def point_offset(seq, interval, precision="ns"):
+    """Nanoseconds added to an interval's start for the batch numbered `seq` (unique per batch)."""
+    unit = PRECISIONS[precision]
+    return (seq % (interval * 1000000000 // unit)) * unit
+
+
+def format_lines(totals, interval, offset_ns, measurement="flows", static_tags=(), extra_names=()):
+    """Line protocol lines for aggregated totals; timestamp = interval start + offset_ns (ns)."""
+    meas = escape_measurement(measurement)
+    interval_ns = interval * 1000000000
+    cache = {}
+    lines = []
+    for key, (nbytes, npackets, nflows) in totals.items():
+        ident = key[1:]
+        tags = cache.get(ident)
+        if tags is None:
+            tags = cache[ident] = meas + tag_set(ident, static_tags, extra_names)
+        lines.append("%s bytes=%di,packets=%di,flows=%di %d" % (
+            tags, nbytes, npackets, nflows, key[0] * interval_ns + offset_ns))
+    return lines
+
+
+class SeqState:
+    """Allocates each batch a number, persisted so restarts and retries never reuse or change one."""
+
+    def __init__(self, path=None, fsync=True):
+        self.path = path
+        self.fsync = fsync
+        self.recent = OrderedDict()
+        self.next = 0
+        self._lock = None
+
+    def load(self, clock_us):
+        """Read the state file (or start at clock_us without one) and lock it against sharing."""
+        if self.path is None:
+            # Without a file the microsecond clock keeps numbers of successive runs apart.
+            self.next = max(self.next, clock_us)
+            return
+        if self._lock is None:
+            try:
+                fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise ConfigError("state_file", str(exc)) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise ConfigError("state_file", "%s is in use by another writer" % self.path) from None
+            self._lock = fd
+        try:
+            with open(self.path, "rb") as fh:
+                obj = json.loads(fh.read())
+            self.next = max(self.next, int(obj["next"]))
+            self.recent = OrderedDict((str(b), int(s)) for b, s in obj["recent"])
+        except FileNotFoundError:
+            self.next = max(self.next, clock_us)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError("state_file", "%s is damaged: %s" % (self.path, exc)) from None
+
+    def seq_for(self, batch_id):
+        """The batch's number: the same on every retry, a new one (saved first) otherwise."""
+        seq = self.recent.get(batch_id)
+        if seq is not None:
+            return seq
+        seq = self.next
+        self.next += 1
+        self.recent[batch_id] = seq
+        while len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
+        try:
+            self._save()
+        except OSError as exc:
+            # Nothing was sent yet; a retry reuses this number from memory.
+            raise WriterError("cannot save %s: %s" % (self.path, exc)) from None
+        return seq
+
+    def _save(self):
+        if self.path is None:
+            return
+        tmp = self.path + ".tmp"
+        data = json.dumps({"next": self.next, "recent": list(self.recent.items())}).encode()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def close(self):
+        """Release the lock on the state file."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _status_error(status, text):
+    # A 400 (unparsable line, field type conflict, partial write) or 413 comes back the same
+    # however often the batch is retried; anything else (5xx, auth, missing database) can
+    # heal while the batch waits in the spool.
+    permanent = status in (400, 413, 422)
+    return WriterError("InfluxDB answered HTTP %d: %s" % (status, text[:300].strip()), permanent=permanent)
+
+
+class V1Transport:
+    """InfluxDB 1.x HTTP API: POST /write?db=...&precision=ns, one kept-alive connection."""
+
+    def __init__(self, url, database, token=None, username=None, password=None, timeout=10.0,
+                 create_database=True):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("url", "must be http://host:port or https://host:port, got %r" % url)
+        self.parts = parts
+        self.database = database
+        self.timeout = timeout
+        self.create_database = create_database
+        self.headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if token:
+            self.headers["Authorization"] = "Token " + token
+        query = {"db": database, "precision": "ns"}
+        if username:
+            query.update(u=username, p=password or "")
+        base = parts.path.rstrip("/")
+        self.write_path = base + "/write?" + urllib.parse.urlencode(query)
+        self.query_path = base + "/query"
+        self.auth_query = {"u": username, "p": password or ""} if username else {}
+        self.conn = None
+
+    def _request(self, method, path, body=None, headers=None):
+        if self.conn is None:
+            cls = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+            self.conn = cls(self.parts.hostname, self.parts.port, timeout=self.timeout)
+        try:
+            self.conn.request(method, path, body=body, headers=headers or self.headers)
+            resp = self.conn.getresponse()
+            text = resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise WriterError("InfluxDB at %s unreachable: %s" % (self.parts.netloc, exc)) from None
+        return resp.status, text
+
+    def open(self):
+        """Check the server answers; create the database (idempotent) when asked to."""
+        status, text = self._request("GET", self.parts.path.rstrip("/") + "/ping")
+        if status >= 300:
+            raise _status_error(status, text)
+        if self.create_database:
+            query = dict(self.auth_query, q='CREATE DATABASE "%s"' % self.database.replace('"', '\\"'))
+            headers = dict(self.headers, **{"Content-Type": "application/x-www-form-urlencoded"})
+            status, text = self._request("POST", self.query_path, urllib.parse.urlencode(query), headers)
+            if status >= 300:
+                raise _status_error(status, text)
+
+    def send(self, lines):
+        """Write line protocol lines; WriterError on failure."""
+        status, text = self._request("POST", self.write_path, "\n".join(lines).encode())
+        if status >= 300:
+            raise _status_error(status, text)
+
+    def close(self):
+        """Drop the connection."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class V2Transport:
+    """influxdb-client's synchronous write API (InfluxDB 2.x/3.x, 1.8+, VictoriaMetrics)."""
+
+    def __init__(self, url, bucket, org="", token=None, timeout=10.0):
+        self.url, self.bucket, self.org, self.token = url, bucket, org, token
+        self.timeout = timeout
+        self.client = self.api = None
+
+    def open(self):
+        """Create the client and check that the server answers /ping."""
+        try:
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+        except ModuleNotFoundError:
+            raise ConfigError("api", "api 'v2' needs the influxdb-client package") from None
+        if self.client is None:
+            self.client = InfluxDBClient(url=self.url, token=self.token or "", org=self.org,
+                                         timeout=int(self.timeout * 1000))
+            self.api = self.client.write_api(write_options=SYNCHRONOUS)
+        if not self.client.ping():
+            raise WriterError("InfluxDB at %s does not answer /ping" % self.url)
+
+    def send(self, lines):
+        """Write line protocol lines; WriterError on failure."""
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+        try:
+            self.api.write(bucket=self.bucket, org=self.org, record="\n".join(lines), write_precision="ns")
+        except ApiException as exc:
+            raise _status_error(exc.status or 0, str(exc.body or exc.reason)) from None
+        except (HTTPError, OSError) as exc:
+            raise WriterError("InfluxDB at %s unreachable: %s" % (self.url, exc)) from None
+
+    def close(self):
+        """Close the client."""
+        if self.client is not None:
+            self.client.close()
+            self.client = self.api = None
+
+
+def _option(options, key, default, check, expected):
+    value = options.get(key, default)
+    if not check(value):
+        raise ConfigError(key, "must be %s, got %r" % (expected, value))
+    return value
+
+
+@register
+class InfluxDBWriter(Writer):
+    """Writes per-interval totals by agent, interface, protocol and IP version (docs/influxdb.md)."""
+
+    name = "influxdb"
+    # Hook for computed low-cardinality tags (e.g. direction from enrichment): (tag, row -> str).
+    tag_functions = ()
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        opt = options
+        url = _option(opt, "url", None, lambda v: isinstance(v, str) and v, "an http(s) URL")
+        self.api = _option(opt, "api", "v1", lambda v: v in ("v1", "v2"), "'v1' or 'v2'")
+        self.interval = _option(opt, "interval", 10, lambda v: type(v) is int and 1 <= v <= 86400,
+                                "an integer number of seconds, 1..86400")
+        timeout = _option(opt, "timeout", 10.0, lambda v: type(v) in (int, float) and v > 0, "a number > 0")
+        self.precision = _option(opt, "precision", "ns", lambda v: v in PRECISIONS, "ns, us or ms")
+        self.measurement = _option(opt, "measurement", "flows", lambda v: isinstance(v, str) and v,
+                                   "a non-empty string")
+        instance = _option(opt, "instance", None, lambda v: v is None or (isinstance(v, str) and v),
+                           "a non-empty string")
+        self.batch_lines = _option(opt, "batch_lines", 5000, lambda v: type(v) is int and v > 0, "an integer > 0")
+        extra = _option(opt, "extra_tags", [], lambda v: isinstance(v, (list, tuple))
+                        and all(f in TAGGABLE for f in v), "a list of fields from %s" % ", ".join(TAGGABLE))
+        token = opt.get("token")
+        if opt.get("token_file"):
+            try:
+                with open(opt["token_file"], encoding="utf-8") as fh:
+                    token = fh.read().strip()
+            except OSError as exc:
+                raise ConfigError("token_file", str(exc)) from None
+        self.static_tags = (("collector", instance or socket.gethostname()),)
+        self.extra_names = tuple(extra) + tuple(name for name, _ in self.tag_functions)
+        self.extra_fns = tuple((lambda row, i=ROW_FIELDS.index(f): row[i]) for f in extra) + tuple(
+            fn for _, fn in self.tag_functions)
+        if self.api == "v1":
+            self.transport = V1Transport(url, opt.get("database", "myason"), token, opt.get("username"),
+                                         opt.get("password"), timeout, opt.get("create_database", True))
+        else:
+            self.transport = V2Transport(url, opt.get("bucket", "myason"), opt.get("org", ""), token, timeout)
+        self.state = SeqState(opt.get("state_file"), opt.get("fsync", True))
+        self.opened = False
+        self.skipped = 0        # rows that could not be read, over the writer's life
+        self.points = 0
+
+    def open(self):
+        """Load the batch-number state and check the server; WriterError when it cannot be reached."""
+        self.state.load(time.time_ns() // 1000)
+        self.transport.open()
+        self.opened = True
+
+    def write(self, batch_id, rows):
+        """Aggregate the batch and write its points; a retry writes the very same points again."""
+        if not self.opened:
+            self.open()
+        seq = self.state.seq_for(batch_id)
+        totals, skipped = aggregate(rows, self.interval, self.extra_fns)
+        lines = format_lines(totals, self.interval, point_offset(seq, self.interval, self.precision),
+                             self.measurement, self.static_tags, self.extra_names)
+        for i in range(0, len(lines), self.batch_lines):
+            self.transport.send(lines[i:i + self.batch_lines])
+        self.skipped += skipped
+        self.points += len(lines)
+
+    def close(self):
+        """Drop the connection and release the state file."""
+        self.transport.close()
+        self.state.close()
+        self.opened = False

@@ -1,0 +1,207 @@
+"""The InfluxDB writer against real servers: InfluxDB 1.6.7 (api v1) and VictoriaMetrics (api v2)."""
+import random
+import socket
+import time
+import uuid
+
+import pytest
+
+from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from tests.integration.services import influx_query, influx_rows, influx_write, vm_export
+
+T0 = 1700000000.0
+
+
+def make_rows(n, seed, t0=T0, span=120.0):
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        first = t0 + rnd.random() * span
+        d = dict(src_ip="10.%d.%d.%d" % (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)),
+                 dst_ip="192.0.2.%d" % rnd.randrange(256), src_port=rnd.randrange(65536),
+                 dst_port=rnd.randrange(65536), proto=rnd.choice((6, 17, 1, 58, 47)), tos=0,
+                 packets=rnd.randint(1, 50), bytes=rnd.randint(40, 90000), first=first,
+                 last=first + rnd.choice((0.0, rnd.random() * 40)), tcp_flags=0,
+                 agent=rnd.choice(("agent-1", "agent 2,x=y")), if_name=rnd.choice(("eth0", "if\\", "")),
+                 in_if=rnd.choice((0, 3)), out_if=0, ip_version=rnd.choice((4, 6)), vlan=0, next_hop="",
+                 src_mask=0, dst_mask=0, src_as=0, dst_as=0, end_reason="idle", received=first + 60,
+                 exporter="127.0.0.1")
+        rows.append([d[f] for f in ROW_FIELDS])
+    return rows
+
+
+def totals(rows):
+    i = {f: n for n, f in enumerate(ROW_FIELDS)}
+    return sum(r[i["bytes"]] for r in rows), sum(r[i["packets"]] for r in rows), len(rows)
+
+
+def influx_sums(url, db):
+    rows = influx_rows(influx_query(url, "SELECT sum(bytes), sum(packets), sum(flows) FROM flows", db=db))
+    if not rows:
+        return (0, 0, 0)
+    return rows[0]["sum"], rows[0]["sum_1"], rows[0]["sum_2"]
+
+
+def closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def influx_db(servers):
+    if not servers.influx_url:
+        pytest.skip("InfluxDB not started")
+    return "t_%s" % uuid.uuid4().hex[:10]
+
+
+def v1_writer(servers, db, tmp_path, **kw):
+    return writer_class("influxdb")(url=servers.influx_url, api="v1", database=db, instance="itest",
+                                    state_file=str(tmp_path / "influx.state"), **kw)
+
+
+def test_v1_sums_match_rows_and_retries_count_once(servers, influx_db, tmp_path):
+    w = v1_writer(servers, influx_db, tmp_path)
+    w.open()
+    batches = [make_rows(3000, seed) for seed in range(4)]   # same intervals and series in every batch
+    for n, rows in enumerate(batches):
+        w.write("batch-%d" % n, rows)
+    w.write("batch-1", batches[1])                           # a retry after a lost answer
+    w.close()
+    all_rows = [r for b in batches for r in b]
+    assert influx_sums(servers.influx_url, influx_db) == totals(all_rows)
+    # A restart with the same state file: the retried batch still lands on its own points.
+    w2 = v1_writer(servers, influx_db, tmp_path)
+    w2.write("batch-3", batches[3])
+    w2.close()
+    assert influx_sums(servers.influx_url, influx_db) == totals(all_rows)
+    # Bounded cardinality: 2 agents x 4 interface values x 5 protocols x 2 IP versions at most.
+    series = influx_rows(influx_query(servers.influx_url, "SHOW SERIES FROM flows", db=influx_db))
+    assert 0 < len(series) <= 2 * 4 * 5 * 2
+    assert not any("10." in s["key"] for s in series)
+
+
+def test_v1_tag_values_read_back(servers, influx_db, tmp_path):
+    w = v1_writer(servers, influx_db, tmp_path)
+    w.write("b", make_rows(500, 9))
+    w.close()
+
+    def values(key):
+        q = 'SHOW TAG VALUES FROM flows WITH KEY = "%s"' % key
+        return sorted(r["value"] for r in influx_rows(influx_query(servers.influx_url, q, db=influx_db)))
+    assert values("agent") == ["agent 2,x=y", "agent-1"]
+    assert values("interface") == ["-", "3", "eth0", "if/"]
+    assert set(values("protocol")) == {"tcp", "udp", "icmp", "icmpv6", "47"}
+    assert values("collector") == ["itest"]
+    # Per-protocol sums, as a Grafana panel would ask for them.
+    rows = make_rows(500, 9)
+    q = "SELECT sum(bytes) FROM flows WHERE protocol = 'tcp'"
+    tcp = influx_rows(influx_query(servers.influx_url, q, db=influx_db))[0]["sum"]
+    assert tcp == sum(r[ROW_FIELDS.index("bytes")] for r in rows if r[ROW_FIELDS.index("proto")] == 6)
+
+
+def test_v1_interval_bucketing_in_grafana_query(servers, influx_db, tmp_path):
+    w = v1_writer(servers, influx_db, tmp_path, interval=10)
+    rows = make_rows(2000, 3, span=60.0)
+    w.write("b1", rows[:1000])
+    w.write("b2", rows[1000:])
+    w.close()
+    q = ("SELECT sum(bytes) FROM flows WHERE time >= %ds AND time < %ds GROUP BY time(10s) fill(none)"
+         % (T0 - 100, T0 + 200))
+    got = influx_rows(influx_query(servers.influx_url, q, db=influx_db, epoch="s"))
+    assert all(r["time"] % 10 == 0 for r in got)
+    assert sum(r["sum"] for r in got) == totals(rows)[0]
+
+
+def test_v1_parse_error_is_permanent(servers, influx_db, tmp_path):
+    w = v1_writer(servers, influx_db, tmp_path)
+    w.open()
+    # A string field `bytes` already in this shard: our integer field conflicts -> HTTP 400.
+    influx_write(servers.influx_url, 'flows,agent=x bytes="text" %d' % int(T0 * 1e9), db=influx_db)
+    with pytest.raises(WriterError) as exc:
+        w.write("b", make_rows(10, 1))
+    assert exc.value.permanent
+    w.close()
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_server_down_is_retryable(api, tmp_path):
+    w = writer_class("influxdb")(url="http://127.0.0.1:%d" % closed_port(), api=api, timeout=2,
+                                 state_file=str(tmp_path / "st"))
+    t = time.monotonic()
+    with pytest.raises(WriterError) as exc:
+        w.open()
+    assert not exc.value.permanent
+    w.opened = True                  # as if the server went away after open()
+    with pytest.raises(WriterError) as exc:
+        w.write("b", make_rows(10, 1))
+    assert not exc.value.permanent
+    assert time.monotonic() - t < 10
+    w.close()
+
+
+def test_v2_to_victoriametrics(servers, tmp_path):
+    if not servers.vm_url:
+        pytest.skip("VictoriaMetrics not started")
+    meas = "t%s" % uuid.uuid4().hex[:10]
+    w = writer_class("influxdb")(url=servers.vm_url, api="v2", bucket="myason", org="myason",
+                                 token="unused", measurement=meas, instance="itest", precision="ms",
+                                 state_file=str(tmp_path / "st"))
+    w.open()
+    batches = [make_rows(2000, 10 + s) for s in range(3)]
+    for n, rows in enumerate(batches):
+        w.write("b%d" % n, rows)
+    w.close()
+    want = totals([r for b in batches for r in b])
+    got = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        series = vm_export(servers.vm_url, '{__name__=~"%s_.*"}' % meas)
+        got = {}
+        for s in series:
+            name = s["metric"]["__name__"][len(meas) + 1:]
+            got[name] = got.get(name, 0) + sum(s["values"])
+        if (got.get("bytes"), got.get("packets"), got.get("flows")) == want:
+            break
+        time.sleep(0.3)
+    assert (got.get("bytes"), got.get("packets"), got.get("flows")) == want
+    labels = {k for s in series for k in s["metric"]}
+    assert labels <= {"__name__", "agent", "collector", "interface", "ip_version", "protocol", "db"}
+
+
+def test_v1_throughput_10k_rows(servers, influx_db, tmp_path, capsys):
+    w = v1_writer(servers, influx_db, tmp_path)
+    w.open()
+    batches = [make_rows(10000, 100 + s, span=300.0) for s in range(5)]
+    t = time.perf_counter()
+    for n, rows in enumerate(batches):
+        w.write("perf-%d" % n, rows)
+    rate = 50000 / (time.perf_counter() - t)
+    w.close()
+    with capsys.disabled():
+        print("\ninfluxdb writer v1: %.0f flows/s (10,000-row batches, %d points)" % (rate, w.points))
+    assert influx_sums(servers.influx_url, influx_db) == totals([r for b in batches for r in b])
+    assert rate > 5000          # a sanity floor: the machine is shared, the figure is printed
+
+
+def test_through_spool_and_writer_thread(servers, influx_db, tmp_path):
+    import threading
+    from myason.collector.sink import WriterThread
+    from myason.collector.spool import Spool
+    from myason.store.base import encode_batch
+    spool = Spool(tmp_path / "spool", fsync=False)
+    batches = [make_rows(1000, 200 + s) for s in range(5)]
+    for rows in batches:
+        spool.put(encode_batch(rows))
+    stop = threading.Event()
+    th = WriterThread(v1_writer(servers, influx_db, tmp_path), spool, stop)
+    th.start()
+    deadline = time.monotonic() + 20
+    while th.batches < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join(10)
+    assert th.error is None and th.batches == 5 and spool.depth() == (0, 0, 0)
+    assert influx_sums(servers.influx_url, influx_db) == totals([r for b in batches for r in b])
