@@ -1,0 +1,477 @@
+"""`myason agent` capturing live inside a network namespace, as a real process (root only).
+
+Two throw-away namespaces are joined by a veth pair: the agent meters its end, a scapy process
+in the other one sends known frames. IPv6 is disabled in both namespaces so the kernel sends
+nothing of its own (no DAD, MLD or router solicitations) and the records can be checked exactly.
+"""
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+try:
+    from . import netns
+except ImportError:  # pragma: no cover - run from this directory
+    import netns
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT_ID = "live-it"
+AGENT_IF, PEER_IF = "mya0", "myp0"
+AGENT_IP, PEER_IP = "10.198.0.1", "10.198.0.2"
+OTHER_MAC = "02:00:00:00:99:99"  # not the agent's: its kernel ignores these frames, capture does not
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not netns.have_netns(), reason="needs root and the `ip` tool")]
+
+_counter = itertools.count()
+
+
+# ---- namespaces ------------------------------------------------------------------------
+
+def _ip(*args):
+    """Run `ip ARGS`, fail on error, return stdout."""
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20).stdout
+
+
+def _link_info(ns, ifname):
+    out = _ip("-n", ns, "-o", "link", "show", "dev", ifname)
+    index = int(out.split(":", 1)[0])
+    mac = re.search(r"link/ether ([0-9a-f:]{17})", out).group(1)
+    return index, mac
+
+
+@contextlib.contextmanager
+def namespace_pair():
+    """Namespaces (agent, peer) joined by veth AGENT_IF <-> PEER_IF, IPv4 only; always removed."""
+    tag = "%d-%d" % (os.getpid(), next(_counter))
+    agent_ns, peer_ns = "myit-a-" + tag, "myit-p-" + tag
+    try:
+        for ns in (agent_ns, peer_ns):
+            _ip("netns", "add", ns)
+            # Before the veth exists, so its ends never get an IPv6 link-local address.
+            netns.run_in_ns(ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                                 "net.ipv6.conf.default.disable_ipv6=1"])
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", agent_ns, "link", "add", "name", AGENT_IF, "type", "veth",
+            "peer", "name", PEER_IF, "netns", peer_ns)
+        _ip("-n", agent_ns, "addr", "add", AGENT_IP + "/24", "dev", AGENT_IF)
+        _ip("-n", peer_ns, "addr", "add", PEER_IP + "/24", "dev", PEER_IF)
+        _ip("-n", agent_ns, "link", "set", AGENT_IF, "up")
+        _ip("-n", peer_ns, "link", "set", PEER_IF, "up")
+        agent_index, agent_mac = _link_info(agent_ns, AGENT_IF)
+        _, peer_mac = _link_info(peer_ns, PEER_IF)
+        yield {"agent_ns": agent_ns, "peer_ns": peer_ns, "ifindex": agent_index,
+               "agent_mac": agent_mac, "peer_mac": peer_mac}
+    finally:
+        for ns in (agent_ns, peer_ns):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def nsp():
+    """The namespace pair shared by the module's tests."""
+    with namespace_pair() as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory):
+    """A key file made by `myason keygen --out`."""
+    path = tmp_path_factory.mktemp("live-keys") / "agent.key"
+    subprocess.run([sys.executable, str(ROOT / "myason.py"), "keygen", "--out", str(path)],
+                   cwd=str(ROOT), check=True, capture_output=True, timeout=60)
+    return path
+
+
+# ---- the agent process -----------------------------------------------------------------
+
+def parse_summary(stderr):
+    """The `myason agent summary:` block of stderr as a dict (numbers and {reason: count} dicts)."""
+    lines = stderr.splitlines()
+    if "myason agent summary:" not in lines:
+        raise AssertionError("no summary on stderr:\n%s" % stderr)
+    out = {}
+    for line in lines[lines.index("myason agent summary:") + 1:]:
+        m = re.match(r"^  (\S+)\s+(.*)$", line)
+        if not m:
+            break
+        key, text = m.groups()
+        if "=" in text:
+            out[key] = {k: int(v) for k, v in (kv.split("=") for kv in text.split(", "))}
+        elif text == "-":
+            out[key] = {}
+        else:
+            out[key] = float(text) if "." in text else int(text)
+    return out
+
+
+class Agent:
+    """`myason agent` running inside a namespace; stop() sends SIGTERM and returns its results."""
+
+    def __init__(self, ns, conf, *args):
+        argv = ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "myason.py"), "agent",
+                "-ac", str(conf), "--no-progress", *args]
+        # `ip netns exec` execs the command, so this pid is the agent's own (SIGTERM reaches it).
+        self.proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def _sockets(self, ifindex):
+        # /proc/PID/net is the agent's namespace: its packet sockets bound to ETH_P_ALL on ifindex.
+        try:
+            text = Path("/proc/%d/net/packet" % self.proc.pid).read_text()
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines()[1:]:
+            f = line.split()
+            if len(f) >= 7 and f[3] == "0003" and int(f[4]) == ifindex:
+                out.append(int(f[6]))  # Rmem: bytes waiting in the socket
+        return out
+
+    def _poll(self, what, cond, deadline):
+        end = time.monotonic() + deadline
+        while not cond():
+            if self.proc.poll() is not None:
+                raise AssertionError("agent exited (%s) while waiting for %s:\n%s"
+                                     % (self.proc.returncode, what, self.proc.stderr.read()))
+            if time.monotonic() > end:
+                raise AssertionError("timed out waiting for %s" % what)
+            time.sleep(0.02)
+
+    def wait_capturing(self, ifindex, deadline=30.0):
+        """Return once the agent's capture socket on ifindex is bound (its filter is attached first)."""
+        self._poll("the capture socket", lambda: self._sockets(ifindex), deadline)
+
+    def wait_drained(self, ifindex, deadline=10.0):
+        """Return once the agent has read every frame queued in its capture socket."""
+        self._poll("the capture socket to drain", lambda: self._sockets(ifindex) == [0], deadline)
+
+    def stop(self, timeout=60):
+        """SIGTERM, wait, and return (exit code, stdout, stderr)."""
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        return self.proc.returncode, out, err
+
+    def kill(self):
+        """Make sure the process is gone (test clean-up)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def write_conf(path, **values):
+    """An agent YAML config from keyword values (JSON values are valid YAML)."""
+    path.write_text("".join("%s: %s\n" % (k, json.dumps(v)) for k, v in values.items()))
+    return path
+
+
+def snmp_counter(pid, table, name):
+    """A counter of /proc/PID/net/snmp (the namespace of that process), e.g. ('Icmp', 'OutEchoReps')."""
+    lines = [l.split() for l in Path("/proc/%d/net/snmp" % pid).read_text().splitlines()
+             if l.startswith(table + ":")]
+    return int(dict(zip(lines[0][1:], lines[1][1:]))[name])
+
+
+def read_records(path):
+    """A record file (.csv) as dicts with typed values."""
+    import csv
+    from myason.record import FLOAT_FIELDS, INT_FIELDS
+    with open(path, newline="") as fh:
+        return [{k: int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
+                 for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+KEY = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos")
+
+
+def sum_by_key(records):
+    """Records merged per flow key: packets and bytes summed, tcp flags OR-ed, the rest kept as sets."""
+    agg = {}
+    for r in records:
+        k = tuple(r[f] for f in KEY)
+        a = agg.setdefault(k, {"packets": 0, "bytes": 0, "tcp_flags": 0, "in_if": set(), "if_name": set(),
+                               "vlan": set(), "ip_version": set(), "agent": set(), "out_if": set()})
+        a["packets"] += r["packets"]
+        a["bytes"] += r["bytes"]
+        a["tcp_flags"] |= r["tcp_flags"]
+        for f in ("in_if", "if_name", "vlan", "ip_version", "agent", "out_if"):
+            a[f].add(r[f])
+    return agg
+
+
+# ---- traffic ---------------------------------------------------------------------------
+
+def build_traffic(nsp):
+    """Frames for the peer to send, and the per-key totals the agent must report for them."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    frames = []
+    expected = defaultdict(lambda: {"packets": 0, "bytes": 0, "tcp_flags": 0, "ip_version": 4})
+
+    def put(pkt, dst_mac=OTHER_MAC):
+        raw = bytes(Ether(src=nsp["peer_mac"], dst=dst_mac) / pkt)
+        frames.append(raw)
+        p = Ether(raw)
+        if IP in p:
+            l3, ver, tos, length = p[IP], 4, p[IP].tos, p[IP].len
+            proto = l3.proto
+        else:
+            l3, ver, tos, length = p[IPv6], 6, p[IPv6].tc, 40 + p[IPv6].plen
+            proto = l3.nh
+        if TCP in p or UDP in p:
+            l4 = p[TCP] if TCP in p else p[UDP]
+            sport, dport = l4.sport, l4.dport
+        else:
+            sport, dport = 0, p[ICMP].type * 256 + p[ICMP].code
+        e = expected[(l3.src, l3.dst, sport, dport, proto, tos)]
+        e["packets"] += 1
+        e["bytes"] += length
+        e["ip_version"] = ver
+        if TCP in p:
+            e["tcp_flags"] |= int(p[TCP].flags)
+        return p
+
+    # IPv4 UDP flows with known counts and varied sizes; one with a DSCP/ToS value.
+    for n, count in enumerate((5, 17, 40)):
+        for j in range(count):
+            put(IP(src="10.198.5.%d" % (n + 1), dst="10.198.5.200", tos=0x28 if n == 1 else 0)
+                / UDP(sport=4001 + n, dport=5001) / (b"u" * ((j * 37 + n) % 900 + 1)))
+    # A TCP conversation: handshake, data both ways, FIN teardown.
+    cli, srv = ("10.198.6.1", 40500), ("10.198.6.2", 80)
+    for (a, b), flags, data in [((cli, srv), "S", b""), ((srv, cli), "SA", b""), ((cli, srv), "A", b""),
+                                ((cli, srv), "PA", b"G" * 120), ((srv, cli), "A", b""),
+                                ((srv, cli), "PA", b"R" * 700), ((cli, srv), "A", b""),
+                                ((cli, srv), "FA", b""), ((srv, cli), "FA", b""), ((cli, srv), "A", b"")]:
+        put(IP(src=a[0], dst=b[0]) / TCP(sport=a[1], dport=b[1], flags=flags, seq=1000, ack=2000) / data)
+    # IPv6 UDP (the agent's kernel has IPv6 disabled: capture still sees the frames).
+    for n, count in enumerate((3, 6)):
+        for j in range(count):
+            put(IPv6(src="fd00:198::5", dst="fd00:198::6", tc=0) / UDP(sport=6001 + n, dport=7001)
+                / (b"v" * (50 + 100 * j)))
+    # ICMP echo to the agent's own address: its kernel answers, and capture sees both directions.
+    pings = 4
+    for i in range(pings):
+        put(IP(src=PEER_IP, dst=AGENT_IP) / ICMP(type=8, id=0x4D59, seq=i) / (b"p" * 56),
+            dst_mac=nsp["agent_mac"])
+    request = expected[(PEER_IP, AGENT_IP, 0, 8 * 256, 1, 0)]
+    expected[(AGENT_IP, PEER_IP, 0, 0, 1, 0)] = dict(request)  # echo replies mirror the requests
+    return frames, dict(expected), pings
+
+
+# ---- tests -----------------------------------------------------------------------------
+
+def test_live_veth_records_are_exact(nsp, tmp_path):
+    pytest.importorskip("scapy")
+    frames, expected, pings = build_traffic(nsp)
+    out = tmp_path / "out.csv"
+    conf = write_conf(tmp_path / "conf.yaml", agent_id=AGENT_ID, interfaces=[AGENT_IF],
+                      cache_inactive_timeout=0.5, tick=0.2, stats_interval=0)
+    sender = netns.NsSender(nsp["peer_ns"], PEER_IF)
+    agent = Agent(nsp["agent_ns"], conf, "--output", str(out), "--no-export")
+    try:
+        agent.wait_capturing(nsp["ifindex"])
+        sender.send(frames)
+        pid = agent.proc.pid
+        agent._poll("the echo replies", lambda: snmp_counter(pid, "Icmp", "OutEchoReps") >= pings, 10)
+        agent.wait_drained(nsp["ifindex"])
+        code, _, err = agent.stop()
+    finally:
+        sender.close()
+        agent.kill()
+    assert code == 0, err
+    summary = parse_summary(err)
+    got = sum_by_key(read_records(out))
+    assert set(got) == set(expected), "unexpected %s / missing %s" % (set(got) - set(expected),
+                                                                      set(expected) - set(got))
+    for key, e in expected.items():
+        g = got[key]
+        assert (g["packets"], g["bytes"], g["tcp_flags"]) == (e["packets"], e["bytes"], e["tcp_flags"]), key
+        assert g["ip_version"] == {e["ip_version"]}, key
+        assert g["in_if"] == {nsp["ifindex"]} and g["if_name"] == {AGENT_IF}, key
+        assert g["vlan"] == {0} and g["agent"] == {AGENT_ID}, key
+    # Routes come from the agent's namespace: only the veth subnet is routed there.
+    assert got[(AGENT_IP, PEER_IP, 0, 0, 1, 0)]["out_if"] == {nsp["ifindex"]}
+    assert got[("10.198.5.1", "10.198.5.200", 4001, 5001, 17, 0)]["out_if"] == {0}
+    # Every frame is accounted: metered, or rejected (the ARP exchange behind the echo replies).
+    ip_frames = sum(e["packets"] for e in expected.values())
+    assert summary["packets_metered"] == ip_frames
+    assert summary["frames"] == ip_frames + sum(summary["rejects"].values())
+    assert set(summary["rejects"]) <= {"non_ip"}
+    assert summary["flows_exported"] == len(read_records(out))
+    # Drop counters are reported (and nothing was dropped at this rate).
+    assert summary["kernel_drops"] == 0 and summary["queue_dropped_packets"] == 0
+    assert summary["kernel_packets"] >= summary["frames"]
+    assert "datagrams_sent" not in summary
+
+
+class _Collector:
+    """A UDP socket (made in the current thread's namespace) with a thread keeping what it gets."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.datagrams = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                self.datagrams.append(self.sock.recv(70000))
+            except socket.timeout:
+                if self._stop.is_set():
+                    return
+
+    def close(self):
+        """Drain what is queued, stop the thread and close the socket."""
+        self._stop.set()
+        self._thread.join(10)
+        self.sock.close()
+
+
+def _rows(datagrams, keyring):
+    """Every flow row of the datagrams, decoded with keyring."""
+    from myason import wire
+    return [r for d in list(datagrams) for r in wire.decode_datagram(d, lambda a: keyring).rows]
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_own_export_traffic_is_not_metered(nsp, key_file, tmp_path, exclude):
+    from myason import keys
+    from myason.agent import capture
+    from myason.errors import CaptureError
+    from myason.record import FIELDS
+    if exclude:
+        try:
+            capture.compile_bpf("udp", capture.LINKTYPE_ETHERNET, 65535)
+        except CaptureError:
+            pytest.skip("libpcap is not installed")
+    col = {name: i for i, name in enumerate(FIELDS)}
+    keyring = keys.load_key_file(key_file)
+    ns = nsp["agent_ns"]
+    with netns.in_netns(ns):
+        collector = _Collector()
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx.bind(("127.0.0.1", 0))
+    our_key = ("127.0.0.1", "127.0.0.1", tx.getsockname()[1], rx.getsockname()[1], 17, 0)
+    lo_index = 1  # lo is always ifindex 1 in a namespace
+    conf = write_conf(tmp_path / "conf.yaml", agent_id=AGENT_ID, interfaces=["lo"],
+                      key_file=str(key_file), collectors=["127.0.0.1:%d" % collector.port],
+                      exclude_export_traffic=exclude, cache_inactive_timeout=0.3, tick=0.1,
+                      export_interval=0.1, stats_interval=0)
+    agent = Agent(ns, conf)
+
+    def ours(rows):
+        return [r for r in rows if tuple(r[col[f]] for f in KEY) == our_key]
+    try:
+        agent.wait_capturing(lo_index)
+        sent = 0
+        # Two rounds: the second goes on while the agent is already exporting.
+        for count in (5, 7):
+            for _ in range(count):
+                tx.sendto(b"m" * 100, rx.getsockname())
+            sent += count
+            agent._poll("our flow in the export",
+                        lambda: sum(r[col["packets"]] for r in ours(_rows(collector.datagrams, keyring))) == sent,
+                        15)
+        agent.wait_drained(lo_index)
+        code, _, err = agent.stop()
+    finally:
+        agent.kill()
+        collector.close()
+        rx.close()
+        tx.close()
+    assert code == 0, err
+    summary = parse_summary(err)
+    rows = _rows(collector.datagrams, keyring)
+    assert sum(r[col["packets"]] for r in ours(rows)) == 12
+    assert sum(r[col["bytes"]] for r in ours(rows)) == 12 * (20 + 8 + 100)
+    export_rows = [r for r in rows if r[col["proto"]] == 17 and r[col["dst_port"]] == collector.port]
+    if exclude:
+        assert export_rows == []
+        assert summary["packets_metered"] == 12
+    else:
+        # The control: without the exclusion the agent meters its own datagrams.
+        assert export_rows and sum(r[col["packets"]] for r in export_rows) <= len(collector.datagrams)
+    assert summary["datagrams_sent"] == len(collector.datagrams)
+    assert summary["flows_exported"] == len(rows)
+    assert summary["kernel_drops"] == 0 and summary["queue_dropped_packets"] == 0
+
+
+def blast(nsp, n):
+    """Send n identical UDP frames from the peer as fast as a packet socket takes them; return how many went."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    frame = bytes(Ether(src=nsp["peer_mac"], dst=OTHER_MAC) / IP(src="10.198.9.1", dst="10.198.9.2")
+                  / UDP(sport=1111, dport=2222) / (b"z" * 200))
+    with netns.in_netns(nsp["peer_ns"]):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with tx:
+        tx.bind((PEER_IF, 0))
+        sent = 0
+        for _ in range(n):
+            try:
+                tx.send(frame)
+                sent += 1
+            except OSError:  # ENOBUFS: the frame never left, so it is not counted
+                pass
+    return sent
+
+
+def _flood_run(nsp, tmp_path, drain):
+    """Meter a 50k-frame burst, SIGTERM (after the socket drained, or at once); return (sent, summary)."""
+    pytest.importorskip("scapy")
+    out = tmp_path / "flood.csv"
+    # A tiny packet queue and a burst faster than Python reads: drops are likely, and must add up.
+    conf = write_conf(tmp_path / "conf.yaml", agent_id=AGENT_ID, interfaces=[AGENT_IF], packet_queue=2,
+                      cache_inactive_timeout=0.5, tick=0.2, stats_interval=0)
+    agent = Agent(nsp["agent_ns"], conf, "--output", str(out), "--no-export")
+    try:
+        agent.wait_capturing(nsp["ifindex"])
+        sent = blast(nsp, 50_000)
+        if drain:
+            agent.wait_drained(nsp["ifindex"], deadline=30)
+        code, _, err = agent.stop()
+    finally:
+        agent.kill()
+    assert code == 0, err
+    s = parse_summary(err)
+    records = read_records(out)
+    assert sum(r["packets"] for r in records) == s["packets_metered"] == s["frames"]
+    return sent, s
+
+
+def test_drops_are_reported_and_add_up(nsp, tmp_path):
+    sent, s = _flood_run(nsp, tmp_path, drain=True)
+    # Every frame the kernel handed to the capture socket: read and metered, dropped from the
+    # full packet queue, or dropped by the kernel when the socket buffer was full.
+    assert s["kernel_packets"] == sent
+    assert s["frames"] + s["queue_dropped_packets"] + s["kernel_drops"] == sent
+
+
+def test_frames_queued_at_shutdown_are_not_lost(nsp, tmp_path):
+    sent, s = _flood_run(nsp, tmp_path, drain=False)
+    assert s["kernel_packets"] == sent
+    assert s["frames"] + s["queue_dropped_packets"] + s["kernel_drops"] == sent
