@@ -1,0 +1,333 @@
+"""The jsonl writer: flows appended as JSON objects, one per line, to files rotated by size and time.
+
+Exactly once: the rows of a batch are appended, flushed and fsynced, and only then is a line
+`[batch_id, file, end_offset]` appended (and fsynced) to the `ledger` file. open() truncates every
+data file back to the last offset the ledger recorded for it, which removes the rows of a batch
+whose ledger line was never written; the batch is then retried from the spool and appended once.
+The ids of the last LEDGER_KEEP batches are remembered, far more than the spool ever re-delivers
+(a writer holds at most a few claimed batches when it dies).
+"""
+import calendar
+import fcntl
+import logging
+import os
+import re
+import time
+
+import orjson
+
+from myason.config import check_int, check_str, suggest_key
+from myason.errors import ConfigError
+from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+
+log = logging.getLogger("myason.store.jsonl")
+
+REQUIRED = object()
+LEDGER = "ledger"
+LEDGER_KEEP = 10000
+_FILE_RE = re.compile(r"^flows-(\d{8})-(\d{8}T\d{6}Z)\.jsonl$")
+_NCOLS = len(ROW_FIELDS)
+
+
+def parse_options(writer, options, spec):
+    """Validate a writer's keyword options against spec {name: (default or REQUIRED, check)}.
+
+    Returns a dict with every option; ConfigError names `writer.option` for an unknown, missing
+    or invalid option.
+    """
+    for key in options:
+        if key not in spec:
+            hint = suggest_key(key, spec)
+            raise ConfigError("%s.%s" % (writer, key),
+                              "unknown option" + (" (did you mean %r?)" % hint if hint else ""))
+    out = {}
+    for key, (default, check) in spec.items():
+        if key not in options:
+            if default is REQUIRED:
+                raise ConfigError("%s.%s" % (writer, key), "required")
+            out[key] = default
+        else:
+            out[key] = check("%s.%s" % (writer, key), options[key])
+    return out
+
+
+def encode_rows(rows):
+    """JSON lines (bytes) for rows in ROW_FIELDS order; ValueError/TypeError for a bad row."""
+    dumps = orjson.dumps
+    parts = []
+    for row in rows:
+        if len(row) != _NCOLS:
+            raise ValueError("a row has %d values, expected %d" % (len(row), _NCOLS))
+        parts.append(dumps(dict(zip(ROW_FIELDS, row))))
+    if not parts:
+        return b""
+    parts.append(b"")
+    return b"\n".join(parts)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@register
+class JsonlWriter(Writer):
+    """Append flows to rotating JSON lines files.
+
+    Options: dir (required): where the files and the ledger live; max_bytes (default 100 MiB):
+    start a new file when the next batch would make the current one larger (a batch is never
+    split, so a single larger batch makes a larger file); rotate_hours (default 1, 0 = off):
+    start a new file when the UTC period of that many hours changes; keep_files (default 0 =
+    all): delete the oldest files beyond this number. One writer instance per dir (locked).
+    """
+
+    name = "jsonl"
+    SPEC = {
+        "dir": (REQUIRED, check_str(allow_empty=False, expected="a directory path")),
+        "max_bytes": (100 << 20, check_int(lo=1)),
+        "rotate_hours": (1, check_int(lo=0)),
+        "keep_files": (0, check_int(lo=0)),
+    }
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        opts = parse_options(self.name, options, self.SPEC)
+        self.dir = opts["dir"]
+        self.max_bytes = opts["max_bytes"]
+        self.rotate_hours = opts["rotate_hours"]
+        self.keep_files = opts["keep_files"]
+        self.clock = time.time      # tests replace it to cross rotation periods
+        self.skipped = 0            # batches not written again because the ledger has them
+        self.truncated_bytes = 0    # unledgered bytes removed by open() (rows of a crashed batch)
+        self._lock_fd = None
+        self._ledger = None
+        self._entries = []          # (batch_id, file, end_offset), oldest first
+        self._known = set()
+        self._fh = None
+        self._file = None
+        self._size = 0
+        self._period = None
+        self._next_seq = 0
+
+    # -- open / recovery -------------------------------------------------------------------
+
+    def open(self):
+        """Lock the dir, cut unledgered bytes off the data files, load the known batch ids."""
+        self.close()
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            self._lock()
+            self._entries = self._read_ledger()
+            files = self._data_files()
+            last = {f: off for _, f, off in self._entries}
+            for name in files:
+                self._truncate_to(name, last.get(name, 0))
+            files = [f for f in files if self._keep_or_remove_empty(f, last)]
+            self._compact(force=True, files=set(files))
+            self._ledger = open(os.path.join(self.dir, LEDGER), "ab")
+            if files:
+                self._next_seq = int(_FILE_RE.match(files[-1]).group(1)) + 1
+                self._use(files[-1])
+        except OSError as exc:
+            self.close()
+            raise WriterError("jsonl: cannot open %s: %s" % (self.dir, exc)) from None
+
+    def _lock(self):
+        fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WriterError("jsonl: %s is used by another writer" % self.dir) from None
+        self._lock_fd = fd
+
+    def _read_ledger(self):
+        path = os.path.join(self.dir, LEDGER)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        entries, good = [], 0
+        for line in data.split(b"\n")[:-1]:
+            try:
+                batch_id, name, off = orjson.loads(line)
+                if not (isinstance(batch_id, str) and isinstance(name, str) and isinstance(off, int)):
+                    raise ValueError(line)
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                break   # a torn or damaged line: it and everything after it never counted
+            entries.append((batch_id, name, off))
+            good += len(line) + 1
+        if good != len(data):
+            log.warning("jsonl: dropping %d bytes of an unfinished ledger line", len(data) - good)
+            with open(path, "r+b") as fh:
+                fh.truncate(good)
+                os.fsync(fh.fileno())
+        return entries
+
+    def _data_files(self):
+        return sorted(n for n in os.listdir(self.dir) if _FILE_RE.match(n))
+
+    def _truncate_to(self, name, offset):
+        path = os.path.join(self.dir, name)
+        size = os.path.getsize(path)
+        if size > offset:
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)
+                os.fsync(fh.fileno())
+            self.truncated_bytes += size - offset
+            log.warning("jsonl: %s: removed %d bytes of a batch that was never recorded", name, size - offset)
+        elif size < offset:
+            log.warning("jsonl: %s is shorter than recorded (%d < %d bytes)", name, size, offset)
+
+    def _keep_or_remove_empty(self, name, last):
+        # A file created just before a crash holds nothing recorded: drop it rather than keep
+        # empty files around.
+        if name in last or os.path.getsize(os.path.join(self.dir, name)):
+            return True
+        os.unlink(os.path.join(self.dir, name))
+        return False
+
+    def _use(self, name):
+        self._fh = open(os.path.join(self.dir, name), "ab")
+        self._file = name
+        self._size = self._fh.tell()
+        created = calendar.timegm(time.strptime(_FILE_RE.match(name).group(2), "%Y%m%dT%H%M%SZ"))
+        self._period = self._period_of(created)
+
+    def _period_of(self, t):
+        return int(t // (self.rotate_hours * 3600)) if self.rotate_hours else 0
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, batch_id, rows):
+        """Append the rows, then record the batch in the ledger; a known batch id is skipped."""
+        if self._ledger is None:
+            self.open()
+        if batch_id in self._known:
+            self.skipped += 1
+            return False
+        try:
+            data = encode_rows(rows)
+        except (ValueError, TypeError, orjson.JSONEncodeError) as exc:
+            raise WriterError("jsonl: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
+        try:
+            self._rotate_if_needed(len(data))
+            start = self._size
+            self._append(batch_id, data, start)
+        except OSError as exc:
+            raise WriterError("jsonl: cannot write %s: %s" % (self._file, exc)) from None
+        self._known.add(batch_id)
+        self._entries.append((batch_id, self._file, self._size))
+        if len(self._entries) > 2 * LEDGER_KEEP:
+            self._compact()
+        return True
+
+    def _append(self, batch_id, data, start):
+        line = orjson.dumps([batch_id, self._file, start + len(data)]) + b"\n"
+        ledger_start = self._ledger.tell()
+        try:
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            # The batch id is only recorded once its rows are on disk.
+            self._ledger.write(line)
+            self._ledger.flush()
+            os.fsync(self._ledger.fileno())
+        except OSError:
+            self._undo(start, ledger_start)
+            # Reopen before the next write: open() repairs whatever the undo could not.
+            self.close()
+            raise
+        self._size = start + len(data)
+
+    def _undo(self, start, ledger_start):
+        # Best effort: leave both files as they were so a retry appends cleanly; open() would
+        # repair anything this cannot.
+        for fh, size in ((self._fh, start), (self._ledger, ledger_start)):
+            try:
+                fh.seek(size)
+                fh.truncate(size)
+            except (OSError, ValueError):
+                pass
+
+    def _rotate_if_needed(self, nbytes):
+        now = self.clock()
+        if self._fh is not None and not self._size:
+            return
+        if (self._fh is None or self._size + nbytes > self.max_bytes
+                or self._period_of(now) != self._period):
+            self._new_file(now)
+
+    def _new_file(self, now):
+        name = "flows-%08d-%s.jsonl" % (self._next_seq, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+        fh = open(os.path.join(self.dir, name), "xb")
+        # The directory entry must be durable before the ledger can point into the file.
+        _fsync_dir(self.dir)
+        if self._fh is not None:
+            self._fh.close()
+        self._fh, self._file, self._size = fh, name, 0
+        self._period = self._period_of(now)
+        self._next_seq += 1
+        self._enforce_keep()
+
+    def _enforce_keep(self):
+        if not self.keep_files:
+            return
+        files = self._data_files()
+        for name in files[:max(0, len(files) - self.keep_files)]:
+            os.unlink(os.path.join(self.dir, name))
+            log.info("jsonl: removed %s (keep_files=%d)", name, self.keep_files)
+
+    def _compact(self, force=False, files=None):
+        # Keep the newest LEDGER_KEEP batch ids, plus the last entry of every file still there
+        # (its end offset is what open() truncates to).
+        if files is None:
+            files = set(self._data_files())
+        keep, seen = [], set()
+        for i in range(len(self._entries) - 1, -1, -1):
+            batch_id, name, off = entry = self._entries[i]
+            recent = len(self._entries) - i <= LEDGER_KEEP
+            if name in files and name not in seen:
+                seen.add(name)
+                keep.append(entry)
+            elif recent:
+                keep.append(entry)
+        keep.reverse()
+        if force and keep == self._entries:
+            self._known = {e[0] for e in keep}
+            return
+        path = os.path.join(self.dir, LEDGER)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(orjson.dumps(list(e)) + b"\n" for e in keep))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.dir)
+        self._entries = keep
+        self._known = {e[0] for e in keep}
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = open(path, "ab")
+
+    def close(self):
+        """Close the files and release the dir lock."""
+        for fh in (self._fh, self._ledger):
+            if fh is not None:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
+        self._fh = self._ledger = self._file = None
+        self._size = 0
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def files(self):
+        """Names of the data files, oldest first."""
+        return self._data_files()

@@ -1,0 +1,181 @@
+"""The sqlite writer: the embedded store of the quick start, with the PostgreSQL schema's logical twin.
+
+One transaction per batch inserts the batch id into `batches` and the rows into `flows`; a batch
+id already there means the batch was committed before (maybe just before a crash), so it is
+skipped. WAL mode lets readers query while the collector writes; synchronous=FULL makes a commit
+durable before the spool deletes its batch.
+"""
+import datetime as dt
+import logging
+import sqlite3
+import time
+
+from myason.config import check_float, check_int, check_str
+from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+from myason.store.jsonl import REQUIRED, parse_options
+from myason.store.schema import load_migrations
+
+log = logging.getLogger("myason.store.sqlite")
+
+_NEXT_HOP = ROW_FIELDS.index("next_hop")
+# The agent's "" next hop is stored as NULL, as in PostgreSQL where it is an inet.
+INSERT_SQL = "INSERT INTO flows (%s) VALUES (%s)" % (
+    ", ".join('"%s"' % f for f in ROW_FIELDS),
+    ", ".join("NULLIF(?, '')" if i == _NEXT_HOP else "?" for i in range(len(ROW_FIELDS))))
+HOUSEKEEPING_EVERY = 3600.0
+
+
+def day_start(day):
+    """Unix time of 00:00 UTC on `day` (a datetime.date)."""
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
+
+
+def retention_cutoff(retention_days, now):
+    """First UTC day kept when keeping `retention_days` whole days before the day of `now`."""
+    return dt.datetime.fromtimestamp(now, dt.timezone.utc).date() - dt.timedelta(days=retention_days)
+
+
+@register
+class SqliteWriter(Writer):
+    """Store flows in one SQLite file.
+
+    Options: path (required): the database file; retention_days (default 0 = keep): delete flows
+    whose `first` is before 00:00 UTC that many days before today (checked at open and hourly);
+    batch_keep_days (default 7): how long committed batch ids are remembered for retries;
+    busy_timeout (default 30 s): how long to wait for another process's write lock.
+    """
+
+    name = "sqlite"
+    SPEC = {
+        "path": (REQUIRED, check_str(allow_empty=False, expected="a file path")),
+        "retention_days": (0, check_int(lo=0)),
+        "batch_keep_days": (7, check_int(lo=1)),
+        "busy_timeout": (30.0, check_float(lo=0)),
+    }
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        opts = parse_options(self.name, options, self.SPEC)
+        self.path = opts["path"]
+        self.retention_days = opts["retention_days"]
+        self.batch_keep_days = opts["batch_keep_days"]
+        self.busy_timeout = opts["busy_timeout"]
+        self.clock = time.time
+        self.skipped = 0
+        self._conn = None
+        self._next_housekeeping = 0.0
+
+    def open(self):
+        """Open the file in WAL mode and apply the pending migrations."""
+        self.close()
+        try:
+            # Autocommit at the driver level: transactions are opened explicitly below.
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            self._conn = conn
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warning("sqlite: %s: journal mode is %s, not wal", self.path, mode)
+            conn.execute("PRAGMA synchronous=FULL")
+            self.migrate()
+        except sqlite3.Error as exc:
+            self.close()
+            raise WriterError("sqlite: cannot open %s: %s" % (self.path, exc)) from None
+        self._housekeeping()
+
+    def migrate(self):
+        """Apply the migrations not yet in schema_migrations; returns the versions applied."""
+        conn = self._conn
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                     "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        applied = []
+        for version, name, sql in load_migrations("sqlite"):
+            # IMMEDIATE takes the write lock first, so two processes never apply one migration twice.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                    conn.execute("ROLLBACK")
+                    continue
+                for stmt in _statements(sql):
+                    conn.execute(stmt)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            applied.append(version)
+            log.info("sqlite: %s: applied migration %03d_%s", self.path, version, name)
+        return applied
+
+    def write(self, batch_id, rows):
+        """Insert the rows and the batch id in one transaction; a known batch id is skipped."""
+        if self._conn is None:
+            self.open()
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)",
+                                   (batch_id, len(rows), self.clock()))
+                if cur.rowcount == 0:
+                    conn.execute("ROLLBACK")
+                    self.skipped += 1
+                    return False
+                conn.executemany(INSERT_SQL, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            # Locked, busy, disk full, I/O error: may succeed later.
+            raise WriterError("sqlite: %s: %s" % (self.path, exc)) from None
+        except (sqlite3.Error, OverflowError, TypeError, ValueError) as exc:
+            # A row SQLite refuses (wrong type, wrong number of values) never will.
+            raise WriterError("sqlite: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
+        if self.clock() >= self._next_housekeeping:
+            self._housekeeping()
+        return True
+
+    def delete_before(self, day):
+        """Delete the flows whose `first` is before 00:00 UTC of `day`; returns how many."""
+        with self._conn:
+            cur = self._conn.execute('DELETE FROM flows WHERE "first" < ?', (day_start(day),))
+        return cur.rowcount
+
+    def _housekeeping(self):
+        now = self.clock()
+        self._next_housekeeping = now + HOUSEKEEPING_EVERY
+        try:
+            if self.retention_days:
+                n = self.delete_before(retention_cutoff(self.retention_days, now))
+                if n:
+                    log.info("sqlite: retention deleted %d flows", n)
+            with self._conn:
+                self._conn.execute("DELETE FROM batches WHERE stored_at < ?",
+                                   (now - self.batch_keep_days * 86400.0,))
+        except sqlite3.Error as exc:
+            # Housekeeping runs again in an hour; it never fails a batch.
+            log.warning("sqlite: %s: housekeeping failed: %s", self.path, exc)
+
+    def close(self):
+        """Close the database."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+
+def _statements(sql):
+    # sqlite3.execute runs one statement; split the script at complete statements.
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise ValueError("unterminated SQL statement in a migration: %r" % buf[:80])
+    return out

@@ -1,0 +1,295 @@
+"""The PostgreSQL writer against a real PostgreSQL 15: schema, partitions, exactly once, faults."""
+import datetime as dt
+import threading
+import time
+import uuid
+
+import pytest
+
+from myason.store.base import ROW_FIELDS, WriterError, encode_batch, writer_class
+from myason.store.postgresql import _ENCODE_ERRORS, COPY_COLUMNS, PostgresWriter, encode_binary, encode_text, partition_name
+
+psycopg = pytest.importorskip("psycopg")
+
+DAY = 86400.0
+T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC
+NH = ROW_FIELDS.index("next_hop")
+
+
+def make_rows(n, start=0, t=T0, span=0.0):
+    """n distinct valid rows; src_port carries the row number, `first` spreads over `span` s."""
+    rows = []
+    for i in range(n):
+        first = t + (span * i / max(n - 1, 1) if span else i * 0.001)
+        v6 = i % 3 == 0
+        rows.append([
+            "2001:db8::%x" % (i + 1) if v6 else "10.0.%d.%d" % (i // 256 % 256, i % 256),
+            "2001:db8:1::%x" % (i % 7 + 1) if v6 else "192.0.2.%d" % (i % 250),
+            start + i, 443, 6, i % 256, 1 + i % 5, 100 + i, first, first + 0.123456, 0x1b,
+            "edge-1", "eth0" if i % 2 else "", 2, 3, 6 if v6 else 4, i % 4096,
+            "" if i % 2 else ("fe80::1" if v6 else "192.0.2.254"), 24, 64, 0, 4200000000,
+            "idle", first + 5.5, "127.0.0.1"])
+    return rows
+
+
+def query(dsn, sql, params=None):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def count(dsn):
+    return query(dsn, "SELECT count(*) FROM flows")[0][0]
+
+
+def stored(dsn):
+    """Rows back in ROW_FIELDS order, in the agent's types ("" for a NULL next hop)."""
+    cols = []
+    for f in ROW_FIELDS:
+        if f in ("src_ip", "dst_ip", "exporter", "next_hop"):
+            cols.append('coalesce(host(%s), \'\')' % f)
+        elif f in ("first", "last", "received"):
+            cols.append('extract(epoch FROM "%s")::float8' % f)
+        else:
+            cols.append('"%s"' % f)
+    return [list(r) for r in query(dsn, "SELECT %s FROM flows ORDER BY src_port" % ", ".join(cols))]
+
+
+def assert_same(got, rows):
+    want = sorted(rows, key=lambda r: r[2])
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for name, a, b in zip(ROW_FIELDS, g, w):
+            if isinstance(b, float):
+                assert a == pytest.approx(b, abs=1e-6), name
+            else:
+                assert a == b, name
+
+
+@pytest.fixture
+def pg(servers):
+    """A fresh database on the session's PostgreSQL; yields its DSN."""
+    if not servers.pg_dsn:
+        pytest.skip("PostgreSQL not started")
+    name = "t_%s" % uuid.uuid4().hex[:12]
+    query(servers.pg_dsn, "CREATE DATABASE %s" % name)
+    dsn = psycopg.conninfo.make_conninfo(servers.pg_dsn, dbname=name)
+    yield dsn
+    try:
+        query(servers.pg_dsn, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    except psycopg.Error:
+        pass    # the server may be down after a failed fault test; its dir is removed anyway
+
+
+@pytest.fixture
+def writer(pg):
+    w = PostgresWriter(dsn=pg)
+    w.open()
+    yield w
+    w.close()
+
+
+def test_registered_under_its_name():
+    assert writer_class("postgresql") is PostgresWriter
+
+
+def test_copy_columns_cover_every_row_field():
+    assert sorted(COPY_COLUMNS) == sorted(ROW_FIELDS)
+
+
+def test_encoders_refuse_values_postgresql_cannot_take():
+    good = make_rows(1)[0]
+    for bad in ({0: "10.0.0.300"}, {2: 1.5}, {2: 1 << 40}, {8: "soon"}, {11: 7}):
+        row = list(good)
+        for k, v in bad.items():
+            row[k] = v
+        with pytest.raises(_ENCODE_ERRORS):
+            encode_binary([row])
+    assert encode_text([good]).count(b"\t") == len(COPY_COLUMNS) - 1
+
+
+def test_migrate_twice_is_a_no_op(writer, pg):
+    assert writer.migrate() == []
+    w2 = PostgresWriter(dsn=pg)
+    w2.open()
+    assert w2.migrate() == []
+    w2.close()
+    assert query(pg, "SELECT version, name FROM schema_migrations") == [(1, "flows")]
+    assert query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
+    indexes = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
+    assert indexes == {"flows_first_brin", "flows_src_ip_idx", "flows_dst_ip_idx", "flows_agent_first_idx"}
+    types = dict(query(pg, "SELECT column_name, data_type FROM information_schema.columns"
+                           " WHERE table_name = 'flows'"))
+    assert types["src_ip"] == types["exporter"] == types["next_hop"] == "inet"
+    assert types["first"] == types["received"] == "timestamp with time zone"
+    assert types["bytes"] == "bigint" and types["proto"] == "smallint"
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_batches_spanning_three_days_round_trip(pg, fmt):
+    w = PostgresWriter(dsn=pg, copy=fmt)
+    w.open()
+    rows = make_rows(300, t=T0 - DAY + 3600, span=2 * DAY)      # 3 UTC days
+    assert w.write("b1", rows[:150]) is True
+    assert w.write("b2", rows[150:]) is True
+    days = [dt.date(2023, 11, 14), dt.date(2023, 11, 15), dt.date(2023, 11, 16)]
+    assert w.partitions() == days
+    w.close()
+    assert_same(stored(pg), rows)
+    per_part = dict(query(pg, "SELECT tableoid::regclass::text, count(*) FROM flows GROUP BY 1"))
+    assert sorted(per_part) == [partition_name(d) for d in days]
+    assert sum(per_part.values()) == 300
+    # Each row sits in the partition of its own UTC day.
+    assert query(pg, "SELECT count(*) FROM flows WHERE tableoid::regclass::text <>"
+                     " 'flows_p' || to_char(\"first\" AT TIME ZONE 'UTC', 'YYYYMMDD')") == [(0,)]
+
+
+def test_retry_of_the_same_batch_adds_nothing(writer, pg):
+    rows = make_rows(100)
+    assert writer.write("b1", rows) is True
+    assert writer.write("b1", rows) is False
+    w2 = PostgresWriter(dsn=pg)        # a restarted collector retrying it
+    w2.open()
+    assert w2.write("b1", rows) is False
+    w2.close()
+    assert count(pg) == 100
+    assert query(pg, "SELECT batch_id, rows FROM batches") == [("b1", 100)]
+
+
+def test_connection_lost_after_commit_then_retry_is_skipped(writer, pg):
+    real = writer._commit
+
+    def commit_then_lose(conn):
+        real(conn)
+        conn.close()
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    writer._commit = commit_then_lose
+    rows = make_rows(50)
+    with pytest.raises(WriterError) as info:
+        writer.write("b1", rows)
+    assert not info.value.permanent
+    writer._commit = real
+    assert writer.write("b1", rows) is False           # reconnects by itself
+    assert count(pg) == 50
+
+
+def test_connection_killed_before_commit_then_retry_stores_once(writer, pg):
+    from tests.integration.services import wait_until
+    real = writer._commit
+
+    def killed(conn):
+        pid = conn.info.backend_pid
+        query(pg, "SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(lambda: not query(pg, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)), timeout=10)
+        real(conn)
+
+    writer._commit = killed
+    rows = make_rows(50)
+    with pytest.raises(WriterError) as info:
+        writer.write("b1", rows)
+    assert not info.value.permanent
+    assert count(pg) == 0
+    writer._commit = real
+    assert writer.write("b1", rows) is True
+    assert writer.write("b1", rows) is False
+    assert count(pg) == 50
+
+
+@pytest.mark.parametrize("fmt", ["binary", "text"])
+def test_rows_postgresql_refuses_are_permanent(pg, fmt):
+    w = PostgresWriter(dsn=pg, copy=fmt)
+    w.open()
+    good = make_rows(3)
+    bad = [list(r) for r in good]
+    bad[1][ROW_FIELDS.index("agent")] = "nul\x00byte"          # text cannot hold NUL
+    with pytest.raises(WriterError) as info:
+        w.write("bad", bad)
+    assert info.value.permanent
+    bad = [list(r) for r in good]
+    bad[2][0] = ""                                            # NOT NULL address
+    with pytest.raises(WriterError) as info:
+        w.write("bad", bad)
+    assert info.value.permanent
+    assert w.write("bad", good) is True                       # nothing of the failures stayed
+    w.close()
+    assert count(pg) == 3
+
+
+def test_postgresql_down_is_retryable_then_exactly_once(servers, pg):
+    from tests.integration.services import pg_start, pg_stop
+    w = PostgresWriter(dsn=pg, connect_timeout=2)
+    w.open()
+    a, b = make_rows(40), make_rows(60, start=1000)
+    assert w.write("a", a) is True
+    pg_stop(servers)
+    try:
+        with pytest.raises(WriterError) as info:
+            w.write("b", b)
+        assert not info.value.permanent
+        with pytest.raises(WriterError) as info:
+            w.open()
+        assert not info.value.permanent
+    finally:
+        pg_start(servers)
+    assert w.write("b", b) is True
+    assert w.write("b", b) is False
+    w.close()
+    assert count(pg) == 100
+
+
+def test_retention_drops_whole_partitions(pg):
+    today = dt.date(2023, 11, 20)
+    now = dt.datetime(2023, 11, 20, 12, tzinfo=dt.timezone.utc).timestamp()
+    w = PostgresWriter(dsn=pg)
+    w.open()
+    for k in range(5):
+        w.write("d%d" % k, make_rows(10, start=100 * k, t=now - k * DAY))
+    assert len(w.partitions()) == 5
+    assert w.drop_partitions_before(today - dt.timedelta(days=3)) == [dt.date(2023, 11, 16)]
+    assert count(pg) == 40
+    w.close()
+    # The option does the same at open (and hourly), relative to the writer's clock.
+    w = PostgresWriter(dsn=pg, retention_days=1)
+    w.clock = lambda: now
+    w.open()
+    assert w.partitions() == [dt.date(2023, 11, 19), today]
+    assert count(pg) == 20
+    # A late batch for a dropped day gets its partition back (and loses it at the next pass).
+    assert w.write("late", make_rows(5, start=900, t=now - 4 * DAY)) is True
+    assert count(pg) == 25
+    w.close()
+
+
+def test_writer_thread_and_spool_exactly_once_across_an_outage(servers, pg, tmp_path):
+    from myason.collector.sink import WriterThread
+    from myason.collector.spool import Spool
+    from tests.integration.services import pg_start, pg_stop, wait_until
+    spool = Spool(tmp_path / "spool", fsync=False)
+    per = 200
+    batches = [make_rows(per, start=i * per, t=T0 + i) for i in range(50)]
+    for rows in batches[:25]:
+        spool.put(encode_batch(rows))
+    stop = threading.Event()
+    w = PostgresWriter(dsn=pg, connect_timeout=2)
+    thread = WriterThread(w, spool, stop, poll=0.01, backoff=(0.05, 0.5))
+    thread.start()
+    try:
+        wait_until(lambda: thread.batches >= 10, timeout=30)
+        pg_stop(servers)
+        try:
+            for rows in batches[25:]:
+                spool.put(encode_batch(rows))
+            time.sleep(1.0)             # the writer retries against a dead server meanwhile
+            assert spool.depth()[0] + spool.depth()[1] > 0
+        finally:
+            pg_start(servers)
+        wait_until(lambda: spool.depth() == (0, 0, 0), timeout=60)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert thread.error is None
+    assert thread.errors > 0 and thread.failed_batches == 0
+    assert count(pg) == 50 * per
+    assert query(pg, "SELECT count(DISTINCT src_port) FROM flows") == [(50 * per,)]
+    assert query(pg, "SELECT count(*), sum(rows) FROM batches") == [(50, 50 * per)]

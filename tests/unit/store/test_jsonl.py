@@ -1,0 +1,241 @@
+"""The jsonl writer: round trip, exactly once across retries and crashes, rotation, retention."""
+import os
+import time
+
+import orjson
+import pytest
+
+from myason.errors import ConfigError
+from myason.store import jsonl
+from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from myason.store.jsonl import JsonlWriter
+
+T0 = 1700000000.0
+
+
+def make_rows(n, start=0, t=T0):
+    """n distinct valid rows in ROW_FIELDS order; src_port carries the row number."""
+    return [["10.0.%d.%d" % (i // 256 % 256, i % 256), "2001:db8::%x" % (i + 1), start + i, 443, 6, 0,
+             2, 120 + i, t + i * 0.001, t + i * 0.001 + 1.5, 0x1b, "edge-1", "eth0", 2, 3, 4, 0,
+             "", 24, 64, 0, 15169, "idle", t + 5.0, "127.0.0.1"] for i in range(n)]
+
+
+def read_all(d):
+    """Every record in the data files, oldest file first."""
+    out = []
+    for name in sorted(n for n in os.listdir(d) if n.startswith("flows-")):
+        with open(os.path.join(d, name), "rb") as fh:
+            out.extend(orjson.loads(line) for line in fh.read().splitlines())
+    return out
+
+
+def as_dicts(rows):
+    return [dict(zip(ROW_FIELDS, r)) for r in rows]
+
+
+@pytest.fixture
+def writer(tmp_path):
+    w = JsonlWriter(dir=str(tmp_path / "j"))
+    w.open()
+    yield w
+    w.close()
+
+
+def test_registered_under_its_name():
+    assert writer_class("jsonl") is JsonlWriter
+
+
+def test_round_trip_keys_are_field_names(writer, tmp_path):
+    a, b = make_rows(3), make_rows(2, start=100)
+    assert writer.write("b1", a) is True
+    assert writer.write("b2", b) is True
+    got = read_all(tmp_path / "j")
+    assert got == as_dicts(a + b)
+    assert list(got[0]) == list(ROW_FIELDS)
+
+
+def test_retry_of_a_batch_is_skipped_also_after_reopen(writer, tmp_path):
+    rows = make_rows(4)
+    assert writer.write("b1", rows) is True
+    assert writer.write("b1", rows) is False
+    writer.close()
+    w2 = JsonlWriter(dir=str(tmp_path / "j"))
+    w2.open()
+    assert w2.write("b1", rows) is False
+    assert w2.skipped == 1
+    w2.close()
+    assert read_all(tmp_path / "j") == as_dicts(rows)
+
+
+def test_crash_before_ledger_line_rows_removed_then_retry_lands_once(writer, tmp_path):
+    d = tmp_path / "j"
+    a, b = make_rows(3), make_rows(5, start=50)
+    writer.write("a", a)
+    ledger_after_a = (d / "ledger").read_bytes()
+    writer.write("b", b)
+    writer.close()
+    # The crash: b's rows reached the file, its ledger line never did.
+    (d / "ledger").write_bytes(ledger_after_a)
+    w2 = JsonlWriter(dir=str(d))
+    w2.open()
+    assert w2.truncated_bytes > 0
+    assert read_all(d) == as_dicts(a)
+    assert w2.write("b", b) is True
+    assert w2.write("a", a) is False
+    w2.close()
+    assert read_all(d) == as_dicts(a + b)
+
+
+def test_torn_ledger_line_is_dropped_with_its_rows(writer, tmp_path):
+    d = tmp_path / "j"
+    a, b = make_rows(2), make_rows(2, start=10)
+    writer.write("a", a)
+    writer.write("b", b)
+    writer.close()
+    data = (d / "ledger").read_bytes()
+    (d / "ledger").write_bytes(data[:-5])       # the crash cut b's ledger line short
+    w2 = JsonlWriter(dir=str(d))
+    w2.open()
+    assert read_all(d) == as_dicts(a)
+    assert (d / "ledger").read_bytes().count(b"\n") == 1
+    w2.write("b", b)
+    w2.close()
+    assert read_all(d) == as_dicts(a + b)
+
+
+class _FailingFile:
+    """A ledger file whose writes fail, like a full disk."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, data):
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_failed_ledger_write_is_retryable_and_leaves_no_rows(writer, tmp_path):
+    a, b = make_rows(2), make_rows(3, start=20)
+    writer.write("a", a)
+    writer._ledger = _FailingFile(writer._ledger)
+    with pytest.raises(WriterError) as info:
+        writer.write("b", b)
+    assert not info.value.permanent
+    assert read_all(tmp_path / "j") == as_dicts(a)
+    assert writer.write("b", b) is True      # reopens by itself
+    assert writer.write("b", b) is False
+    assert read_all(tmp_path / "j") == as_dicts(a + b)
+
+
+def test_rotation_by_size_never_splits_a_batch(tmp_path):
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), max_bytes=3000)
+    w.open()
+    batches = [make_rows(4, start=10 * i) for i in range(8)]
+    for i, rows in enumerate(batches):
+        w.write("b%d" % i, rows)
+    files = w.files()
+    w.close()
+    assert len(files) > 2
+    assert all(os.path.getsize(d / f) <= 3000 for f in files)
+    where = {}
+    for f in files:
+        for line in (d / f).read_bytes().splitlines():
+            where.setdefault(orjson.loads(line)["src_port"] // 10, set()).add(f)
+    assert all(len(fs) == 1 for fs in where.values())     # each batch lies in one file
+    assert read_all(d) == as_dicts([r for rows in batches for r in rows])
+
+
+def test_rotation_by_hour_follows_the_clock(tmp_path):
+    d = tmp_path / "j"
+    now = [T0 - T0 % 3600 + 10]
+    w = JsonlWriter(dir=str(d), rotate_hours=1)
+    w.clock = lambda: now[0]
+    w.open()
+    w.write("a", make_rows(1))
+    now[0] += 1800
+    w.write("b", make_rows(1, start=1))
+    assert len(w.files()) == 1
+    now[0] += 1800
+    w.write("c", make_rows(1, start=2))
+    files = w.files()
+    w.close()
+    assert len(files) == 2
+    assert files[1] == "flows-00000001-%s.jsonl" % time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now[0]))
+    assert [r["src_port"] for r in read_all(d)] == [0, 1, 2]
+
+
+def test_reopen_continues_the_current_file(tmp_path):
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), rotate_hours=0)
+    w.open()
+    w.write("a", make_rows(1))
+    w.close()
+    w.open()
+    w.write("b", make_rows(1, start=1))
+    assert len(w.files()) == 1
+    w.close()
+
+
+def test_keep_files_removes_the_oldest(tmp_path):
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), max_bytes=1, keep_files=2)
+    w.open()
+    for i in range(5):
+        w.write("b%d" % i, make_rows(1, start=i))
+    files = w.files()
+    w.close()
+    assert len(files) == 2
+    assert [r["src_port"] for r in read_all(d)] == [3, 4]
+
+
+def test_ledger_is_compacted_but_keeps_recent_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonl, "LEDGER_KEEP", 3)
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), rotate_hours=0)
+    w.open()
+    for i in range(10):
+        w.write("b%d" % i, make_rows(1, start=i))
+    w.close()
+    assert (d / "ledger").read_bytes().count(b"\n") <= 7
+    w.open()
+    assert w.write("b9", make_rows(1, start=9)) is False
+    w.write("b10", make_rows(1, start=10))
+    w.close()
+    assert [r["src_port"] for r in read_all(d)] == list(range(11))
+
+
+def test_bad_row_is_permanent_and_writes_nothing(writer, tmp_path):
+    with pytest.raises(WriterError) as info:
+        writer.write("bad", [[1, 2, 3]])
+    assert info.value.permanent
+    with pytest.raises(WriterError) as info:
+        writer.write("big", [make_rows(1)[0][:6] + [1 << 70] + make_rows(1)[0][7:]])
+    assert info.value.permanent
+    assert read_all(tmp_path / "j") == []
+
+
+def test_one_writer_per_directory(writer, tmp_path):
+    other = JsonlWriter(dir=str(tmp_path / "j"))
+    with pytest.raises(WriterError):
+        other.open()
+
+
+def test_empty_batch_is_recorded(writer):
+    assert writer.write("empty", []) is True
+    assert writer.write("empty", []) is False
+
+
+@pytest.mark.parametrize("options, key", [
+    ({}, "jsonl.dir"),
+    ({"dir": "x", "max_byte": 5}, "jsonl.max_byte"),
+    ({"dir": "x", "max_bytes": 0}, "jsonl.max_bytes"),
+    ({"dir": "x", "rotate_hours": -1}, "jsonl.rotate_hours"),
+    ({"dir": "x", "keep_files": "3"}, "jsonl.keep_files"),
+])
+def test_bad_options_name_the_key(options, key):
+    with pytest.raises(ConfigError) as info:
+        JsonlWriter(**options)
+    assert info.value.key == key

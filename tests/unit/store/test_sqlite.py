@@ -1,0 +1,185 @@
+"""The sqlite writer: schema and migrations, round trip, exactly once across retries and crashes."""
+import datetime as dt
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from myason.errors import ConfigError
+from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from myason.store.sqlite import SqliteWriter, retention_cutoff
+
+T0 = 1700000000.0   # 2023-11-14 22:13:20 UTC
+
+
+def make_rows(n, start=0, t=T0):
+    """n distinct valid rows in ROW_FIELDS order; src_port carries the row number."""
+    return [["10.0.%d.%d" % (i // 256 % 256, i % 256), "2001:db8::%x" % (i + 1), start + i, 443, 6, 0,
+             2, 120 + i, t + i * 0.001, t + i * 0.001 + 1.5, 0x1b, "edge-1", "eth0", 2, 3, 4, 0,
+             "192.0.2.1" if i % 2 else "", 24, 64, 0, 4200000000, "idle", t + 5.0, "127.0.0.1"]
+            for i in range(n)]
+
+
+def stored(path):
+    conn = sqlite3.connect(path)
+    try:
+        cols = ", ".join('"%s"' % f for f in ROW_FIELDS)
+        return [list(r) for r in conn.execute("SELECT %s FROM flows ORDER BY src_port" % cols)]
+    finally:
+        conn.close()
+
+
+def expected(rows):
+    nh = ROW_FIELDS.index("next_hop")
+    return [r[:nh] + [r[nh] or None] + r[nh + 1:] for r in sorted(rows, key=lambda r: r[2])]
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "flows.db")
+
+
+@pytest.fixture
+def writer(db):
+    w = SqliteWriter(path=db)
+    w.open()
+    yield w
+    w.close()
+
+
+def test_registered_under_its_name():
+    assert writer_class("sqlite") is SqliteWriter
+
+
+def test_schema_wal_and_migrations_are_applied_once(writer, db):
+    assert writer.migrate() == []
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "flows")]
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(flows)")]
+    assert cols == list(ROW_FIELDS)
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(flows)")}
+    assert {"flows_first_idx", "flows_src_ip_idx", "flows_dst_ip_idx", "flows_agent_first_idx"} <= indexes
+    conn.close()
+
+
+def test_round_trip(writer, db):
+    rows = make_rows(50)
+    assert writer.write("b1", rows[:20]) is True
+    assert writer.write("b2", rows[20:]) is True
+    assert stored(db) == expected(rows)
+
+
+def test_retry_is_skipped_also_after_reopen(writer, db):
+    rows = make_rows(5)
+    assert writer.write("b1", rows) is True
+    assert writer.write("b1", rows) is False
+    writer.close()
+    w2 = SqliteWriter(path=db)
+    w2.open()
+    assert w2.write("b1", rows) is False
+    w2.close()
+    assert stored(db) == expected(rows)
+
+
+def test_crash_before_commit_then_retry_lands_exactly_once(writer, db):
+    rows = make_rows(30)
+    writer.write("a", rows[:10])
+    writer.close()
+    # Another process runs the writer's transaction up to, not including, COMMIT and dies.
+    code = textwrap.dedent("""
+        import os, sqlite3, sys, json
+        from myason.store.sqlite import INSERT_SQL
+        rows = json.loads(sys.stdin.read())
+        conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO batches VALUES (?, ?, ?)", ("b", len(rows), 0.0))
+        conn.executemany(INSERT_SQL, rows)
+        os._exit(0)
+    """)
+    import json
+    subprocess.run([sys.executable, "-c", code, db], input=json.dumps(rows[10:]), text=True, check=True)
+    assert stored(db) == expected(rows[:10])
+    w2 = SqliteWriter(path=db)
+    w2.open()
+    assert w2.write("b", rows[10:]) is True
+    assert w2.write("a", rows[:10]) is False
+    w2.close()
+    assert stored(db) == expected(rows)
+
+
+def test_bad_rows_are_permanent_and_store_nothing(writer, db):
+    good = make_rows(3)
+    bad_type = [list(r) for r in good]
+    bad_type[1][2] = 1.5                           # a float port: STRICT refuses it
+    for batch in (bad_type, [good[0][:10]], [good[0][:6] + [1 << 70] + good[0][7:]]):
+        with pytest.raises(WriterError) as info:
+            writer.write("bad", batch)
+        assert info.value.permanent
+    assert stored(db) == []
+    # The failed attempts left no batch id behind: the id can still be stored.
+    assert writer.write("bad", good) is True
+
+
+def test_locked_database_is_retryable(db):
+    w = SqliteWriter(path=db, busy_timeout=0.05)
+    w.open()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(WriterError) as info:
+        w.write("b1", make_rows(2))
+    assert not info.value.permanent
+    other.execute("ROLLBACK")
+    other.close()
+    assert w.write("b1", make_rows(2)) is True
+    w.close()
+
+
+def test_retention_deletes_days_before_the_cutoff(db):
+    day = 86400.0
+    now = T0 + 10 * day
+    w = SqliteWriter(path=db, retention_days=2)
+    w.clock = lambda: now
+    w.open()
+    for k in range(5):       # rows 8, 9, 10, 11 and 12 days after T0's day... minus up to 4 days
+        w.write("d%d" % k, make_rows(1, start=k, t=now - k * day))
+    w.close()
+    w.open()                 # housekeeping runs at open
+    w.close()
+    cutoff = retention_cutoff(2, now)
+    assert cutoff == dt.date(2023, 11, 22)
+    assert [r[2] for r in stored(db)] == [0, 1, 2]
+
+
+def test_delete_before_and_batch_id_pruning(writer, db):
+    writer.clock = lambda: T0
+    writer.write("old", make_rows(2, t=T0 - 86400))
+    writer.write("new", make_rows(2, start=2, t=T0))
+    assert writer.delete_before(dt.date(2023, 11, 14)) == 2
+    assert [r[2] for r in stored(db)] == [2, 3]
+    writer.clock = lambda: T0 + 30 * 86400.0
+    writer._housekeeping()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
+    conn.close()
+
+
+def test_unopenable_path_is_retryable(tmp_path):
+    w = SqliteWriter(path=str(tmp_path / "missing" / "dir" / "flows.db"))
+    with pytest.raises(WriterError) as info:
+        w.open()
+    assert not info.value.permanent
+
+
+@pytest.mark.parametrize("options, key", [
+    ({}, "sqlite.path"),
+    ({"path": "x", "retention": 3}, "sqlite.retention"),
+    ({"path": "x", "retention_days": -1}, "sqlite.retention_days"),
+    ({"path": ""}, "sqlite.path"),
+])
+def test_bad_options_name_the_key(options, key):
+    with pytest.raises(ConfigError) as info:
+        SqliteWriter(**options)
+    assert info.value.key == key
