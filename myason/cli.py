@@ -53,12 +53,22 @@ def build_parser():
     a.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     a.add_argument("--no-progress", action="store_true", help="no progress bar during replay")
     a.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
+    a.add_argument("--engine", choices=("fast", "python"), default="fast",
+                   help="replay engine: fast (numba, default) or python (the reference path)")
+
+    c = sub.add_parser("collector", help="receive, validate and store flows from agents")
+    c.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config")
+    c.add_argument("-lc", "--logger-conf", metavar="FILE", help="logging YAML (dictConfig)")
+    c.add_argument("--check-config", action="store_true", help="validate and print the effective config")
+    c.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    c.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
 
     i = sub.add_parser("ifconfig", help="list network interfaces")
     i.set_defaults(command="ifconfig")
 
     k = sub.add_parser("keygen", help="create a new Fernet key")
     k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600, never overwrites)")
+    k.add_argument("--agent", metavar="ID", help="also print the collector keystore line for agent ID")
     return p
 
 
@@ -68,6 +78,8 @@ def main(argv=None):
     try:
         if args.command == "agent":
             return _agent(args)
+        if args.command == "collector":
+            return _collector(args)
         if args.command == "ifconfig":
             from myason.agent.ifconfig import format_table, list_interfaces
             print(format_table(list_interfaces()))
@@ -83,17 +95,32 @@ def main(argv=None):
     except CaptureError as exc:
         print("myason: capture error: %s" % exc, file=sys.stderr)
         return EXIT_FAIL
+    except OSError as exc:
+        # Start-up failures outside the config checks (an --output file that cannot be
+        # created, a collector name that does not resolve): a message, not a traceback.
+        print("myason: error: %s" % exc, file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_CONFIG
 
 
 def _keygen(args):
     from myason import keys
+    if args.agent is not None:
+        from myason.wire import check_agent_id
+        try:
+            check_agent_id(args.agent)
+        except ValueError as exc:
+            raise ConfigError("--agent", str(exc)) from None
     key = keys.generate_key()
     if args.out:
         keys.write_key_file(args.out, key)
         print("wrote a new key to %s (mode 0600)" % args.out, file=sys.stderr)
     else:
         print(key.decode())
+    if args.agent is not None:
+        from myason.collector.keystore import format_line
+        print("add this line to the collector's keystore:", file=sys.stderr)
+        print(format_line(args.agent, [key]))
     return EXIT_OK
 
 
@@ -121,7 +148,7 @@ def _agent(args):
     try:
         from myason.agent.app import AgentApp
         app = AgentApp(cfg, read=args.read, output=args.output, export=export,
-                       progress=False if args.no_progress else None)
+                       progress=False if args.no_progress else None, engine=args.engine)
         app.install_signals()
         code = app.run()
     finally:
@@ -131,9 +158,40 @@ def _agent(args):
     return code
 
 
-def format_summary(summary):
+def _collector(args):
+    from myason.collector.config import load_collector_config
+    from myason.logs import setup_logging
+    cfg = load_collector_config(args.collector_conf)
+    if not cfg.keystore:
+        raise ConfigError("keystore", "required: the file of agent ids and their keys")
+    from myason.collector.keystore import Keystore
+    Keystore.load(cfg.keystore)
+    from myason.store.base import writer_class
+    for i, w in enumerate(cfg.writers):
+        try:
+            writer_class(w["type"])
+        except KeyError as exc:
+            raise ConfigError("writers[%d].type" % i, str(exc)) from None
+    if args.check_config:
+        import yaml
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return EXIT_OK
+    handle = setup_logging(args.logger_conf, json_format=args.log_json)
+    try:
+        from myason.collector.app import CollectorApp
+        app = CollectorApp(cfg)
+        app.install_signals()
+        code = app.run()
+    finally:
+        handle.stop()
+    if not args.quiet:
+        print(format_summary(app.summary, "collector"), file=sys.stderr)
+    return code
+
+
+def format_summary(summary, what="agent"):
     """A short human-readable summary of an agent run."""
-    lines = ["myason agent summary:"]
+    lines = ["myason %s summary:" % what]
     for k, v in summary.items():
         if isinstance(v, dict):
             v = ", ".join("%s=%s" % kv for kv in sorted(v.items())) or "-"

@@ -71,3 +71,29 @@ def test_agent_unsafe_key_file_is_refused(tmp_path, capsys):
 def test_check_config_prints_yaml(capsys):
     assert cli.main(["agent", "--read", "x.pcap", "--no-export", "--check-config"]) == 0
     assert "cache_inactive_timeout: 15.0" in capsys.readouterr().out
+
+
+def test_keygen_agent_prints_the_keystore_line(tmp_path, capsys):
+    from myason.collector.keystore import Keystore
+    assert cli.main(["keygen", "--agent", "edge-01"]) == 0
+    key, line = capsys.readouterr().out.split("\n")[:2]
+    assert line == "edge-01 " + key
+    store = tmp_path / "agents"
+    store.write_text(line + "\n")
+    store.chmod(0o600)
+    token = Fernet(key.encode()).encrypt(b"x")
+    assert Keystore.load(store).keys_for("edge-01").decrypt(token) == b"x"
+
+
+def test_keygen_agent_with_out_writes_the_key_and_prints_the_line(tmp_path, capsys):
+    path = tmp_path / "agent.key"
+    assert cli.main(["keygen", "--agent", "lab-7", "--out", str(path)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == "lab-7 " + keys.load_keys(str(path))[0].decode()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_keygen_bad_agent_id_is_a_usage_error(capsys):
+    assert cli.main(["keygen", "--agent", "bad id!"]) == 2
+    captured = capsys.readouterr()
+    assert "--agent" in captured.err and captured.out == ""
