@@ -152,6 +152,9 @@ class CollectorApp:
             cls = writer_class(kind)
             for i in range(self.cfg.writers_number):
                 wopts = dict(opts)
+                if kind == "jsonl" and self.cfg.writers_number > 1:
+                    # A JSON-lines directory has one owner (it is locked): one per thread.
+                    wopts["dir"] = os.path.join(wopts.get("dir", ""), "writer-%d" % i)
                 if kind == "influxdb":
                     # Its exactly-once bookkeeping lives beside the spool, one file and one
                     # `collector` tag value per writer thread so their points never collide.

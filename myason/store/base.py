@@ -7,7 +7,8 @@ exactly once.
 """
 import orjson
 
-from myason.errors import MyasonError
+from myason.config import suggest_key
+from myason.errors import ConfigError, MyasonError
 from myason.record import FIELDS
 
 # Columns the collector adds to each agent row, after FIELDS: when the datagram arrived and from
@@ -16,6 +17,8 @@ COLLECTOR_FIELDS = ("received", "exporter")
 ROW_FIELDS = FIELDS + COLLECTOR_FIELDS
 
 _REGISTRY = {}
+# Marks a writer option with no default in a parse_options spec.
+REQUIRED = object()
 
 
 class WriterError(MyasonError):
@@ -43,6 +46,28 @@ class Writer:
 
     def close(self):
         """Flush and disconnect."""
+
+
+def parse_options(writer, options, spec):
+    """Validate a writer's keyword options against spec {name: (default or REQUIRED, check)}.
+
+    Returns a dict with every option; ConfigError names `writer.option` for an unknown, missing
+    or invalid option.
+    """
+    for key in options:
+        if key not in spec:
+            hint = suggest_key(key, spec)
+            raise ConfigError("%s.%s" % (writer, key),
+                              "unknown option" + (" (did you mean %r?)" % hint if hint else ""))
+    out = {}
+    for key, (default, check) in spec.items():
+        if key not in options:
+            if default is REQUIRED:
+                raise ConfigError("%s.%s" % (writer, key), "required")
+            out[key] = default
+        else:
+            out[key] = check("%s.%s" % (writer, key), options[key])
+    return out
 
 
 def register(cls):

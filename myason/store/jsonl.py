@@ -16,39 +16,15 @@ import time
 
 import orjson
 
-from myason.config import check_int, check_str, suggest_key
-from myason.errors import ConfigError
-from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+from myason.config import check_int, check_str
+from myason.store.base import REQUIRED, ROW_FIELDS, Writer, WriterError, parse_options, register
 
 log = logging.getLogger("myason.store.jsonl")
 
-REQUIRED = object()
 LEDGER = "ledger"
 LEDGER_KEEP = 10000
 _FILE_RE = re.compile(r"^flows-(\d{8})-(\d{8}T\d{6}Z)\.jsonl$")
 _NCOLS = len(ROW_FIELDS)
-
-
-def parse_options(writer, options, spec):
-    """Validate a writer's keyword options against spec {name: (default or REQUIRED, check)}.
-
-    Returns a dict with every option; ConfigError names `writer.option` for an unknown, missing
-    or invalid option.
-    """
-    for key in options:
-        if key not in spec:
-            hint = suggest_key(key, spec)
-            raise ConfigError("%s.%s" % (writer, key),
-                              "unknown option" + (" (did you mean %r?)" % hint if hint else ""))
-    out = {}
-    for key, (default, check) in spec.items():
-        if key not in options:
-            if default is REQUIRED:
-                raise ConfigError("%s.%s" % (writer, key), "required")
-            out[key] = default
-        else:
-            out[key] = check("%s.%s" % (writer, key), options[key])
-    return out
 
 
 def encode_rows(rows):

@@ -12,7 +12,7 @@ import time
 
 from myason.config import check_float, check_int, check_str
 from myason.store.base import ROW_FIELDS, Writer, WriterError, register
-from myason.store.jsonl import REQUIRED, parse_options
+from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 
 log = logging.getLogger("myason.store.sqlite")
