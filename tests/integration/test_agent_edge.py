@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import trafficgen as gen
+from tests.integration.summary import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared"
@@ -33,26 +34,6 @@ def run_agent(*args, timeout=120):
     """`myason agent --no-export ARGS` as a process; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(ROOT / "myason.py"), "agent", "--no-export", "--no-progress",
                            *args], cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
-
-
-def parse_summary(stderr):
-    """The `myason agent summary:` block of stderr as a dict (numbers and {reason: count} dicts)."""
-    lines = stderr.splitlines()
-    if "myason agent summary:" not in lines:
-        raise AssertionError("no summary on stderr:\n%s" % stderr)
-    out = {}
-    for line in lines[lines.index("myason agent summary:") + 1:]:
-        m = re.match(r"^  (\S+)\s+(.*)$", line)
-        if not m:
-            break
-        key, text = m.groups()
-        if "=" in text:
-            out[key] = {k: int(v) for k, v in (kv.split("=") for kv in text.split(", "))}
-        elif text == "-":
-            out[key] = {}
-        else:
-            out[key] = float(text) if "." in text else int(text)
-    return out
 
 
 def check_accounting(proc, out_csv, frames):

@@ -6,7 +6,6 @@ tests/trafficgen.py computes from the generated capture.
 """
 import csv
 import os
-import re
 import signal
 import socket
 import struct
@@ -24,6 +23,7 @@ from myason import keys, wire
 from myason.errors import WireError
 from myason.record import FIELDS, FLOAT_FIELDS, INT_FIELDS, FlowRecord
 from tests import trafficgen as gen
+from tests.integration.summary import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "it-agent.01"
@@ -40,28 +40,6 @@ def myason(*args, check=True, timeout=120):
     if check and proc.returncode != 0:
         raise AssertionError("myason %s: exit %d\n%s" % (" ".join(args), proc.returncode, proc.stderr))
     return proc
-
-
-def parse_summary(stderr):
-    """The `myason agent summary:` block of stderr as a dict (ints and {reason: count} dicts)."""
-    lines = stderr.splitlines()
-    try:
-        start = lines.index("myason agent summary:")
-    except ValueError:
-        raise AssertionError("no summary on stderr:\n%s" % stderr) from None
-    out = {}
-    for line in lines[start + 1:]:
-        m = re.match(r"^  (\S+)\s+(.*)$", line)
-        if not m:
-            break
-        key, text = m.groups()
-        if "=" in text:
-            out[key] = {k: int(v) for k, v in (kv.split("=") for kv in text.split(", "))}
-        elif text == "-":
-            out[key] = {}
-        else:
-            out[key] = float(text) if "." in text else int(text)
-    return out
 
 
 class Collector:

@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from tests.integration.summary import parse_summary
 
 try:
     from . import netns
@@ -95,26 +96,6 @@ def key_file(tmp_path_factory):
 
 
 # ---- the agent process -----------------------------------------------------------------
-
-def parse_summary(stderr):
-    """The `myason agent summary:` block of stderr as a dict (numbers and {reason: count} dicts)."""
-    lines = stderr.splitlines()
-    if "myason agent summary:" not in lines:
-        raise AssertionError("no summary on stderr:\n%s" % stderr)
-    out = {}
-    for line in lines[lines.index("myason agent summary:") + 1:]:
-        m = re.match(r"^  (\S+)\s+(.*)$", line)
-        if not m:
-            break
-        key, text = m.groups()
-        if "=" in text:
-            out[key] = {k: int(v) for k, v in (kv.split("=") for kv in text.split(", "))}
-        elif text == "-":
-            out[key] = {}
-        else:
-            out[key] = float(text) if "." in text else int(text)
-    return out
-
 
 class Agent:
     """`myason agent` running inside a namespace; stop() sends SIGTERM and returns its results."""
