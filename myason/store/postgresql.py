@@ -30,6 +30,8 @@ HOUSEKEEPING_EVERY = 3600.0
 # Serialises migrations between collectors sharing a database (any constant of our own).
 _MIGRATION_LOCK = 0x6D7961736F6E
 _PARTITION_RE = re.compile(r"^flows_p(\d{8})$")
+# Btrees built on a day partition once the day is over (index name suffix, columns).
+CLOSED_INDEXES = (("src_ip", "src_ip"), ("dst_ip", "dst_ip"), ("agent_first", 'agent, "first"'))
 
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
 _NCOLS = len(ROW_FIELDS)
@@ -326,6 +328,32 @@ class PostgresWriter(Writer):
             log.info("postgresql: retention dropped partition %s", partition_name(d))
         return dropped
 
+    def index_closed_partitions(self, today=None):
+        """Build the address and (agent, first) btrees on partitions before UTC `today`; returns them.
+
+        The partition being written has only the BRIN index on time (see migration 002): btrees
+        on random addresses would cut the COPY rate by about two thirds.
+        """
+        if today is None:
+            today = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).date()
+        have = {r[0] for r in self._conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename LIKE 'flows_p%'").fetchall()}
+        self._conn.commit()
+        built = []
+        for day in self.partitions():
+            if day >= today:
+                break
+            part = partition_name(day)
+            for suffix, cols in CLOSED_INDEXES:
+                name = "%s_%s_idx" % (part, suffix)
+                if name in have:
+                    continue
+                with _tx(self._conn):
+                    self._conn.execute("CREATE INDEX IF NOT EXISTS %s ON %s (%s)" % (name, part, cols))
+                built.append(name)
+                log.info("postgresql: indexed closed partition: %s", name)
+        return built
+
     def _housekeeping(self):
         psycopg = _psycopg()
         now = self.clock()
@@ -333,6 +361,7 @@ class PostgresWriter(Writer):
         try:
             if self.retention_days:
                 self.drop_partitions_before(retention_cutoff(self.retention_days, now))
+            self.index_closed_partitions()
             with _tx(self._conn):
                 self._conn.execute("DELETE FROM batches WHERE stored_at < now() - make_interval(days => %s)",
                                    (self.batch_keep_days,))

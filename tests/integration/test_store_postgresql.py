@@ -114,15 +114,27 @@ def test_migrate_twice_is_a_no_op(writer, pg):
     w2.open()
     assert w2.migrate() == []
     w2.close()
-    assert query(pg, "SELECT version, name FROM schema_migrations") == [(1, "flows")]
+    assert query(pg, "SELECT version, name FROM schema_migrations ORDER BY version") == [
+        (1, "flows"), (2, "closed_partition_indexes")]
     assert query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
     indexes = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
-    assert indexes == {"flows_first_brin", "flows_src_ip_idx", "flows_dst_ip_idx", "flows_agent_first_idx"}
+    # Address btrees live on closed partitions only (migration 002); the parent keeps BRIN on time.
+    assert indexes == {"flows_first_brin"}
     types = dict(query(pg, "SELECT column_name, data_type FROM information_schema.columns"
                            " WHERE table_name = 'flows'"))
     assert types["src_ip"] == types["exporter"] == types["next_hop"] == "inet"
     assert types["first"] == types["received"] == "timestamp with time zone"
     assert types["bytes"] == "bigint" and types["proto"] == "smallint"
+
+
+def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer, pg):
+    writer.write("ix", make_rows(30, t=T0 - DAY + 3600, span=2 * DAY))      # 14, 15, 16 Nov
+    writer.index_closed_partitions(today=dt.date(2023, 11, 16))
+    names = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename LIKE 'flows_p2023111%'")}
+    for day in ("20231114", "20231115"):
+        assert {"flows_p%s_%s_idx" % (day, s) for s in ("src_ip", "dst_ip", "agent_first")} <= names
+    assert not {"flows_p20231116_%s_idx" % s for s in ("src_ip", "dst_ip", "agent_first")} & names
+    assert writer.index_closed_partitions(today=dt.date(2023, 11, 16)) == []
 
 
 @pytest.mark.parametrize("fmt", ["binary", "text"])
