@@ -4,6 +4,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
 import argparse
 import logging
+import os
 import platform
 import sys
 
@@ -62,6 +63,7 @@ def build_parser():
     c.add_argument("--check-config", action="store_true", help="validate and print the effective config")
     c.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     c.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
+    c.add_argument("--summary-json", metavar="FILE", help="also write the summary counters to FILE as JSON at exit")
 
     i = sub.add_parser("ifconfig", help="list network interfaces")
     i.set_defaults(command="ifconfig")
@@ -186,7 +188,18 @@ def _collector(args):
         handle.stop()
     if not args.quiet:
         print(format_summary(app.summary, "collector"), file=sys.stderr)
+    if args.summary_json:
+        write_summary_json(args.summary_json, app.summary)
     return code
+
+
+def write_summary_json(path, summary):
+    """Write summary counters to path as JSON, atomically (tests and scripts read it at exit)."""
+    import json
+    tmp = "%s.tmp" % path
+    with open(tmp, "w") as fh:
+        json.dump(summary, fh, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
 
 
 def format_summary(summary, what="agent"):

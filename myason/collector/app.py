@@ -15,6 +15,8 @@ import threading
 import time
 import zlib
 
+import orjson
+
 from myason import wire
 from myason.collector.listener import Listener
 from myason.collector.sink import WriterThread
@@ -33,9 +35,10 @@ GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spoo
 class ProcessorThread(threading.Thread):
     """Runs a DatagramProcessor over its queue and spools rows in batches."""
 
-    def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval):
+    def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval, state_path=None, fsync=False):
         super().__init__(name=name, daemon=True)
         self.proc, self.inbox, self.spools = proc, inbox, spools
+        self.state_path, self.fsync = state_path, fsync
         self.batch_rows, self.batch_interval = batch_rows, batch_interval
         self.rows = 0
         self.batches = 0
@@ -71,6 +74,24 @@ class ProcessorThread(threading.Thread):
                 deadline = time.monotonic() + self.batch_interval
         if pending:
             self._spool(pending)
+        self._save_state()
+
+    def _save_state(self):
+        # Written after the rows are in the spools, so after a crash the saved sequence numbers
+        # never claim more than was spooled: what was lost shows up as gaps after the restart.
+        if not self.state_path:
+            return
+        tmp = self.state_path + ".tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps(self.proc.snapshot()))
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            # Only gap accounting across a restart suffers; the flows are already spooled.
+            log.warning("%s: cannot save sequence state: %s", self.name, exc)
 
     def _spool(self, rows):
         data = encode_batch(rows)
@@ -82,6 +103,42 @@ class ProcessorThread(threading.Thread):
                 log.error("spool %s full: %d flows not stored for this writer", spool.path, len(rows))
         self.rows += len(rows)
         self.batches += 1
+        self._save_state()
+
+
+def sequence_file(spool_dir, i):
+    """Where processor i keeps the sequence state of its agents between runs."""
+    return os.path.join(spool_dir, "sequences-%d.json" % i)
+
+
+def load_sequences(spool_dir):
+    """Merged per-agent sequence state of every processor of the last run ({} if none).
+
+    Merged because the number of processors may have changed, which moves agents between them;
+    for an agent found in several files the newest (highest sent time) wins.
+    """
+    merged = {}
+    try:
+        names = sorted(n for n in os.listdir(spool_dir) if n.startswith("sequences-") and n.endswith(".json"))
+    except FileNotFoundError:
+        return merged
+    for name in names:
+        try:
+            with open(os.path.join(spool_dir, name), "rb") as fh:
+                state = orjson.loads(fh.read())
+            if not isinstance(state, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring sequence state %s: %s", name, exc)
+            continue
+        for agent, st in state.items():
+            try:
+                sent = float(st["max_sent"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if agent not in merged or sent > merged[agent]["max_sent"]:
+                merged[agent] = dict(st, max_sent=sent)
+    return merged
 
 
 class RoutingQueue:
@@ -174,10 +231,16 @@ class CollectorApp:
         writers, spools = self._writers()
         queues = self.queues = [queue.Queue(self.cfg.packet_queue) for _ in range(self.cfg.processors_number)]
         procs = []
+        state = load_sequences(self.cfg.spool_dir)
         for i, q in enumerate(queues):
             dp = DatagramProcessor(keystore, ttl=self.cfg.token_ttl, window=self.cfg.seq_window)
-            procs.append(ProcessorThread("processor-%d" % i, dp, q, spools,
-                                         self.cfg.batch_rows, self.cfg.batch_interval))
+            if state:
+                dp.restore(state)
+            procs.append(ProcessorThread("processor-%d" % i, dp, q, spools, self.cfg.batch_rows,
+                                         self.cfg.batch_interval, sequence_file(self.cfg.spool_dir, i),
+                                         self.cfg.fsync))
+        if state:
+            log.info("sequence numbers of %d agents carried over from the last run", len(state))
         self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, RoutingQueue(queues),
                                  self.stop_listening, self.cfg.rcvbuf, self.cfg.max_datagram, self.reuseport)
         for t in writers + procs + [self.listener]:

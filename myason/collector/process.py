@@ -21,6 +21,12 @@ datagram can be accepted twice. With `boundary` the old run's newest accepted se
   run's last datagrams, late), within the old window's own domain;
 - anything else (two runs back): rejected as a replay.
 
+Collector restarts. snapshot() gives each agent's top sequence number and newest sent time; the
+collector saves it after every spooled batch and restore()s it at start, with every number up to
+the top marked seen. So datagrams lost in a crash (received but not yet spooled) or sent while no
+collector ran are counted as gaps by the next datagram, and a replay across the restart is
+still a replay.
+
 Gaps: when the top jumps by k > 1, k - 1 datagrams are counted missing; a late datagram that
 fills a slot counted missing takes one back. Slots below the first sequence number seen in a
 window (before the collector started listening) were never counted and are never taken back.
@@ -167,6 +173,36 @@ class DatagramProcessor:
         # shared, or a replay sent to another thread would pass.
         self._lock = threading.Lock()
         self._limiter = RateLimiter(10.0)
+
+    def snapshot(self):
+        """{agent: {"top", "max_sent"}} of each agent's current run, to persist beside the spool."""
+        with self._lock:
+            return {agent: {"top": st.cur.top, "max_sent": st.cur.max_sent}
+                    for agent, st in self._seqs.items() if st.cur is not None}
+
+    def restore(self, state):
+        """Continue from a snapshot() taken before a collector restart; returns agents restored.
+
+        Every sequence number up to `top` counts as seen, so a datagram replayed across the restart
+        is still a replay, and datagrams lost in the restart (received but never spooled, or sent
+        while no collector ran) are counted as gaps by the first datagram above `top`.
+        """
+        n = 0
+        with self._lock:
+            for agent, st in state.items():
+                try:
+                    top, max_sent = int(st["top"]), float(st["max_sent"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if top < 0:
+                    continue
+                w = _Window(top, max_sent)
+                w.bits = (1 << self.window) - 1
+                w.first = top + 1
+                seq = self._seqs[agent] = _Sequence()
+                seq.cur = w
+                n += 1
+        return n
 
     def handle(self, datagram, addr, received=None):
         """Rows (ROW_FIELDS order: FIELDS + received, exporter=addr); [] when rejected."""
