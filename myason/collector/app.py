@@ -284,7 +284,7 @@ class CollectorApp:
                 agents[agent] = {k: getattr(st, k) for k in ("datagrams", "flows", "gaps", "replays", "restarts")}
         s.update(flows_spooled=sum(p.rows for p in procs), rejects=rejects, agents=agents,
                  spool_rejected_flows=sum(p.spool_rejected_rows for p in procs))
-        s["writers"] = {w.name: {"batches": w.batches, "rows": w.rows, "errors": w.errors,
+        s["writers"] = {w.writer.name: {"batches": w.batches, "rows": w.rows, "errors": w.errors,
                                  "failed_batches": w.failed_batches, "latency_seconds": w.latency,
                                  "connected": int(w.connected)}
                         for w in writers}

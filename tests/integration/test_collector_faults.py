@@ -171,7 +171,7 @@ def test_postgresql_stopped_mid_stream_every_flow_lands_once(tmp_path, servers):
             def metric(name, key=None):
                 return scrape(c.metrics_port).get((name, key), 0)
             wait_until(lambda: metric("myason_flows_spooled_total") >= first, timeout=30)
-            wait_until(lambda: metric("myason_writers_errors_total", "writer-postgresql") > 0, timeout=30)
+            wait_until(lambda: metric("myason_writers_errors_total", "postgresql") > 0, timeout=30)
             assert metric("myason_spool_waiting", "postgresql") > 0
             pg_start(servers)
             stopped = False
