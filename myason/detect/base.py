@@ -1,0 +1,276 @@
+"""The detector interface: per-key windows, bounded state, allowlist, one event per key and window.
+
+A detector keeps one window per key (a source, a target, ...). A key's window starts with its
+first flow (flow time `first`) and lasts `window` seconds; it closes when poll(now) is called
+with now >= start + window, when a later flow of the same key falls after it, or when the key is
+evicted. A closing window yields at most one event, with the window's aggregated counts, if it
+crossed the detector's threshold. Windows are kept in start order (an OrderedDict), so poll()
+only looks at the windows that are due, and a full table evicts the oldest window first (the one
+nearest to closing; its event, if any, is emitted early rather than lost).
+
+Times: flow times and `now` share one clock. A live collector polls with time.time(); a replay
+polls with the newest flow time seen (`watermark`) and calls flush() at the end.
+"""
+from __future__ import annotations
+
+import collections
+
+from myason.detect.idea import build_event, check_node_name
+from myason.enrich.nets import NetSet
+from myason.errors import ConfigError
+from myason.record import FIELDS
+
+# Flow columns detectors read (rows start with FIELDS whatever follows).
+SRC, DST, SPORT, DPORT, PROTO, PACKETS, BYTES, FIRST, LAST, FLAGS = (
+    FIELDS.index(n) for n in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "packets",
+                              "bytes", "first", "last", "tcp_flags"))
+_NCOLS = FLAGS + 1
+_ROW_DEFAULTS = {"src_ip": "", "dst_ip": "", "first": 0.0, "last": 0.0}
+
+TCP, UDP, ICMP, ICMP6, SCTP = 6, 17, 1, 58, 132
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "ipv6-icmp", SCTP: "sctp"}
+DEFAULT_NODE_NAME = "org.example.myason"
+
+COMMON_DEFAULTS = {"enabled": True, "window": 300.0, "max_keys": 100000, "max_distinct": 256,
+                   "max_pending_events": 10000}
+
+
+def proto_name(proto) -> str:
+    """IANA keyword of an IP protocol number ('tcp', 'udp', ...), else the number as text."""
+    return PROTO_NAMES.get(proto, str(proto))
+
+
+def as_row(flow):
+    """A list with FIELDS[:tcp_flags] of a row (returned as is) or of a dict keyed by field name."""
+    if isinstance(flow, dict):
+        return [flow.get(name, _ROW_DEFAULTS.get(name, 0)) for name in FIELDS[:_NCOLS]]
+    return flow
+
+
+class Window:
+    """Aggregates of one key's window: times, counts, a capped distinct set, detector extras."""
+
+    __slots__ = ("start", "first", "last", "flows", "packets", "bytes", "distinct", "capped",
+                 "extra", "extra_set")
+
+    def __init__(self, start):
+        self.start = start
+        self.first = start
+        self.last = start
+        self.flows = 0
+        self.packets = 0
+        self.bytes = 0
+        # One value kept bare until a second distinct one arrives: most keys (one flow from a
+        # one-off source) never need a set, which is the bulk of memory under a million keys.
+        self.distinct = None
+        self.capped = False
+        self.extra = 0
+        self.extra_set = None
+
+    def count(self, row):
+        """Add a flow's packets, bytes and times."""
+        self.flows += 1
+        self.packets += row[PACKETS]
+        self.bytes += row[BYTES]
+        first, last = row[FIRST], row[LAST]
+        if first < self.first:
+            self.first = first
+        if last > self.last:
+            self.last = last
+
+    def add(self, value, cap):
+        """Add value to the distinct set, keeping at most cap values (then `capped` is set)."""
+        self.distinct = _add(self.distinct, value, cap, self)
+
+    def values(self):
+        """The distinct values as a set."""
+        return _values(self.distinct)
+
+    def n_distinct(self):
+        """How many distinct values are kept (a lower bound when capped)."""
+        d = self.distinct
+        return 0 if d is None else len(d) if type(d) is set else 1
+
+
+def _add(current, value, cap, win):
+    if current is None:
+        return value
+    if type(current) is set:
+        if value not in current:
+            if len(current) < cap:
+                current.add(value)
+            else:
+                win.capped = True
+        return current
+    if current == value:
+        return current
+    if cap < 2:
+        win.capped = True
+        return current
+    return {current, value}
+
+
+def _values(current):
+    if current is None:
+        return set()
+    return set(current) if type(current) is set else {current}
+
+
+class Detector:
+    """Base class: subclasses set name and DEFAULTS, and implement _feed(row, t) and _event()."""
+
+    name = ""
+    DEFAULTS = {}
+
+    def __init__(self, options=None, node_name=DEFAULT_NODE_NAME, allowlist=None):
+        """options: this detector's config; allowlist: a NetSet (or CIDRs) never reported."""
+        prefix = "detect.%s" % self.name
+        spec = dict(COMMON_DEFAULTS)
+        spec.update(self.DEFAULTS)
+        opts = dict(spec)
+        for key, value in (options or {}).items():
+            if key not in spec:
+                raise ConfigError("%s.%s" % (prefix, key), "unknown option")
+            opts[key] = value
+        for key, default in spec.items():
+            opts[key] = _check_option("%s.%s" % (prefix, key), default, opts[key])
+        self.options = opts
+        self.enabled = opts["enabled"]
+        self.window = float(opts["window"])
+        if self.window <= 0:
+            raise ConfigError(prefix + ".window", "must be > 0")
+        self.max_keys = max(1, int(opts["max_keys"]))
+        self.max_distinct = max(1, int(opts["max_distinct"]))
+        self.max_pending = max(1, int(opts["max_pending_events"]))
+        self.node_name = check_node_name(node_name, "detect.node_name")
+        if allowlist is None or isinstance(allowlist, NetSet):
+            self.allow = allowlist if allowlist is not None else NetSet(())
+        else:
+            self.allow = NetSet(allowlist, key="detect.allowlist")
+        self._windows = collections.OrderedDict()
+        self._ready = []
+        self.watermark = 0.0
+        self.stats = {"flows": 0, "allowlisted": 0, "windows": 0, "evicted": 0, "events": 0,
+                      "dropped_events": 0}
+        self.configure(opts)
+
+    def configure(self, opts):
+        """Subclass hook: read detector-specific options (already type-checked)."""
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def feed(self, flow) -> None:
+        """Account one enriched flow (a row list, FIELDS first, or a dict by field name)."""
+        row = as_row(flow)
+        self.stats["flows"] += 1
+        if row[LAST] > self.watermark:
+            self.watermark = row[LAST]
+        allow = self.allow
+        if allow and (allow.contains(row[SRC]) or allow.contains(row[DST])):
+            self.stats["allowlisted"] += 1
+            return
+        self._feed(row, row[FIRST])
+
+    def feed_rows(self, rows) -> None:
+        """feed() every row."""
+        for row in rows:
+            self.feed(row)
+
+    def _feed(self, row, t):
+        """Account one flow that passed the allowlist; t is its start time."""
+        raise NotImplementedError
+
+    def window_for(self, key, t) -> Window:
+        """The open window of key for a flow at t; closes an elapsed one, evicts when full."""
+        windows = self._windows
+        win = windows.get(key)
+        if win is not None:
+            if t < win.start + self.window:
+                return win
+            # Re-inserted below, so the table stays in window-start order.
+            del windows[key]
+            self._close(key, win, t)
+        elif len(windows) >= self.max_keys:
+            old_key, old = windows.popitem(last=False)
+            self.stats["evicted"] += 1
+            self._close(old_key, old, t)
+        win = windows[key] = Window(t)
+        self.stats["windows"] += 1
+        return win
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _close(self, key, win, detect_time):
+        event = self._event(key, win, max(detect_time, win.last))
+        if event is not None:
+            if len(self._ready) >= self.max_pending:
+                # Nobody polls (or a storm of keys): memory stays bounded, the loss is counted.
+                self.stats["dropped_events"] += 1
+                return
+            self.stats["events"] += 1
+            self._ready.append(event)
+
+    def _event(self, key, win, detect_time):
+        """The event for a closed window, or None when it stayed below the threshold."""
+        raise NotImplementedError
+
+    def poll(self, now) -> list:
+        """Events of the windows that ended by `now` (plus any from evictions); removes them."""
+        windows, span = self._windows, self.window
+        due = []
+        for key, win in windows.items():
+            if win.start + span > now:
+                break
+            due.append(key)
+        for key in due:
+            self._close(key, windows.pop(key), now)
+        events, self._ready = self._ready, []
+        return events
+
+    def flush(self, now=None) -> list:
+        """Close every window now (shutdown, end of a replay) and return the events."""
+        now = self.watermark if now is None else now
+        windows = self._windows
+        while windows:
+            key, win = windows.popitem(last=False)
+            self._close(key, win, now)
+        events, self._ready = self._ready, []
+        return events
+
+    def __len__(self):
+        """Keys currently tracked."""
+        return len(self._windows)
+
+    def event(self, category, win, detect_time, sources, targets, description, **extra):
+        """build_event() with this detector's node name, the window and its counts."""
+        return build_event(category, detect_time, (win.start, win.start + self.window), sources,
+                           targets, {"conns": win.flows, "flows": win.flows,
+                                     "packets": win.packets, "bytes": win.bytes},
+                           description, self.node_name, event_time=win.first,
+                           cease_time=win.last, **extra)
+
+
+def _check_option(key, default, value):
+    """value checked against the default's type (bool, int, float, list, str); ConfigError(key)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key, "must be true or false, got %r" % (value,))
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(key, "must be a number >= 0, got %r" % (value,))
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(key, "must be an integer, got %r" % (value,))
+        return int(value)
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(key, "must be a list, got %r" % (value,))
+        return list(value)
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping, got %r" % (value,))
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(key, "must be a string, got %r" % (value,))
+    return value

@@ -1,0 +1,78 @@
+"""The enricher interface, the enriched columns and the registry of enrichers by name."""
+from __future__ import annotations
+
+import importlib
+
+from myason.record import FIELDS
+
+# Columns enrichment appends to a row (after ROW_FIELDS), in this order. Unknown values are ''
+# for text and 0 for numbers. Interface name and agent id are already flow columns (if_name,
+# agent), so no enrichment step adds them.
+ENRICH_FIELDS = (
+    "direction", "service",
+    "src_country", "dst_country",
+    "src_asn", "dst_asn",
+    "src_as_org", "dst_as_org",
+    "src_host", "dst_host",
+)
+ENRICH_INT_FIELDS = frozenset(("src_asn", "dst_asn"))
+ENRICH_DEFAULTS = tuple(0 if f in ENRICH_INT_FIELDS else "" for f in ENRICH_FIELDS)
+# Index of each enriched column inside the `out` list an enricher fills.
+OUT = {name: i for i, name in enumerate(ENRICH_FIELDS)}
+# Index of the flow columns enrichers read; rows start with FIELDS whatever follows.
+COL = {name: i for i, name in enumerate(FIELDS)}
+
+DEFAULT_ORDER = ("direction", "service", "geoip", "rdns")
+
+# Explicit registry of the built-in enrichers (goflow2 style): name -> module. Modules are imported
+# only when a pipeline uses them, so importing the package has no side effects.
+_BUILTIN = {
+    "direction": "myason.enrich.direction",
+    "service": "myason.enrich.service",
+    "geoip": "myason.enrich.geoip",
+    "rdns": "myason.enrich.rdns",
+}
+_REGISTRY = {}
+
+
+class Enricher:
+    """One enrichment step: setup(config) once, then apply(row, out) per flow."""
+
+    name = ""
+
+    def setup(self, config: dict) -> bool:
+        """Read the step's options from the `enrich` config; False switches the step off."""
+        return True
+
+    def apply(self, row, out) -> None:
+        """Fill this step's columns of `out` (ENRICH_FIELDS order) from `row` (FIELDS first)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files, threads or sockets."""
+
+
+def register(cls):
+    """Class decorator: make an enricher available by its `name` in the `order` list."""
+    if not cls.name:
+        raise ValueError("enricher without a name")
+    if _REGISTRY.get(cls.name, cls) is not cls:
+        raise ValueError("enricher name %r taken" % cls.name)
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def enricher_class(name):
+    """The enricher class registered under `name`; KeyError lists the known names."""
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(enricher_names())
+        raise KeyError("unknown enricher %r (known: %s)" % (name, known)) from None
+
+
+def enricher_names():
+    """Names of the built-in and registered enrichers."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
