@@ -65,6 +65,18 @@ def build_parser():
     c.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
     c.add_argument("--summary-json", metavar="FILE", help="also write the summary counters to FILE as JSON at exit")
 
+    e = sub.add_parser("events", help="list the IDEA events stored by the collector")
+    e.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config (its first SQL writer)")
+    e.add_argument("--since", default="1h", metavar="DURATION", help="how far back, e.g. 30m, 1h, 7d (default 1h)")
+    e.add_argument("--category", metavar="C", help="only events of this IDEA category, e.g. Recon.Scanning")
+    e.add_argument("--source", metavar="ADDR", help="only events with this source address")
+    e.add_argument("--json", action="store_true", help="print the full IDEA events, one JSON object a line")
+
+    g = sub.add_parser("greylist", help="export the sources of stored events (for firewalls)")
+    g.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config (its first SQL writer)")
+    g.add_argument("--since", default="7d", metavar="DURATION", help="how far back (default 7d)")
+    g.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+
     i = sub.add_parser("ifconfig", help="list network interfaces")
     i.set_defaults(command="ifconfig")
 
@@ -82,6 +94,8 @@ def main(argv=None):
             return _agent(args)
         if args.command == "collector":
             return _collector(args)
+        if args.command in ("events", "greylist"):
+            return _events(args)
         if args.command == "ifconfig":
             from myason.agent.ifconfig import format_table, list_interfaces
             print(format_table(list_interfaces()))
@@ -191,6 +205,30 @@ def _collector(args):
     if args.summary_json:
         write_summary_json(args.summary_json, app.summary)
     return code
+
+
+def _events(args):
+    import time
+
+    from myason.collector.config import load_collector_config
+    from myason.store import query
+    cfg = load_collector_config(args.collector_conf)
+    writer = query.first_sql_writer(cfg.writers)
+    since = time.time() - query.parse_duration("--since", args.since)
+    if args.command == "greylist":
+        events = query.fetch_events(writer, since)
+        sys.stdout.write(query.format_greylist(query.greylist(events), args.format))
+        return EXIT_OK
+    events = query.fetch_events(writer, since, args.category, args.source)
+    if args.json:
+        import orjson
+        for ev in events:
+            sys.stdout.write(orjson.dumps(ev).decode() + "\n")
+    else:
+        for ev in events:
+            print(query.format_event_line(ev))
+        print("%d events" % len(events), file=sys.stderr)
+    return EXIT_OK
 
 
 def write_summary_json(path, summary):

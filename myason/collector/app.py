@@ -35,9 +35,13 @@ GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spoo
 class ProcessorThread(threading.Thread):
     """Runs a DatagramProcessor over its queue and spools rows in batches."""
 
-    def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval, state_path=None, fsync=False):
+    def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval, state_path=None, fsync=False,
+                 pipeline=None, detectors=None, detect_clock="wall"):
         super().__init__(name=name, daemon=True)
         self.proc, self.inbox, self.spools = proc, inbox, spools
+        # Enrichment makes the batches format v2 (enriched rows + events); without it, v1.
+        self.pipeline, self.detectors, self.detect_clock = pipeline, detectors, detect_clock
+        self.events = 0
         self.state_path, self.fsync = state_path, fsync
         self.batch_rows, self.batch_interval = batch_rows, batch_interval
         self.rows = 0
@@ -56,6 +60,8 @@ class ProcessorThread(threading.Thread):
         pending = []
         deadline = time.monotonic() + self.batch_interval
         handle = self.proc.handle
+        enrich = self.pipeline.enrich if self.pipeline is not None else None
+        feed = self.detectors.feed_rows if self.detectors is not None else None
         while True:
             try:
                 items = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -66,15 +72,38 @@ class ProcessorThread(threading.Thread):
             for data, addr, received in items:
                 rows = handle(data, addr, received)
                 if rows:
+                    if enrich is not None:
+                        enrich(rows)
+                    if feed is not None:
+                        feed(rows)
                     pending.extend(rows)
-            if len(pending) >= self.batch_rows or (pending and time.monotonic() >= deadline):
-                self._spool(pending)
+            due = time.monotonic() >= deadline
+            events = self._poll() if due else []
+            if len(pending) >= self.batch_rows or ((pending or events) and due):
+                self._spool(pending, events)
                 pending = []
-            if time.monotonic() >= deadline:
+            if due:
                 deadline = time.monotonic() + self.batch_interval
-        if pending:
-            self._spool(pending)
+        # Shutdown closes every detector window: what was seen so far is still reported.
+        events = self.detectors.flush(self._now()) if self.detectors is not None else []
+        if pending or events:
+            self._spool(pending, events)
         self._save_state()
+
+    def _now(self):
+        # "flow": the newest flow time seen (replays of old captures); "wall": the clock.
+        if self.detect_clock == "flow":
+            return self.detectors.watermark
+        return time.time()
+
+    def _poll(self):
+        if self.detectors is None:
+            return []
+        try:
+            return self.detectors.poll(self._now())
+        except Exception:  # noqa: BLE001 - a detector bug must not stop flow storage
+            log.exception("%s: detector poll failed", self.name)
+            return []
 
     def _save_state(self):
         # Written after the rows are in the spools, so after a crash the saved sequence numbers
@@ -93,8 +122,9 @@ class ProcessorThread(threading.Thread):
             # Only gap accounting across a restart suffers; the flows are already spooled.
             log.warning("%s: cannot save sequence state: %s", self.name, exc)
 
-    def _spool(self, rows):
-        data = encode_batch(rows)
+    def _spool(self, rows, events=()):
+        data = encode_batch(rows, list(events)) if self.pipeline is not None else encode_batch(rows)
+        self.events += len(events)
         for spool in self.spools:
             try:
                 spool.put(data)
@@ -227,6 +257,8 @@ class CollectorApp:
         """Run until a signal; returns the exit code."""
         from myason.collector.keystore import Keystore
         from myason.collector.process import DatagramProcessor
+        from myason.detect import build_detectors
+        from myason.enrich import build_pipeline
         keystore = Keystore.load(self.cfg.keystore)
         writers, spools = self._writers()
         queues = self.queues = [queue.Queue(self.cfg.packet_queue) for _ in range(self.cfg.processors_number)]
@@ -236,9 +268,13 @@ class CollectorApp:
             dp = DatagramProcessor(keystore, ttl=self.cfg.token_ttl, window=self.cfg.seq_window)
             if state:
                 dp.restore(state)
+            # Each processor has its own detector state: an agent always goes to the same one.
+            pipeline = build_pipeline(self.cfg.enrich)
+            detectors = build_detectors(self.cfg.detect_config()) if self.cfg.detect_enabled else None
             procs.append(ProcessorThread("processor-%d" % i, dp, q, spools, self.cfg.batch_rows,
                                          self.cfg.batch_interval, sequence_file(self.cfg.spool_dir, i),
-                                         self.cfg.fsync))
+                                         self.cfg.fsync, pipeline=pipeline, detectors=detectors,
+                                         detect_clock=self.cfg.detect_clock))
         if state:
             log.info("sequence numbers of %d agents carried over from the last run", len(state))
         self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, RoutingQueue(queues),
@@ -263,6 +299,8 @@ class CollectorApp:
             q.put(DONE)
         for p in procs:
             p.join()
+            if p.pipeline is not None:
+                p.pipeline.close()
         self.stop_writers.set()
         for w in writers:
             w.join()
@@ -282,9 +320,11 @@ class CollectorApp:
                 rejects[k] = rejects.get(k, 0) + v
             for agent, st in p.proc.agents.items():
                 agents[agent] = {k: getattr(st, k) for k in ("datagrams", "flows", "gaps", "replays", "restarts")}
-        s.update(flows_spooled=sum(p.rows for p in procs), rejects=rejects, agents=agents,
+        s.update(flows_spooled=sum(p.rows for p in procs), events_spooled=sum(p.events for p in procs),
+                 rejects=rejects, agents=agents,
                  spool_rejected_flows=sum(p.spool_rejected_rows for p in procs))
-        s["writers"] = {w.writer.name: {"batches": w.batches, "rows": w.rows, "errors": w.errors,
+        s["writers"] = {w.writer.name: {"batches": w.batches, "rows": w.rows, "events": w.events,
+                                        "errors": w.errors,
                                  "failed_batches": w.failed_batches, "latency_seconds": w.latency,
                                  "connected": int(w.connected)}
                         for w in writers}

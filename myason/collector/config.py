@@ -8,7 +8,42 @@ from dataclasses import dataclass, field
 from myason.config import (ConfigError, _meta, _plain, _validate_fields, check_bool, check_float, check_int,
                            check_optional, check_str, load_config, parse_endpoint)
 
-WRITER_TYPES = ("sqlite", "postgresql", "influxdb", "jsonl")
+WRITER_TYPES = ("sqlite", "postgresql", "influxdb", "jsonl", "mentat")
+# Options of the `enrich` section besides the steps' own (see myason/enrich/__init__.py).
+_ENRICH_KEYS = {"order", "local_networks", "services_file", "geoip", "rdns", "direction_cache_size"}
+
+
+def check_enrich(key, value):
+    """The `enrich` mapping: known keys, and a pipeline that builds (steps, networks, options)."""
+    from myason.enrich import build_pipeline
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping, e.g. {local_networks: [10.0.0.0/8]}")
+    for k in value:
+        if k not in _ENRICH_KEYS:
+            raise ConfigError("%s.%s" % (key, k), "unknown option (known: %s)" % ", ".join(sorted(_ENRICH_KEYS)))
+    # Building validates every option (ConfigError names enrich.<option>); geoip databases are
+    # opened and closed again, so a missing file is reported at --check-config time too.
+    build_pipeline(value).close()
+    return dict(value)
+
+
+def check_detect(key, value):
+    """The `detect` mapping (node_name, allowlist, detectors), validated by building the detectors."""
+    from myason.detect import build_detectors
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping, e.g. {detectors: {scan_horizontal: {threshold: 50}}}")
+    build_detectors(value)
+    return dict(value)
+
+
+def check_node_name(key, value):
+    """An IDEA Node.Name (lowercase reverse-DNS, no hyphens)."""
+    from myason.detect.idea import check_node_name as check
+    return check(value, key)
 
 
 def check_addresses(key, value):
@@ -70,9 +105,21 @@ class CollectorConfig:
     metrics: str | None = field(default=None, metadata=_meta(
         check_optional(check_str(allow_empty=False, expected="host:port for the Prometheus endpoint"))))
     fsync: bool = field(default=True, metadata=_meta(check_bool()))
+    enrich: dict = field(default_factory=dict, metadata=_meta(check_enrich))
+    detect: dict = field(default_factory=dict, metadata=_meta(check_detect))
+    detect_enabled: bool = field(default=True, metadata=_meta(check_bool()))
+    detect_clock: str = field(default="wall", metadata=_meta(
+        check_str(pattern=re.compile(r"^(wall|flow)$"), expected="'wall' or 'flow'")))
+    node_name: str = field(default="org.example.myason", metadata=_meta(check_node_name))
 
     def __post_init__(self):
         _validate_fields(self)
+
+    def detect_config(self) -> dict:
+        """The `detect` mapping with `node_name` filled in from the top-level key when unset."""
+        out = dict(self.detect)
+        out.setdefault("node_name", self.node_name)
+        return out
 
     def to_dict(self) -> dict:
         """Plain types that load back to an equal config."""

@@ -9,7 +9,7 @@ import threading
 import time
 
 from myason.logs import RateLimiter
-from myason.store.base import WriterError, decode_batch
+from myason.store.base import WriterError, decode_batch_events
 
 log = logging.getLogger("myason.collector.sink")
 
@@ -26,6 +26,7 @@ class WriterThread(threading.Thread):
         self.drain = drain
         self.batches = 0
         self.rows = 0
+        self.events = 0
         self.errors = 0
         self.failed_batches = 0
         self.latency = 0.0          # seconds the last successful write took
@@ -79,10 +80,16 @@ class WriterThread(threading.Thread):
 
     def _store(self, name, data):
         try:
-            rows = decode_batch(data)
-            t0 = time.monotonic()
-            self.writer.write(name, rows)
-            self.latency = time.monotonic() - t0
+            rows, events = decode_batch_events(data)
+            if events and not self.writer.stores_events:
+                events = []
+            if rows or events:
+                t0 = time.monotonic()
+                if events:
+                    self.writer.write(name, rows, events=events)
+                else:
+                    self.writer.write(name, rows)
+                self.latency = time.monotonic() - t0
         except WriterError as exc:
             self.errors += 1
             if exc.permanent:
@@ -95,6 +102,7 @@ class WriterThread(threading.Thread):
         self.spool.done(name)
         self.batches += 1
         self.rows += len(rows)
+        self.events += len(events)
         return True
 
     def _try(self, fn):

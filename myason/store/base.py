@@ -8,6 +8,7 @@ exactly once.
 import orjson
 
 from myason.config import suggest_key
+from myason.enrich.base import ENRICH_DEFAULTS, ENRICH_FIELDS
 from myason.errors import ConfigError, MyasonError
 from myason.record import FIELDS
 
@@ -15,6 +16,10 @@ from myason.record import FIELDS
 # which address it came.
 COLLECTOR_FIELDS = ("received", "exporter")
 ROW_FIELDS = FIELDS + COLLECTOR_FIELDS
+# Collector rows after enrichment (issue 4): ROW_FIELDS, then the enrichment columns. Writers
+# accept both lengths, since a spool may still hold batches of plain rows (format v1).
+ENRICHED_ROW_FIELDS = ROW_FIELDS + ENRICH_FIELDS
+BATCH_VERSION = 2
 
 _REGISTRY = {}
 # Marks a writer option with no default in a parse_options spec.
@@ -33,6 +38,8 @@ class Writer:
     """Base class: open() once, write(batch_id, rows) per batch, close() at shutdown."""
 
     name = ""
+    # True for writers whose write() takes `events` (IDEA dicts) and stores them with the rows.
+    stores_events = False
 
     def __init__(self, **options):
         self.options = options
@@ -97,7 +104,7 @@ def _load_builtin():
     # Imported on demand so that `import myason.store.base` has no side effects and a writer's
     # driver (psycopg, influxdb-client) is only needed when that writer is used.
     import importlib
-    for mod in ("jsonl", "sqlite", "postgresql", "influxdb"):
+    for mod in ("jsonl", "sqlite", "postgresql", "influxdb", "mentat"):
         try:
             importlib.import_module("myason.store." + mod)
         except ModuleNotFoundError as exc:
@@ -105,18 +112,38 @@ def _load_builtin():
                 raise
 
 
-def encode_batch(rows):
-    """Spool file content for a batch of rows."""
-    return orjson.dumps({"v": 1, "rows": rows})
+def encode_batch(rows, events=None):
+    """Spool file content for a batch of rows (v1), or of rows and IDEA events (v2)."""
+    if events is None:
+        return orjson.dumps({"v": 1, "rows": rows})
+    return orjson.dumps({"v": BATCH_VERSION, "rows": rows, "events": events})
 
 
 def decode_batch(data):
     """Rows from spool file content; WriterError(permanent) when the file is damaged."""
+    return decode_batch_events(data)[0]
+
+
+def decode_batch_events(data):
+    """(rows, events) from spool file content of any version; WriterError(permanent) if damaged.
+
+    v1 holds plain rows (ROW_FIELDS) and no events; v2 holds enriched rows (ENRICHED_ROW_FIELDS)
+    and a list of IDEA events.
+    """
     try:
         obj = orjson.loads(data)
         rows = obj["rows"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        version = obj.get("v")
+        events = obj.get("events", []) if version == BATCH_VERSION else []
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise WriterError("damaged spool batch: %s" % exc, permanent=True) from None
-    if obj.get("v") != 1 or not isinstance(rows, list):
+    if version not in (1, BATCH_VERSION) or not isinstance(rows, list) or not isinstance(events, list):
         raise WriterError("unknown spool batch version", permanent=True)
-    return rows
+    return rows, events
+
+
+def enriched(row):
+    """The row in ENRICHED_ROW_FIELDS order: a plain (v1) row gets the enrichment defaults."""
+    if len(row) == len(ROW_FIELDS):
+        return list(row) + list(ENRICH_DEFAULTS)
+    return row

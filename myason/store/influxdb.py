@@ -17,7 +17,8 @@ import urllib.parse
 from collections import OrderedDict
 
 from myason.errors import ConfigError
-from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
+from myason.store.events import detector_of, parse_time
 
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
 I_FIRST, I_LAST, I_BYTES, I_PACKETS = _I["first"], _I["last"], _I["bytes"], _I["packets"]
@@ -28,6 +29,10 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 # Row fields that may become extra tags (option extra_tags): all low-cardinality. Addresses,
 # ports, AS numbers and masks are refused on purpose.
 TAGGABLE = ("exporter", "vlan", "out_if", "in_if", "if_name", "tos", "end_reason")
+# Enrichment columns that may become tags (option enrich_tags, default direction only): each
+# has a bounded set of values. Countries are opt-in: ~250 values each, multiplied by the other
+# tags and by each other (src x dst), which is too many series for a default.
+ENRICH_TAGGABLE = ("direction", "service", "src_country", "dst_country")
 EMPTY_TAG = "-"             # line protocol forbids empty tag values
 MAX_SPREAD = 1000           # a flow spanning more intervals than this is attributed to its first
 PRECISIONS = {"ns": 1, "us": 1000, "ms": 1000000}
@@ -161,6 +166,31 @@ def format_lines(totals, interval, offset_ns, measurement="flows", static_tags=(
             tags = cache[ident] = meas + tag_set(ident, static_tags, extra_names)
         lines.append("%s bytes=%di,packets=%di,flows=%di %d" % (
             tags, nbytes, npackets, nflows, key[0] * interval_ns + offset_ns))
+    return lines
+
+
+def event_lines(events, interval, offset_ns, measurement="events", static_tags=()):
+    """Line protocol: count of events per interval (of DetectTime), category and detector.
+
+    An event with several categories counts once under each. Malformed events are skipped.
+    """
+    counts = {}
+    for ev in events:
+        try:
+            bucket = int(parse_time(ev["DetectTime"]) // interval)
+            det = detector_of(ev)
+            for cat in ev["Category"]:
+                key = (bucket, str(cat), det)
+                counts[key] = counts.get(key, 0) + 1
+        except (KeyError, TypeError, ValueError):
+            continue
+    meas = escape_measurement(measurement)
+    interval_ns = interval * 1000000000
+    lines = []
+    for (bucket, cat, det), n in sorted(counts.items()):
+        tags = sorted((("category", cat), ("detector", det)) + tuple(static_tags))
+        lines.append("%s%s count=%di %d" % (meas, "".join(",%s=%s" % (escape_tag(k), escape_tag(v)) for k, v in tags),
+                                            n, bucket * interval_ns + offset_ns))
     return lines
 
 
@@ -359,6 +389,7 @@ class InfluxDBWriter(Writer):
     """Writes per-interval totals by agent, interface, protocol and IP version (docs/influxdb.md)."""
 
     name = "influxdb"
+    stores_events = True
     # Hook for computed low-cardinality tags (e.g. direction from enrichment): (tag, row -> str).
     tag_functions = ()
 
@@ -378,6 +409,11 @@ class InfluxDBWriter(Writer):
         self.batch_lines = _option(opt, "batch_lines", 5000, lambda v: type(v) is int and v > 0, "an integer > 0")
         extra = _option(opt, "extra_tags", [], lambda v: isinstance(v, (list, tuple))
                         and all(f in TAGGABLE for f in v), "a list of fields from %s" % ", ".join(TAGGABLE))
+        enrich_tags = _option(opt, "enrich_tags", ["direction"], lambda v: isinstance(v, (list, tuple))
+                              and all(f in ENRICH_TAGGABLE for f in v),
+                              "a list of fields from %s" % ", ".join(ENRICH_TAGGABLE))
+        self.events_measurement = _option(opt, "events_measurement", "events",
+                                          lambda v: isinstance(v, str) and v, "a non-empty string")
         token = opt.get("token")
         if opt.get("token_file"):
             try:
@@ -389,6 +425,10 @@ class InfluxDBWriter(Writer):
         self.extra_names = tuple(extra) + tuple(name for name, _ in self.tag_functions)
         self.extra_fns = tuple((lambda row, i=ROW_FIELDS.index(f): row[i]) for f in extra) + tuple(
             fn for _, fn in self.tag_functions)
+        # Enriched rows (batch format v2) add the enrich_tags; plain rows keep the tags above.
+        self.enriched_names = self.extra_names + tuple(enrich_tags)
+        self.enriched_fns = self.extra_fns + tuple(
+            (lambda row, i=ENRICHED_ROW_FIELDS.index(f): row[i]) for f in enrich_tags)
         if self.api == "v1":
             self.transport = V1Transport(url, opt.get("database", "myason"), token, opt.get("username"),
                                          opt.get("password"), timeout, opt.get("create_database", True))
@@ -405,14 +445,22 @@ class InfluxDBWriter(Writer):
         self.transport.open()
         self.opened = True
 
-    def write(self, batch_id, rows):
-        """Aggregate the batch and write its points; a retry writes the very same points again."""
+    def write(self, batch_id, rows, events=()):
+        """Aggregate the batch (flows, and events by category and detector) and write its points.
+
+        A retry writes the very same points again.
+        """
         if not self.opened:
             self.open()
         seq = self.state.seq_for(batch_id)
-        totals, skipped = aggregate(rows, self.interval, self.extra_fns)
-        lines = format_lines(totals, self.interval, point_offset(seq, self.interval, self.precision),
-                             self.measurement, self.static_tags, self.extra_names)
+        offset = point_offset(seq, self.interval, self.precision)
+        if rows and len(rows[0]) == len(ENRICHED_ROW_FIELDS):
+            fns, names = self.enriched_fns, self.enriched_names
+        else:
+            fns, names = self.extra_fns, self.extra_names
+        totals, skipped = aggregate(rows, self.interval, fns)
+        lines = format_lines(totals, self.interval, offset, self.measurement, self.static_tags, names)
+        lines += event_lines(events, self.interval, offset, self.events_measurement, self.static_tags)
         for i in range(0, len(lines), self.batch_lines):
             self.transport.send(lines[i:i + self.batch_lines])
         self.skipped += skipped

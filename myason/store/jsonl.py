@@ -17,7 +17,7 @@ import time
 import orjson
 
 from myason.config import check_int, check_str
-from myason.store.base import REQUIRED, ROW_FIELDS, Writer, WriterError, parse_options, register
+from myason.store.base import ENRICHED_ROW_FIELDS, REQUIRED, ROW_FIELDS, Writer, WriterError, parse_options, register
 
 log = logging.getLogger("myason.store.jsonl")
 
@@ -28,13 +28,17 @@ _NCOLS = len(ROW_FIELDS)
 
 
 def encode_rows(rows):
-    """JSON lines (bytes) for rows in ROW_FIELDS order; ValueError/TypeError for a bad row."""
+    """JSON lines (bytes) for rows in ROW_FIELDS or ENRICHED_ROW_FIELDS order; ValueError/TypeError for a bad row."""
     dumps = orjson.dumps
     parts = []
     for row in rows:
-        if len(row) != _NCOLS:
-            raise ValueError("a row has %d values, expected %d" % (len(row), _NCOLS))
-        parts.append(dumps(dict(zip(ROW_FIELDS, row))))
+        # Plain rows (batch format v1) and enriched rows both come through a spool.
+        if len(row) == _NCOLS:
+            parts.append(dumps(dict(zip(ROW_FIELDS, row))))
+        elif len(row) == len(ENRICHED_ROW_FIELDS):
+            parts.append(dumps(dict(zip(ENRICHED_ROW_FIELDS, row))))
+        else:
+            raise ValueError("a row has %d values, expected %d or %d" % (len(row), _NCOLS, len(ENRICHED_ROW_FIELDS)))
     if not parts:
         return b""
     parts.append(b"")

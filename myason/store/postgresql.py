@@ -19,7 +19,9 @@ import struct
 import time
 
 from myason.config import check_int, check_str
-from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+from myason.enrich.base import ENRICH_FIELDS, ENRICH_INT_FIELDS
+from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
+from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
@@ -57,21 +59,57 @@ _ENCODE_ERRORS = (struct.error, TypeError, ValueError, OverflowError, OSError, A
                   UnicodeError, IndexError)
 
 
-def _copy_sql(fmt):
-    cols = ", ".join('"%s"' % c for c in COPY_COLUMNS)
+# Enriched rows (ENRICHED_ROW_FIELDS) add these COPY columns after COPY_COLUMNS.
+ENRICH_COPY_COLUMNS = ENRICH_FIELDS
+_NCOLS_ENRICHED = len(ENRICHED_ROW_FIELDS)
+_ENRICH_KINDS = tuple(f in ENRICH_INT_FIELDS for f in ENRICH_FIELDS)
+_INT8 = struct.Struct(">iq").pack
+_CASTS = {"id": "::uuid", "detecttime": "", "category": "::text[]", "source_ip": "::inet[]",
+          "target_ip": "::inet[]", "source_port": "::integer[]", "target_port": "::integer[]",
+          "protocol": "::text[]", "node_name": "::text[]", "description": ""}
+INSERT_EVENT_SQL = "INSERT INTO events (%s, event) VALUES (%s, %%s::jsonb) ON CONFLICT (id) DO NOTHING" % (
+    ", ".join(EVENT_COLUMNS),
+    ", ".join("to_timestamp(%s)" if c == "detecttime" else "%s" + _CASTS[c] for c in EVENT_COLUMNS))
+
+
+def _copy_sql(fmt, enriched=False):
+    cols = ", ".join('"%s"' % c for c in COPY_COLUMNS + (ENRICH_COPY_COLUMNS if enriched else ()))
     return "COPY flows (%s) FROM STDIN%s" % (cols, " (FORMAT BINARY)" if fmt == "binary" else "")
 
 
-def _pack_fixed(r, _pack=_FIXED.pack, _e=_PG_EPOCH_US):
+def encode_binary_enriched(rows):
+    """Binary COPY data for ENRICHED_ROW_FIELDS rows (COPY_COLUMNS + ENRICH_COPY_COLUMNS)."""
+    return encode_binary(rows, enriched=True)
+
+
+def encode_text_enriched(rows):
+    """Text COPY data for ENRICHED_ROW_FIELDS rows (COPY_COLUMNS + ENRICH_COPY_COLUMNS)."""
+    lines = encode_text([r[:_NCOLS] for r in rows]).decode("utf-8").split("\n")
+    out = []
+    for line, r in zip(lines, rows):
+        extra = "\t".join(("%d" % v) if is_int else _escape(v) for is_int, v in zip(_ENRICH_KINDS, r[_NCOLS:]))
+        out.append(line + "\t" + extra + "\n")
+    return "".join(out).encode("utf-8")
+
+
+def event_params(event):
+    """Parameters of INSERT_EVENT_SQL for one IDEA event."""
+    cols = event_columns(event)
+    return tuple(cols[c] for c in EVENT_COLUMNS) + (dumps(event).decode(),)
+
+
+def _pack_fixed(r, _pack=_FIXED.pack, _e=_PG_EPOCH_US, _n=len(COPY_COLUMNS)):
     # Field count, then (length, value) for each of _FIXED_COLS in order; r follows ROW_FIELDS.
     # Times become microseconds since 2000-01-01 UTC.
-    return _pack(len(COPY_COLUMNS), 4, r[2], 4, r[3], 2, r[4], 2, r[5], 8, r[6], 8, r[7],
+    return _pack(_n, 4, r[2], 4, r[3], 2, r[4], 2, r[5], 8, r[6], 8, r[7],
                  8, round(r[8] * 1e6) - _e, 8, round(r[9] * 1e6) - _e, 2, r[10], 8, r[13], 8, r[14],
                  2, r[15], 2, r[16], 2, r[18], 2, r[19], 8, r[20], 8, r[21], 8, round(r[23] * 1e6) - _e)
 
 
-def encode_binary(rows):
+def encode_binary(rows, enriched=False):
     """COPY ... (FORMAT BINARY) data for rows in ROW_FIELDS order (columns in COPY_COLUMNS order).
+
+    enriched: rows are in ENRICHED_ROW_FIELDS order and ENRICH_COPY_COLUMNS follow.
 
     Raises ValueError/TypeError/struct.error/OSError for a value PostgreSQL could not take
     (an empty src/dst/exporter address becomes NULL, which the NOT NULL columns refuse).
@@ -94,13 +132,21 @@ def encode_binary(rows):
     out = [_SIGNATURE]
     extend = out.extend
     fixed = _pack_fixed
+    n = len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0)
+    int8 = _INT8
     # Unrolled on purpose: this loop is the writer's hot path (indexes follow ROW_FIELDS).
     for r in rows:
         src, dst, nh, exp = r[0], r[1], r[17], r[24]
         agent, ifn, end = r[11], r[12], r[22]
-        extend((fixed(r), iget(src) or inet(src), iget(dst) or inet(dst), iget(exp) or inet(exp),
+        extend((fixed(r, _n=n), iget(src) or inet(src), iget(dst) or inet(dst), iget(exp) or inet(exp),
                 iget(nh) or inet(nh), tget(agent) or text(agent), tget(ifn) or text(ifn),
                 tget(end) or text(end)))
+        if enriched:
+            # ENRICH_FIELDS: direction, service, 2 countries (text), 2 ASNs (int8), 4 texts.
+            d, sv, sc, dc, sa, da, so, do, sh, dh = r[25:35]
+            extend((tget(d) or text(d), tget(sv) or text(sv), tget(sc) or text(sc), tget(dc) or text(dc),
+                    int8(8, sa), int8(8, da), tget(so) or text(so), tget(do) or text(do),
+                    tget(sh) or text(sh), tget(dh) or text(dh)))
     out.append(_TRAILER)
     return b"".join(out)
 
@@ -167,6 +213,7 @@ class PostgresWriter(Writer):
     """
 
     name = "postgresql"
+    stores_events = True
     SPEC = {
         "dsn": (REQUIRED, check_str(allow_empty=False, expected="a connection string")),
         "retention_days": (0, check_int(lo=0)),
@@ -260,14 +307,24 @@ class PostgresWriter(Writer):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, batch_id, rows):
-        """COPY the rows and record the batch id in one transaction; a known batch id is skipped."""
+    def write(self, batch_id, rows, events=()):
+        """COPY the rows, insert the events and record the batch id in one transaction.
+
+        A known batch id is skipped. Rows are plain (ROW_FIELDS) or enriched
+        (ENRICHED_ROW_FIELDS), one kind per batch; events are IDEA dicts.
+        """
+        enriched = bool(rows) and len(rows[0]) == _NCOLS_ENRICHED
+        ncols = _NCOLS_ENRICHED if enriched else _NCOLS
         try:
-            if any(len(r) != _NCOLS for r in rows):
-                raise ValueError("a row does not have %d values" % _NCOLS)
-            data = self._encode(rows)
+            if any(len(r) != ncols for r in rows):
+                raise ValueError("a row does not have %d values" % ncols)
+            if enriched:
+                data = encode_binary_enriched(rows) if self.copy_format == "binary" else encode_text_enriched(rows)
+            else:
+                data = self._encode(rows)
             days = days_of(rows)
-        except _ENCODE_ERRORS as exc:
+            params = [event_params(e) for e in events]
+        except _ENCODE_ERRORS + (KeyError,) as exc:
             raise WriterError("postgresql: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
         psycopg = _psycopg()
         conn = self._connection()
@@ -281,8 +338,10 @@ class PostgresWriter(Writer):
                     self.skipped += 1
                     return False
                 if rows:
-                    with cur.copy(self._copy_sql) as copy:
+                    with cur.copy(_copy_sql(self.copy_format, True) if enriched else self._copy_sql) as copy:
                         copy.write(data)
+                if params:
+                    cur.executemany(INSERT_EVENT_SQL, params)
             self._commit(conn)
         except psycopg.Error as exc:
             raise self._error(batch_id, exc) from None

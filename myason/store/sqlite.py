@@ -11,7 +11,8 @@ import sqlite3
 import time
 
 from myason.config import check_float, check_int, check_str
-from myason.store.base import ROW_FIELDS, Writer, WriterError, register
+from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
+from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 
@@ -22,7 +23,19 @@ _NEXT_HOP = ROW_FIELDS.index("next_hop")
 INSERT_SQL = "INSERT INTO flows (%s) VALUES (%s)" % (
     ", ".join('"%s"' % f for f in ROW_FIELDS),
     ", ".join("NULLIF(?, '')" if i == _NEXT_HOP else "?" for i in range(len(ROW_FIELDS))))
+INSERT_ENRICHED_SQL = "INSERT INTO flows (%s) VALUES (%s)" % (
+    ", ".join('"%s"' % f for f in ENRICHED_ROW_FIELDS),
+    ", ".join("NULLIF(?, '')" if i == _NEXT_HOP else "?" for i in range(len(ENRICHED_ROW_FIELDS))))
+INSERT_EVENT_SQL = "INSERT OR IGNORE INTO events (%s, event) VALUES (%s)" % (
+    ", ".join(EVENT_COLUMNS), ", ".join("?" * (len(EVENT_COLUMNS) + 1)))
 HOUSEKEEPING_EVERY = 3600.0
+
+
+def event_params(event):
+    """SQLite parameters of one IDEA event for INSERT_EVENT_SQL (lists as JSON arrays)."""
+    cols = event_columns(event)
+    return tuple(dumps(v).decode() if isinstance(v, list) else v for v in cols.values()) + (
+        dumps(event).decode(),)
 
 
 def day_start(day):
@@ -46,6 +59,7 @@ class SqliteWriter(Writer):
     """
 
     name = "sqlite"
+    stores_events = True
     SPEC = {
         "path": (REQUIRED, check_str(allow_empty=False, expected="a file path")),
         "retention_days": (0, check_int(lo=0)),
@@ -106,11 +120,19 @@ class SqliteWriter(Writer):
             log.info("sqlite: %s: applied migration %03d_%s", self.path, version, name)
         return applied
 
-    def write(self, batch_id, rows):
-        """Insert the rows and the batch id in one transaction; a known batch id is skipped."""
+    def write(self, batch_id, rows, events=()):
+        """Insert rows, events and the batch id in one transaction; a known batch id is skipped.
+
+        Rows are plain (ROW_FIELDS) or enriched (ENRICHED_ROW_FIELDS); events are IDEA dicts.
+        """
         if self._conn is None:
             self.open()
         conn = self._conn
+        sql = INSERT_ENRICHED_SQL if rows and len(rows[0]) == len(ENRICHED_ROW_FIELDS) else INSERT_SQL
+        try:
+            params = [event_params(e) for e in events]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise WriterError("sqlite: batch %s has a bad event: %s" % (batch_id, exc), permanent=True) from None
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -120,7 +142,9 @@ class SqliteWriter(Writer):
                     conn.execute("ROLLBACK")
                     self.skipped += 1
                     return False
-                conn.executemany(INSERT_SQL, rows)
+                conn.executemany(sql, rows)
+                if params:
+                    conn.executemany(INSERT_EVENT_SQL, params)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from myason.errors import ConfigError
-from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, WriterError, writer_class
 from myason.store.sqlite import SqliteWriter, retention_cutoff
 
 T0 = 1700000000.0   # 2023-11-14 22:13:20 UTC
@@ -57,9 +57,9 @@ def test_schema_wal_and_migrations_are_applied_once(writer, db):
     assert writer.migrate() == []
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "flows")]
+    assert conn.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "flows"), (2, "enrich_events")]
     cols = [r[1] for r in conn.execute("PRAGMA table_info(flows)")]
-    assert cols == list(ROW_FIELDS)
+    assert cols == list(ENRICHED_ROW_FIELDS)
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(flows)")}
     assert {"flows_first_idx", "flows_src_ip_idx", "flows_dst_ip_idx", "flows_agent_first_idx"} <= indexes
     conn.close()

@@ -1,0 +1,69 @@
+"""The mentat writer: one complete JSON file per event in incoming/, each batch once."""
+import json
+import os
+
+import pytest
+
+from myason.errors import ConfigError
+from myason.store.base import WriterError, writer_class
+from myason.store.mentat import MARKERS, MentatWriter, event_file_name
+
+
+def events(n, tag="e"):
+    return [{"Format": "IDEA0", "ID": "%s-%d" % (tag, i), "Category": ["Recon.Scanning"]} for i in range(n)]
+
+
+@pytest.fixture
+def writer(tmp_path):
+    w = MentatWriter(queue_dir=str(tmp_path / "q"), fsync=False)
+    w.open()
+    return w
+
+
+def incoming(tmp_path):
+    return sorted(os.listdir(tmp_path / "q" / "incoming"))
+
+
+def test_registered_and_options_checked(tmp_path):
+    assert writer_class("mentat") is MentatWriter
+    with pytest.raises(ConfigError, match="mentat.queue_dir"):
+        MentatWriter()
+    with pytest.raises(ConfigError, match="mentat.queue"):
+        MentatWriter(queue=str(tmp_path))
+
+
+def test_each_event_one_file_and_batches_once(writer, tmp_path):
+    assert writer.write("b1", [], events=events(3)) is True
+    assert writer.write("b1", [], events=events(3)) is False      # retried batch
+    assert writer.write("b2", [["row"]], events=events(2, "f")) is True
+    names = incoming(tmp_path)
+    assert len(names) == 5 and len(set(names)) == 5
+    got = sorted(json.loads((tmp_path / "q" / "incoming" / n).read_bytes())["ID"] for n in names)
+    assert got == ["e-0", "e-1", "e-2", "f-0", "f-1"]
+    assert os.listdir(tmp_path / "q" / "tmp") == []
+    assert sorted(os.listdir(tmp_path / "q" / MARKERS)) == ["b1", "b2"]
+
+
+def test_no_events_writes_nothing(writer, tmp_path):
+    assert writer.write("b1", [["row"]]) is True
+    assert incoming(tmp_path) == []
+
+
+def test_names_are_safe_and_unique():
+    a = event_file_name("b1", 0, {"ID": "../../etc/x"})
+    assert "/" not in a and a.endswith(".idea")
+    assert event_file_name("b1", 0, {"ID": "x"}) != event_file_name("b1", 1, {"ID": "x"})
+
+
+def test_unwritable_queue_is_a_retryable_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    w = MentatWriter(queue_dir=str(tmp_path / "file" / "q"), fsync=False)
+    with pytest.raises(WriterError) as exc:
+        w.write("b1", [], events=events(1))
+    assert not exc.value.permanent
+
+
+def test_unserialisable_event_is_permanent(writer):
+    with pytest.raises(WriterError) as exc:
+        writer.write("b1", [], events=[{"ID": object()}])
+    assert exc.value.permanent
