@@ -4,6 +4,9 @@ Live: per interface a sniffer thread (drops and counts when its queue is full: t
 not wait for us anyway) and a processor thread (blocks when the flow queue is full: a flow is
 never dropped); one exporter for the agent, which owns the per-agent sequence number.
 Replay: one reader thread per run (blocking puts: replay is exact) feeding one processor.
+With the fast engine (numba, the replay default) the reader walks and decodes the files into
+chunks of per-packet arrays and the processor applies them in one kernel call per chunk; the
+"python" engine is the reference path, frame by frame (live capture always uses it).
 Shutdown order: stop sources, drain the packet queues, flush the caches, drain the flow
 queue, close the sinks.
 """
@@ -14,11 +17,15 @@ import signal
 import sys
 import threading
 import time
+from contextlib import closing
 
 from myason.agent.export import DONE, Exporter, UdpSender
 from myason.agent.process import PacketProcessor
 
 log = logging.getLogger("myason.agent")
+
+# How long a sniffer keeps reading what its socket holds after a stop signal.
+DRAIN_SECONDS = 2.0
 
 
 class ProcessorThread(threading.Thread):
@@ -50,8 +57,11 @@ class ProcessorThread(threading.Thread):
                 batch = ()
             if batch is DONE:
                 break
-            if batch:
-                proc.process(batch, self.linktype, self.ifindex)
+            if batch.__class__ is list:
+                if batch:
+                    proc.process(batch, self.linktype, self.ifindex)
+            elif batch:
+                proc.process_chunk(batch)       # a fastdecode.Chunk (replay, fast engine)
             if self.clock is not None:
                 now = self.clock()
                 if next_tick is None:
@@ -70,14 +80,33 @@ class ProcessorThread(threading.Thread):
 
 
 class ReplayReader(threading.Thread):
-    """Reads capture files in order and queues their packets in batches (never drops)."""
+    """Reads capture files in order and queues their packets in batches (never drops).
 
-    def __init__(self, paths, outbox, stop, progress=False):
+    With fast=True the batches are fastdecode.Chunks (decoded arrays) instead of frame lists.
+    """
+
+    def __init__(self, paths, outbox, stop, progress=False, fast=False):
         super().__init__(name="reader", daemon=True)
         self.paths, self.outbox, self.stop = paths, outbox, stop
         self.progress = progress
+        self.fast = fast
         self.stats = {}
         self.error = None
+
+    def _batches(self, cap):
+        if not self.fast:
+            yield from cap.batches()
+            return
+        from myason.agent import fastdecode
+        if cap.format == "pcap":
+            walker = fastdecode.PcapWalker(cap)
+            try:
+                yield from walker.chunks()
+            finally:
+                walker.close()   # its view of the mapping must go before the file closes
+        else:
+            for batch in cap.batches(fastdecode.DEFAULT_CHUNK // 2):
+                yield fastdecode.chunk_from_batch(batch)
 
     def run(self):
         from myason.agent.pcapfile import open_capture
@@ -87,11 +116,11 @@ class ReplayReader(threading.Thread):
                 from tqdm import tqdm
                 bar = tqdm(unit=" pkt", unit_scale=True, file=sys.stderr, desc="replay")
             for path in self.paths:
-                with open_capture(path) as cap:
-                    for batch in cap.batches():
+                with open_capture(path) as cap, closing(self._batches(cap)) as batches:
+                    for batch in batches:
                         self.outbox.put(batch)
                         if bar is not None:
-                            bar.update(len(batch))
+                            bar.update(len(batch) if batch.__class__ is list else batch.n)
                         if self.stop.is_set():
                             break
                     for k, v in cap.stats.items():
@@ -129,19 +158,32 @@ class SnifferThread(threading.Thread):
                 except queue.Full:
                     self.dropped_batches += 1
                     self.dropped_packets += len(batch)
+            self._drain()
         except BaseException as exc:  # noqa: B902
             self.error = exc
             log.exception("%s failed", self.name)
         finally:
             self.outbox.put(DONE)
 
+    def _drain(self):
+        # Frames the kernel already holds at stop were seen on the wire: meter them too, with
+        # blocking puts (the processor is still draining). A time bound keeps a busy link from
+        # holding shutdown back: frames keep arriving there, and the socket never runs empty.
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            batch = self.source.read_batch(self.stop)
+            if not batch:
+                return
+            self.outbox.put(batch)
+
 
 class AgentApp:
     """The agent: live capture on the configured interfaces, or replay of capture files."""
 
-    def __init__(self, cfg, read=(), output=None, export=True, progress=None):
+    def __init__(self, cfg, read=(), output=None, export=True, progress=None, engine="fast"):
         self.cfg = cfg
         self.read = list(read or ())
+        self.engine = engine          # replay engine: "fast" (numba) or "python" (reference)
         self.output = output
         self.export = export
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -198,10 +240,13 @@ class AgentApp:
                                                self.cfg.tick, time.time, src.linktype, src.ifindex))
             threads = sniffers + threads
         else:
-            pkt_q = queue.Queue(self.cfg.packet_queue)
-            proc = PacketProcessor(self.cfg, self.cfg.agent_id, {}, routes, asn)
+            fast = self._fast_replay()
+            # A chunk holds 1e5 packets: a short queue is enough to keep both threads busy.
+            pkt_q = queue.Queue(4 if fast else self.cfg.packet_queue)
+            proc = PacketProcessor(self.cfg, self.cfg.agent_id, {}, routes, asn,
+                                   engine="fast" if fast else "python")
             procs.append(proc)
-            reader = ReplayReader(self.read, pkt_q, self.stop, self.progress)
+            reader = ReplayReader(self.read, pkt_q, self.stop, self.progress, fast=fast)
             sniffers.append(reader)
             threads = [reader, ProcessorThread("processor", proc, pkt_q, flow_q, self.cfg.tick)]
         exporter = Exporter(flow_q, len(procs), batcher, sender, record_file, self.cfg.export_interval)
@@ -229,6 +274,17 @@ class AgentApp:
         for t in failed:
             log.error("%s: %s", t.name, t.error)
         return 1 if failed else 0
+
+    def _fast_replay(self):
+        if self.engine == "python":
+            return False
+        if self.engine != "fast":
+            raise ValueError("engine must be 'fast' or 'python', not %r" % (self.engine,))
+        from myason.agent.process import fast_engine_available
+        if fast_engine_available():
+            return True
+        log.warning("numba is not available: replaying with the python engine")
+        return False
 
     @staticmethod
     def _stats(procs, sniffers, sources, exporter, sender):

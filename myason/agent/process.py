@@ -1,10 +1,19 @@
-"""The packet processor: decoded frames -> flow cache -> flow rows ready for export."""
+"""The packet processor: decoded frames -> flow cache -> flow rows ready for export.
+
+Two engines give identical records: "python" (FlowCache, one frame at a time: the reference
+and the live path) and "fast" (numba: fastdecode chunks into FastFlowCache, used by replay).
+"""
+import gc
 import logging
 import socket
 import struct
+from itertools import repeat
+
+import numpy as np
 
 from myason.agent import decode as dec
 from myason.agent.cache import FlowCache
+from myason.record import END_REASONS
 
 log = logging.getLogger("myason.agent.process")
 
@@ -14,6 +23,12 @@ _AF = {4: socket.AF_INET, 16: socket.AF_INET6}
 # Non-first fragments are attributed to their first fragment's ports for this long.
 FRAG_TTL = 30.0
 FRAG_TABLE_MAX = 65536
+
+
+def fast_engine_available():
+    """True when the fast path's compiled kernels can be loaded (see fastjit.load)."""
+    from myason.agent import fastjit
+    return fastjit.load() is not None
 
 
 def pack_key(src, dst, sport, dport, proto, tos, ifindex):
@@ -30,9 +45,16 @@ def unpack_key(key):
 class PacketProcessor:
     """Owns one flow cache; turns batches of frames into flow rows (lists in FIELDS order)."""
 
-    def __init__(self, cfg, agent_id, if_names=None, routes=None, asn=None, packet_clock=True):
-        self.cache = FlowCache(cfg.cache_limit, cfg.cache_active_timeout,
-                               cfg.cache_inactive_timeout, cfg.cache_fin_timeout)
+    def __init__(self, cfg, agent_id, if_names=None, routes=None, asn=None, packet_clock=True,
+                 engine="python"):
+        cache_class = FlowCache
+        if engine == "fast":
+            from myason.agent.fastcache import FastFlowCache as cache_class
+        elif engine != "python":
+            raise ValueError("engine must be 'python' or 'fast', not %r" % (engine,))
+        self.engine = engine
+        self.cache = cache_class(cfg.cache_limit, cfg.cache_active_timeout,
+                                 cfg.cache_inactive_timeout, cfg.cache_fin_timeout)
         self.agent_id = agent_id
         self.if_names = dict(if_names or {})      # ifindex -> name
         self.routes = routes
@@ -67,10 +89,7 @@ class PacketProcessor:
             if p.__class__ is str:
                 rejects[p] = rejects.get(p, 0) + 1
                 if p == "unsupported_linktype":
-                    if linktype not in self.linktypes_skipped:
-                        log.warning("link type %d is not supported: its frames are counted and skipped",
-                                    linktype)
-                    self.linktypes_skipped[linktype] = self.linktypes_skipped.get(linktype, 0) + 1
+                    self._skip_linktype(linktype)
                 continue
             src, dst, sport, dport, proto, tos, length, flags, _ver, vlan, frag = p
             if frag:
@@ -82,6 +101,56 @@ class PacketProcessor:
             add(ts, src + dst + _KEY_TAIL.pack(sport, dport, proto, tos, ifx), length, flags, vlan)
         self.frames += len(batch)
         self.now = now
+
+    def _skip_linktype(self, linktype):
+        if linktype not in self.linktypes_skipped:
+            log.warning("link type %d is not supported: its frames are counted and skipped", linktype)
+        self.linktypes_skipped[linktype] = self.linktypes_skipped.get(linktype, 0) + 1
+
+    def process_chunk(self, chunk):
+        """Account a fastdecode.Chunk (engine "fast"): the same results as process() on its frames.
+
+        Order of events as in process(): a fragment's ports are attributed before the tick its
+        packet may trigger; ticks run before that packet enters the cache.
+        """
+        from myason.agent import fastjit
+        rejects = self.rejects
+        for _, reason, linktype in chunk.rejects:
+            rejects[reason] = rejects.get(reason, 0) + 1
+            if reason == "unsupported_linktype":
+                self._skip_linktype(linktype)
+        n = chunk.n
+        tick_idx, tick_now = np.empty(n, np.int64), np.empty(n, np.float64)
+        if self.packet_clock:
+            started = self.next_tick is not None
+            k, now, next_tick, started = fastjit.load().tick_schedule(
+                chunk.ts, chunk.status, float(self.now), float(self.next_tick) if started else -1.0,
+                started, float(self.tick_every), tick_idx, tick_now)
+            tick_idx, tick_now = tick_idx[:k], tick_now[:k]
+            self.next_tick = next_tick if started else None
+        else:
+            valid = chunk.ts[chunk.status == 0]
+            now = max(self.now, float(valid.max())) if len(valid) else self.now
+            tick_idx, tick_now = tick_idx[:0], tick_now[:0]
+        self._attribute_fragments(chunk, tick_idx.tolist(), tick_now.tolist())
+        self.cache.add_packets(chunk.ts, chunk.kw, chunk.iplen, chunk.flags, chunk.vlan, chunk.status,
+                               tick_idx, tick_now)
+        self.frames += n
+        self.now = now
+
+    def _attribute_fragments(self, chunk, tick_idx, tick_now):
+        """Fragment ports in packet order, with the table pruned at each tick as tick() does."""
+        j, nt = 0, len(tick_idx)
+        ts, kw = chunk.ts, chunk.kw
+        for i, src, dst, proto, sport, dport, frag in chunk.frags:
+            while j < nt and tick_idx[j] < i:
+                self._prune_fragments(tick_now[j])
+                j += 1
+            sport, dport = self._fragment(float(ts[i]), src, dst, proto, sport, dport, frag)
+            kw[i, 4] = (sport << 48) | (dport << 32) | (int(kw[i, 4]) & 0xFFFFFFFF)
+        while j < nt:
+            self._prune_fragments(tick_now[j])
+            j += 1
 
     def _clock_tick(self, now):
         if self.next_tick is not None:
@@ -110,8 +179,11 @@ class PacketProcessor:
     def tick(self, now=None):
         """Run the cache timers at `now` (packet clock when None)."""
         self.cache.tick(self.now if now is None else now)
+        self._prune_fragments(self.now if now is None else now)
+
+    def _prune_fragments(self, now):
         if len(self._frags) > 1024:
-            cutoff = (self.now if now is None else now) - FRAG_TTL
+            cutoff = now - FRAG_TTL
             for k in [k for k, v in self._frags.items() if v[2] < cutoff]:
                 del self._frags[k]
 
@@ -121,6 +193,16 @@ class PacketProcessor:
 
     def take_rows(self):
         """Expired flows as rows in myason.record.FIELDS order."""
+        if self.engine == "fast":
+            # ~1e5 new lists at a time: the cyclic GC would rescan them again and again, and
+            # rows hold no cycles.
+            was = gc.isenabled()
+            gc.disable()
+            try:
+                return self._rows_from_arrays(*self.cache.take_arrays())
+            finally:
+                if was:
+                    gc.enable()
         rows = []
         agent = self.agent_id
         names = self.if_names
@@ -139,6 +221,32 @@ class PacketProcessor:
             ])
         return rows
 
+    def _rows_from_arrays(self, k, u, f, s):
+        """take_rows() for FastFlowCache's record arrays: the same rows, built column-wise."""
+        n = len(s)
+        if not n:
+            return []
+        misc = k[:, 4]
+        ver = misc & 0xFF
+        v4 = ver == 4
+        src = _addr_texts(k[:, 0], k[:, 1], v4)
+        dst = _addr_texts(k[:, 2], k[:, 3], v4)
+        ifx = k[:, 5].tolist()
+        names = self.if_names
+        name = [names.get(x, "") for x in ifx] if names else repeat("", n)
+        reason = np.array(END_REASONS, dtype=object)[s >> 24].tolist()
+        cols = [src, dst, (misc >> 48).tolist(), ((misc >> 32) & 0xFFFF).tolist(),
+                ((misc >> 24) & 0xFF).tolist(), ((misc >> 16) & 0xFF).tolist(),
+                u[:, 0].tolist(), u[:, 1].tolist(), round6(f[:, 0]), round6(f[:, 1]),
+                (s & 0xFF).tolist(), repeat(self.agent_id, n), name, ifx, repeat(0, n),
+                ver.tolist(), ((s >> 8) & 0xFFFF).tolist(), repeat("", n), repeat(0, n),
+                repeat(0, n), repeat(0, n), repeat(0, n), reason]
+        routes, asn = self.routes, self.asn
+        if routes is not None or asn is not None:
+            ann = [_annotate(w, v, routes, asn) for w, v in zip(k.tolist(), cols[15])]
+            cols[14], cols[17], cols[18], cols[19], cols[20], cols[21] = zip(*ann)
+        return list(map(list, zip(*cols)))
+
     def stats(self):
         """Counters for logging and the summary."""
         c = self.cache
@@ -148,3 +256,48 @@ class PacketProcessor:
             "fragments_unmatched": self.fragments_unmatched,
             "rejects": dict(self.rejects), "exported_by_reason": dict(c.counts),
         }
+
+
+def _addr_texts(hi, lo, v4):
+    """socket.inet_ntop texts of address key words; IPv4 converted once per distinct address."""
+    out = np.empty(len(lo), dtype=object)
+    if v4.any():
+        uniq, inv = np.unique(lo[v4], return_inverse=True)
+        ntoa = socket.inet_ntoa
+        out[v4] = np.array([ntoa(x.to_bytes(4, "big")) for x in uniq.tolist()], dtype=object)[inv]
+    v6 = ~v4
+    if v6.any():
+        ntop, af6 = socket.inet_ntop, socket.AF_INET6
+        out[v6] = [ntop(af6, ((h << 64) | l).to_bytes(16, "big"))
+                   for h, l in zip(hi[v6].tolist(), lo[v6].tolist())]
+    return out.tolist()
+
+
+def _annotate(w, version, routes, asn):
+    """(out_if, next_hop, src_mask, dst_mask, src_as, dst_as) of key words w."""
+    alen = 4 if version == 4 else 16
+    src = ((w[0] << 64) | w[1]).to_bytes(16, "big")[16 - alen:]
+    dst = ((w[2] << 64) | w[3]).to_bytes(16, "big")[16 - alen:]
+    out_if, next_hop, src_mask, dst_mask = routes.annotate(src, dst) if routes else (0, "", 0, 0)
+    return (out_if, next_hop, src_mask, dst_mask, asn.lookup(src) if asn else 0,
+            asn.lookup(dst) if asn else 0)
+
+
+def round6(x):
+    """[round(v, 6) for v in x] for a float64 array, exactly, without a Python call per value."""
+    with np.errstate(invalid="ignore", over="ignore"):   # inf and nan are redone below
+        hi = x * 1e6
+        # Dekker's product: hi + lo is exactly x * 10**6 (1e6 needs no split: 14 bits).
+        c = 134217729.0 * x
+        xh = c - (c - x)
+        lo = (xh * 1e6 - hi) + (x - xh) * 1e6
+        # round() rounds the exact value half to even; hi differs from it only on a tie of hi.
+        fl = np.floor(hi)
+        tie = (hi - fl) == 0.5
+        n = np.where(tie & (lo > 0), fl + 1.0, np.where(tie & (lo < 0), fl, np.rint(hi)))
+        # n / 1e6 is correctly rounded, like the decimal string round() converts back.
+        out = n / 1e6
+    odd = ~(np.abs(x) < 4e9)   # x * 1e6 beyond 2**52, inf, nan: round() itself
+    if odd.any():
+        out[odd] = [round(v, 6) for v in x[odd].tolist()]
+    return out.tolist()
