@@ -24,15 +24,25 @@ fi
 PY=${PYTHON:-python3}
 stamp="$VENV/.myason-installed"
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
-if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+if ! { [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "install.sh: creating $VENV" >&2
+    "$PY" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  echo "install.sh: pip install -r requirements.txt" >&2
+  "$VENV/bin/python" -m pip install -q -r requirements.txt
+  "$VENV/bin/python" -m pip install -q --no-deps -e .
+  echo "$want" > "$stamp"
 fi
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "install.sh: creating $VENV" >&2
-  "$PY" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-echo "install.sh: pip install -r requirements.txt" >&2
-"$VENV/bin/python" -m pip install -q -r requirements.txt
-"$VENV/bin/python" -m pip install -q --no-deps -e .
-echo "$want" > "$stamp"
+
+# The agent's fast path is compiled ahead of time once per kernel version (about a minute);
+# doing it here keeps that wait out of the first replay. A no-op when it is built already.
+"$VENV/bin/python" - <<'PY'
+import logging
+import sys
+logging.basicConfig(level=logging.INFO, format="install.sh: %(message)s")
+from myason.agent import fastjit
+if fastjit.load() is None:
+    print("install.sh: numba unavailable: the agent replays with the reference engine", file=sys.stderr)
+PY
