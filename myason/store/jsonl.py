@@ -1,9 +1,12 @@
-"""The jsonl writer: flows appended as JSON objects, one per line, to files rotated by size and time.
+"""The jsonl writer: flows and IDEA events appended as JSON objects, one per line, to rotated files.
 
-Exactly once: the rows of a batch are appended, flushed and fsynced, and only then is a line
-`[batch_id, file, end_offset]` appended (and fsynced) to the `ledger` file. open() truncates every
-data file back to the last offset the ledger recorded for it, which removes the rows of a batch
-whose ledger line was never written; the batch is then retried from the spool and appended once.
+Flows go to `flows-*.jsonl`, events to a second series `events-*.jsonl` in the same directory,
+rotated by the same options. Exactly once: the rows and events of a batch are appended, flushed
+and fsynced, and only then is a line `[batch_id, file, end_offset]` (no events file yet) or
+`[batch_id, file, end_offset, events_file, events_end_offset]` appended (and fsynced) to the
+`ledger` file. open() truncates every data file of both series back to the last offset the ledger
+recorded for it, which removes the rows and events of a batch whose ledger line was never
+written; the batch is then retried from the spool and appended once.
 The ids of the last LEDGER_KEEP batches are remembered, far more than the spool ever re-delivers
 (a writer holds at most a few claimed batches when it dies).
 """
@@ -24,6 +27,7 @@ log = logging.getLogger("myason.store.jsonl")
 LEDGER = "ledger"
 LEDGER_KEEP = 10000
 _FILE_RE = re.compile(r"^flows-(\d{8})-(\d{8}T\d{6}Z)\.jsonl$")
+_EVENTS_RE = re.compile(r"^events-(\d{8})-(\d{8}T\d{6}Z)\.jsonl$")
 _NCOLS = len(ROW_FIELDS)
 
 
@@ -45,6 +49,38 @@ def encode_rows(rows):
     return b"\n".join(parts)
 
 
+def encode_events(events):
+    """JSON lines (bytes) for IDEA event dicts; ValueError/TypeError for an event that is not a JSON object."""
+    parts = []
+    for event in events:
+        if not isinstance(event, dict):
+            raise ValueError("an event is a %s, expected an IDEA object" % type(event).__name__)
+        parts.append(orjson.dumps(event) + b"\n")
+    return b"".join(parts)
+
+
+class _Series:
+    """One rotating file series (flows or events): its open file and how far it is recorded."""
+
+    def __init__(self, prefix, pattern):
+        self.prefix, self.pattern = prefix, pattern
+        self.fh = None
+        self.file = None
+        self.size = 0
+        self.period = None
+        self.next_seq = 0
+
+    def close(self):
+        """Close the current file; the next write opens or creates one."""
+        if self.fh is not None:
+            try:
+                self.fh.close()
+            except OSError:
+                pass
+        self.fh = self.file = None
+        self.size = 0
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -55,16 +91,18 @@ def _fsync_dir(path):
 
 @register
 class JsonlWriter(Writer):
-    """Append flows to rotating JSON lines files.
+    """Append flows and IDEA events to two series of rotating JSON lines files.
 
     Options: dir (required): where the files and the ledger live; max_bytes (default 100 MiB):
     start a new file when the next batch would make the current one larger (a batch is never
     split, so a single larger batch makes a larger file); rotate_hours (default 1, 0 = off):
     start a new file when the UTC period of that many hours changes; keep_files (default 0 =
-    all): delete the oldest files beyond this number. One writer instance per dir (locked).
+    all): delete the oldest files beyond this number. The options apply to the flows and the
+    events series each on its own. One writer instance per dir (locked).
     """
 
     name = "jsonl"
+    stores_events = True
     SPEC = {
         "dir": (REQUIRED, check_str(allow_empty=False, expected="a directory path")),
         "max_bytes": (100 << 20, check_int(lo=1)),
@@ -81,16 +119,14 @@ class JsonlWriter(Writer):
         self.keep_files = opts["keep_files"]
         self.clock = time.time      # tests replace it to cross rotation periods
         self.skipped = 0            # batches not written again because the ledger has them
-        self.truncated_bytes = 0    # unledgered bytes removed by open() (rows of a crashed batch)
+        self.truncated_bytes = 0    # unledgered bytes removed by open() (a crashed batch)
         self._lock_fd = None
         self._ledger = None
-        self._entries = []          # (batch_id, file, end_offset), oldest first
+        # (batch_id, file, end_offset, events_file or None, events_end_offset), oldest first
+        self._entries = []
         self._known = set()
-        self._fh = None
-        self._file = None
-        self._size = 0
-        self._period = None
-        self._next_seq = 0
+        self._flows = _Series("flows", _FILE_RE)
+        self._events = _Series("events", _EVENTS_RE)
 
     # -- open / recovery -------------------------------------------------------------------
 
@@ -101,16 +137,23 @@ class JsonlWriter(Writer):
             os.makedirs(self.dir, exist_ok=True)
             self._lock()
             self._entries = self._read_ledger()
-            files = self._data_files()
-            last = {f: off for _, f, off in self._entries}
-            for name in files:
-                self._truncate_to(name, last.get(name, 0))
-            files = [f for f in files if self._keep_or_remove_empty(f, last)]
-            self._compact(force=True, files=set(files))
+            last = {}
+            for _, name, off, ename, eoff in self._entries:
+                last[name] = off
+                if ename is not None:
+                    last[ename] = eoff
+            present = set()
+            for series in (self._flows, self._events):
+                files = self._data_files(series)
+                for name in files:
+                    self._truncate_to(name, last.get(name, 0))
+                files = [f for f in files if self._keep_or_remove_empty(f, last)]
+                present.update(files)
+                if files:
+                    series.next_seq = int(series.pattern.match(files[-1]).group(1)) + 1
+                    self._use(series, files[-1])
+            self._compact(force=True, files=present)
             self._ledger = open(os.path.join(self.dir, LEDGER), "ab")
-            if files:
-                self._next_seq = int(_FILE_RE.match(files[-1]).group(1)) + 1
-                self._use(files[-1])
         except OSError as exc:
             self.close()
             raise WriterError("jsonl: cannot open %s: %s" % (self.dir, exc)) from None
@@ -134,12 +177,10 @@ class JsonlWriter(Writer):
         entries, good = [], 0
         for line in data.split(b"\n")[:-1]:
             try:
-                batch_id, name, off = orjson.loads(line)
-                if not (isinstance(batch_id, str) and isinstance(name, str) and isinstance(off, int)):
-                    raise ValueError(line)
+                entry = _parse_entry(orjson.loads(line))
             except (orjson.JSONDecodeError, ValueError, TypeError):
                 break   # a torn or damaged line: it and everything after it never counted
-            entries.append((batch_id, name, off))
+            entries.append(entry)
             good += len(line) + 1
         if good != len(data):
             log.warning("jsonl: dropping %d bytes of an unfinished ledger line", len(data) - good)
@@ -148,8 +189,9 @@ class JsonlWriter(Writer):
                 os.fsync(fh.fileno())
         return entries
 
-    def _data_files(self):
-        return sorted(n for n in os.listdir(self.dir) if _FILE_RE.match(n))
+    def _data_files(self, series=None):
+        pattern = (series or self._flows).pattern
+        return sorted(n for n in os.listdir(self.dir) if pattern.match(n))
 
     def _truncate_to(self, name, offset):
         path = os.path.join(self.dir, name)
@@ -171,20 +213,20 @@ class JsonlWriter(Writer):
         os.unlink(os.path.join(self.dir, name))
         return False
 
-    def _use(self, name):
-        self._fh = open(os.path.join(self.dir, name), "ab")
-        self._file = name
-        self._size = self._fh.tell()
-        created = calendar.timegm(time.strptime(_FILE_RE.match(name).group(2), "%Y%m%dT%H%M%SZ"))
-        self._period = self._period_of(created)
+    def _use(self, series, name):
+        series.fh = open(os.path.join(self.dir, name), "ab")
+        series.file = name
+        series.size = series.fh.tell()
+        created = calendar.timegm(time.strptime(series.pattern.match(name).group(2), "%Y%m%dT%H%M%SZ"))
+        series.period = self._period_of(created)
 
     def _period_of(self, t):
         return int(t // (self.rotate_hours * 3600)) if self.rotate_hours else 0
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, batch_id, rows):
-        """Append the rows, then record the batch in the ledger; a known batch id is skipped."""
+    def write(self, batch_id, rows, events=()):
+        """Append the rows and events, then record the batch in the ledger; a known batch id is skipped."""
         if self._ledger is None:
             self.open()
         if batch_id in self._known:
@@ -195,87 +237,99 @@ class JsonlWriter(Writer):
         except (ValueError, TypeError, orjson.JSONEncodeError) as exc:
             raise WriterError("jsonl: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
         try:
-            self._rotate_if_needed(len(data))
-            start = self._size
-            self._append(batch_id, data, start)
+            edata = encode_events(events or ())
+        except (ValueError, TypeError, orjson.JSONEncodeError) as exc:
+            raise WriterError("jsonl: batch %s has a bad event: %s" % (batch_id, exc), permanent=True) from None
+        try:
+            now = self.clock()
+            self._rotate_if_needed(self._flows, len(data), now)
+            if edata:
+                # The events series only moves when there are events: no empty files.
+                self._rotate_if_needed(self._events, len(edata), now)
+            self._append(batch_id, data, edata)
         except OSError as exc:
-            raise WriterError("jsonl: cannot write %s: %s" % (self._file, exc)) from None
+            raise WriterError("jsonl: cannot write in %s: %s" % (self.dir, exc)) from None
         self._known.add(batch_id)
-        self._entries.append((batch_id, self._file, self._size))
+        self._entries.append((batch_id, self._flows.file, self._flows.size, self._events.file, self._events.size))
         if len(self._entries) > 2 * LEDGER_KEEP:
             self._compact()
         return True
 
-    def _append(self, batch_id, data, start):
-        line = orjson.dumps([batch_id, self._file, start + len(data)]) + b"\n"
+    def _append(self, batch_id, data, edata):
+        flows, events = self._flows, self._events
+        end, eend = flows.size + len(data), events.size + len(edata)
+        line = _dump_entry((batch_id, flows.file, end, events.file, eend))
+        written = [(flows.fh, flows.size)] + ([(events.fh, events.size)] if edata else [])
         ledger_start = self._ledger.tell()
         try:
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            # The batch id is only recorded once its rows are on disk.
+            flows.fh.write(data)
+            if edata:
+                events.fh.write(edata)
+            for fh, _ in written:
+                fh.flush()
+                os.fsync(fh.fileno())
+            # The batch id is only recorded once its rows and events are on disk.
             self._ledger.write(line)
             self._ledger.flush()
             os.fsync(self._ledger.fileno())
         except OSError:
-            self._undo(start, ledger_start)
+            self._undo(written + [(self._ledger, ledger_start)])
             # Reopen before the next write: open() repairs whatever the undo could not.
             self.close()
             raise
-        self._size = start + len(data)
+        flows.size, events.size = end, eend
 
-    def _undo(self, start, ledger_start):
-        # Best effort: leave both files as they were so a retry appends cleanly; open() would
+    @staticmethod
+    def _undo(undo):
+        # Best effort: leave every file as it was so a retry appends cleanly; open() would
         # repair anything this cannot.
-        for fh, size in ((self._fh, start), (self._ledger, ledger_start)):
+        for fh, size in undo:
             try:
                 fh.seek(size)
                 fh.truncate(size)
             except (OSError, ValueError):
                 pass
 
-    def _rotate_if_needed(self, nbytes):
-        now = self.clock()
-        if self._fh is not None and not self._size:
+    def _rotate_if_needed(self, series, nbytes, now):
+        if series.fh is not None and not series.size:
             return
-        if (self._fh is None or self._size + nbytes > self.max_bytes
-                or self._period_of(now) != self._period):
-            self._new_file(now)
+        if (series.fh is None or series.size + nbytes > self.max_bytes
+                or self._period_of(now) != series.period):
+            self._new_file(series, now)
 
-    def _new_file(self, now):
-        name = "flows-%08d-%s.jsonl" % (self._next_seq, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+    def _new_file(self, series, now):
+        name = "%s-%08d-%s.jsonl" % (series.prefix, series.next_seq,
+                                     time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
         fh = open(os.path.join(self.dir, name), "xb")
         # The directory entry must be durable before the ledger can point into the file.
         _fsync_dir(self.dir)
-        if self._fh is not None:
-            self._fh.close()
-        self._fh, self._file, self._size = fh, name, 0
-        self._period = self._period_of(now)
-        self._next_seq += 1
-        self._enforce_keep()
+        series.close()
+        series.fh, series.file, series.size = fh, name, 0
+        series.period = self._period_of(now)
+        series.next_seq += 1
+        self._enforce_keep(series)
 
-    def _enforce_keep(self):
+    def _enforce_keep(self, series):
         if not self.keep_files:
             return
-        files = self._data_files()
+        files = self._data_files(series)
         for name in files[:max(0, len(files) - self.keep_files)]:
             os.unlink(os.path.join(self.dir, name))
             log.info("jsonl: removed %s (keep_files=%d)", name, self.keep_files)
 
     def _compact(self, force=False, files=None):
-        # Keep the newest LEDGER_KEEP batch ids, plus the last entry of every file still there
-        # (its end offset is what open() truncates to).
+        # Keep the newest LEDGER_KEEP batch ids, plus the newest entry naming each file still
+        # there (its end offset is what open() truncates that file to).
         if files is None:
-            files = set(self._data_files())
+            files = set(self._data_files(self._flows)) | set(self._data_files(self._events))
         keep, seen = [], set()
         for i in range(len(self._entries) - 1, -1, -1):
-            batch_id, name, off = entry = self._entries[i]
+            entry = self._entries[i]
+            names = {entry[1], entry[3]} & files
             recent = len(self._entries) - i <= LEDGER_KEEP
-            if name in files and name not in seen:
-                seen.add(name)
+            if names - seen or recent:
                 keep.append(entry)
-            elif recent:
-                keep.append(entry)
+            seen |= names
         keep.reverse()
         if force and keep == self._entries:
             self._known = {e[0] for e in keep}
@@ -283,7 +337,7 @@ class JsonlWriter(Writer):
         path = os.path.join(self.dir, LEDGER)
         tmp = path + ".tmp"
         with open(tmp, "wb") as fh:
-            fh.write(b"".join(orjson.dumps(list(e)) + b"\n" for e in keep))
+            fh.write(b"".join(_dump_entry(e) for e in keep))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -296,18 +350,37 @@ class JsonlWriter(Writer):
 
     def close(self):
         """Close the files and release the dir lock."""
-        for fh in (self._fh, self._ledger):
-            if fh is not None:
-                try:
-                    fh.close()
-                except OSError:
-                    pass
-        self._fh = self._ledger = self._file = None
-        self._size = 0
+        self._flows.close()
+        self._events.close()
+        if self._ledger is not None:
+            try:
+                self._ledger.close()
+            except OSError:
+                pass
+        self._ledger = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     def files(self):
-        """Names of the data files, oldest first."""
-        return self._data_files()
+        """Names of the flow data files, oldest first."""
+        return self._data_files(self._flows)
+
+    def event_files(self):
+        """Names of the event data files, oldest first."""
+        return self._data_files(self._events)
+
+
+def _parse_entry(value):
+    # Three values before the first events file, five after; anything else is damage.
+    if not isinstance(value, list) or len(value) not in (3, 5):
+        raise ValueError(value)
+    batch_id, name, off, ename, eoff = value + [None, 0] if len(value) == 3 else value
+    if not (isinstance(batch_id, str) and isinstance(name, str) and isinstance(off, int)
+            and (ename is None or isinstance(ename, str)) and isinstance(eoff, int)):
+        raise ValueError(value)
+    return batch_id, name, off, ename, eoff
+
+
+def _dump_entry(entry):
+    return orjson.dumps(list(entry[:3]) if entry[3] is None else list(entry)) + b"\n"

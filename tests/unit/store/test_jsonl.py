@@ -239,3 +239,250 @@ def test_bad_options_name_the_key(options, key):
     with pytest.raises(ConfigError) as info:
         JsonlWriter(**options)
     assert info.value.key == key
+
+
+# -- IDEA events: a second rotating series, events-*.jsonl, under the same ledger ----------------
+
+def make_events(n, start=0):
+    """n distinct IDEA-like events; Note carries the event number."""
+    return [{"Format": "IDEA0", "ID": "00000000-0000-4000-8000-%012d" % (start + i),
+             "DetectTime": "2023-11-14T22:13:20Z", "Category": ["Recon.Scanning"],
+             "Source": [{"IP4": ["192.0.2.%d" % ((start + i) % 256)]}], "Note": start + i}
+            for i in range(n)]
+
+
+def read_events(d):
+    """Every event in the events files, oldest file first."""
+    out = []
+    for name in sorted(n for n in os.listdir(d) if n.startswith("events-")):
+        with open(os.path.join(d, name), "rb") as fh:
+            out.extend(orjson.loads(line) for line in fh.read().splitlines())
+    return out
+
+
+def test_stores_events_flag():
+    assert JsonlWriter.stores_events is True
+
+
+def test_events_round_trip_apart_from_rows(writer, tmp_path):
+    d = tmp_path / "j"
+    a, ea = make_rows(2), make_events(3)
+    b, eb = make_rows(1, start=10), make_events(2, start=3)
+    assert writer.write("a", a, events=ea) is True
+    assert writer.write("b", b, events=eb) is True
+    assert writer.write("c", [], events=make_events(1, start=5)) is True     # events only
+    assert writer.write("d", make_rows(1, start=20)) is True                  # rows only
+    assert read_events(d) == ea + eb + make_events(1, start=5)
+    assert read_all(d) == as_dicts(a + b + make_rows(1, start=20))
+    assert len(writer.event_files()) == 1
+    assert writer.event_files()[0].startswith("events-00000000-")
+    # One JSON object per line, nothing else in the file.
+    lines = (d / writer.event_files()[0]).read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(line.startswith(b"{") for line in lines[:-1])
+
+
+def test_no_events_file_until_the_first_event(writer, tmp_path):
+    writer.write("a", make_rows(2))
+    writer.write("b", make_rows(1, start=5), events=[])
+    assert writer.event_files() == []
+    assert b"events-" not in (tmp_path / "j" / "ledger").read_bytes()
+
+
+def test_retry_with_events_is_skipped_also_after_reopen(writer, tmp_path):
+    d = tmp_path / "j"
+    rows, events = make_rows(2), make_events(3)
+    assert writer.write("b1", rows, events=events) is True
+    assert writer.write("b1", rows, events=events) is False
+    writer.close()
+    w2 = JsonlWriter(dir=str(d))
+    w2.open()
+    assert w2.write("b1", rows, events=events) is False
+    assert w2.write("b2", [], events=make_events(1, start=3)) is True
+    assert w2.write("b2", [], events=make_events(1, start=3)) is False
+    w2.close()
+    assert read_events(d) == make_events(4)
+    assert read_all(d) == as_dicts(rows)
+
+
+def test_crash_before_ledger_line_cuts_events_too(writer, tmp_path):
+    d = tmp_path / "j"
+    a, ea = make_rows(2), make_events(2)
+    b, eb = make_rows(3, start=50), make_events(4, start=10)
+    writer.write("a", a, events=ea)
+    ledger_after_a = (d / "ledger").read_bytes()
+    writer.write("b", b, events=eb)
+    writer.close()
+    # The crash: b's rows and events reached their files, its ledger line never did.
+    (d / "ledger").write_bytes(ledger_after_a)
+    w2 = JsonlWriter(dir=str(d))
+    w2.open()
+    assert read_all(d) == as_dicts(a)
+    assert read_events(d) == ea
+    assert w2.truncated_bytes == sum(len(orjson.dumps(e)) + 1 for e in eb) + sum(
+        len(orjson.dumps(r)) + 1 for r in as_dicts(b))
+    assert w2.write("b", b, events=eb) is True
+    assert w2.write("a", a, events=ea) is False
+    w2.close()
+    assert read_all(d) == as_dicts(a + b)
+    assert read_events(d) == ea + eb
+
+
+def test_crash_in_the_first_events_batch_removes_the_new_events_file(writer, tmp_path):
+    d = tmp_path / "j"
+    a = make_rows(2)
+    writer.write("a", a)
+    ledger_after_a = (d / "ledger").read_bytes()
+    writer.write("b", [], events=make_events(2))
+    writer.close()
+    (d / "ledger").write_bytes(ledger_after_a)
+    w2 = JsonlWriter(dir=str(d))
+    w2.open()
+    assert w2.event_files() == []
+    assert w2.write("b", [], events=make_events(2)) is True
+    w2.close()
+    assert read_events(d) == make_events(2)
+    assert read_all(d) == as_dicts(a)
+
+
+def test_torn_ledger_line_drops_its_events(writer, tmp_path):
+    d = tmp_path / "j"
+    writer.write("a", make_rows(1), events=make_events(1))
+    writer.write("b", make_rows(1, start=1), events=make_events(2, start=1))
+    writer.close()
+    data = (d / "ledger").read_bytes()
+    (d / "ledger").write_bytes(data[:-3])
+    w2 = JsonlWriter(dir=str(d))
+    w2.open()
+    assert read_events(d) == make_events(1)
+    w2.write("b", make_rows(1, start=1), events=make_events(2, start=1))
+    w2.close()
+    assert read_events(d) == make_events(3)
+
+
+def test_failed_ledger_write_leaves_no_events(writer, tmp_path):
+    d = tmp_path / "j"
+    writer.write("a", make_rows(1), events=make_events(1))
+    writer._ledger = _FailingFile(writer._ledger)
+    with pytest.raises(WriterError) as info:
+        writer.write("b", make_rows(1, start=1), events=make_events(2, start=1))
+    assert not info.value.permanent
+    assert read_events(d) == make_events(1)
+    assert writer.write("b", make_rows(1, start=1), events=make_events(2, start=1)) is True
+    assert read_events(d) == make_events(3)
+
+
+@pytest.mark.parametrize("event", ["not a dict", {1: "non-string key"}, {"n": 1 << 70}])
+def test_bad_event_is_permanent_and_writes_nothing(writer, tmp_path, event):
+    with pytest.raises(WriterError) as info:
+        writer.write("bad", make_rows(1), events=make_events(1) + [event])
+    assert info.value.permanent
+    assert read_all(tmp_path / "j") == [] and read_events(tmp_path / "j") == []
+    assert writer.write("bad", make_rows(1)) is True      # the id was not recorded
+
+
+def test_events_rotate_by_size_without_splitting_a_batch(tmp_path):
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), max_bytes=1200, rotate_hours=0)
+    w.open()
+    batches = [make_events(3, start=10 * i) for i in range(8)]
+    for i, events in enumerate(batches):
+        w.write("b%d" % i, make_rows(1, start=i), events=events)
+    efiles = w.event_files()
+    w.close()
+    assert len(efiles) > 2
+    assert [int(f.split("-")[1]) for f in efiles] == list(range(len(efiles)))
+    assert all(os.path.getsize(d / f) <= 1200 for f in efiles)
+    where = {}
+    for f in efiles:
+        for line in (d / f).read_bytes().splitlines():
+            where.setdefault(orjson.loads(line)["Note"] // 10, set()).add(f)
+    assert all(len(fs) == 1 for fs in where.values())
+    assert read_events(d) == [e for events in batches for e in events]
+    # Reopening must not cut any events file short (the ledger keeps each file's last offset).
+    w.open()
+    w.close()
+    assert read_events(d) == [e for events in batches for e in events]
+
+
+def test_events_rotate_by_hour_and_keep_files(tmp_path):
+    d = tmp_path / "j"
+    now = [T0 - T0 % 3600 + 10]
+    w = JsonlWriter(dir=str(d), rotate_hours=1, keep_files=2)
+    w.clock = lambda: now[0]
+    w.open()
+    for i in range(4):
+        w.write("b%d" % i, [], events=make_events(1, start=i))
+        now[0] += 3600
+    efiles = w.event_files()
+    w.close()
+    assert len(efiles) == 2
+    assert efiles[-1] == "events-00000003-%s.jsonl" % time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now[0] - 3600))
+    assert [e["Note"] for e in read_events(d)] == [2, 3]
+
+
+def test_reopen_continues_the_current_events_file(tmp_path):
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), rotate_hours=0)
+    w.open()
+    w.write("a", [], events=make_events(1))
+    w.close()
+    w.open()
+    w.write("b", [], events=make_events(1, start=1))
+    assert len(w.event_files()) == 1
+    w.close()
+    assert read_events(d) == make_events(2)
+
+
+def test_compaction_keeps_the_offsets_of_rotated_events_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonl, "LEDGER_KEEP", 2)
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), max_bytes=1, rotate_hours=0)
+    w.open()
+    for i in range(6):
+        w.write("e%d" % i, [], events=make_events(1, start=i))
+    for i in range(6):      # later batches without events must not drop the events files' offsets
+        w.write("r%d" % i, make_rows(1, start=i))
+    w.close()
+    w.open()
+    assert w.truncated_bytes == 0
+    assert w.write("r5", make_rows(1, start=5)) is False
+    w.close()
+    assert [e["Note"] for e in read_events(d)] == list(range(6))
+    assert [r["src_port"] for r in read_all(d)] == list(range(6))
+
+
+def test_ledger_without_events_entries_still_opens(tmp_path):
+    d = tmp_path / "j"
+    # Until the first events file exists, ledger lines keep the old three-value form.
+    w = JsonlWriter(dir=str(d))
+    w.open()
+    w.write("old", make_rows(1))
+    w.close()
+    assert all(len(orjson.loads(line)) == 3 for line in (d / "ledger").read_bytes().splitlines())
+    w.open()
+    assert w.write("old", make_rows(1)) is False
+    assert w.write("new", make_rows(1, start=1), events=make_events(1)) is True
+    w.close()
+    assert [len(orjson.loads(line)) for line in (d / "ledger").read_bytes().splitlines()] == [3, 5]
+
+
+def test_events_through_the_writer_thread(tmp_path):
+    import threading
+
+    from myason.collector.sink import WriterThread
+    from myason.collector.spool import Spool
+    from myason.store.base import encode_batch
+
+    spool = Spool(str(tmp_path / "spool"), fsync=False)
+    spool.put(encode_batch(make_rows(2), make_events(2)))
+    spool.put(encode_batch([], make_events(1, start=2)))
+    w = JsonlWriter(dir=str(tmp_path / "j"))
+    stop = threading.Event()
+    t = WriterThread(w, spool, stop, poll=0.01)
+    t.start()
+    stop.set()
+    t.join(10)
+    assert not t.is_alive() and spool.depth()[0] == 0
+    assert t.events == 3 and t.batches == 2
+    assert read_events(tmp_path / "j") == make_events(3)
+    assert len(read_all(tmp_path / "j")) == 2
