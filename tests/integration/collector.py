@@ -2,6 +2,7 @@
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -57,15 +58,15 @@ class Collector:
         path.write_text(yaml.safe_dump(conf))
         return path
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, extra_args=()):
         """Start the process and wait until it listens."""
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "myason.py"), "collector", "-cc",
-                                      str(self.dir / "collector.yaml")], cwd=str(ROOT),
+                                      str(self.dir / "collector.yaml"), *extra_args], cwd=str(ROOT),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready = threading.Event()
 
-        def read():
-            for line in self.proc.stderr:
+        def read(proc=self.proc):
+            for line in proc.stderr:
                 self.stderr.append(line)
                 if "collector listening" in line:
                     ready.set()
@@ -102,6 +103,29 @@ class Collector:
     def __exit__(self, *exc):
         if self.proc is not None:
             self.stop()
+
+
+def sqlite_rows(path):
+    """Every stored flow as a dict ([] while the table does not exist yet)."""
+    try:
+        conn = sqlite3.connect(str(path))
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("SELECT * FROM flows")]
+        conn.close()
+    except sqlite3.OperationalError:
+        return []
+    return rows
+
+
+def sqlite_count(path):
+    """Flows stored so far (0 while the table does not exist yet)."""
+    try:
+        conn = sqlite3.connect(str(path))
+        n = conn.execute("SELECT count(*) FROM flows").fetchone()[0]
+        conn.close()
+        return n
+    except sqlite3.OperationalError:
+        return 0
 
 
 def run_agent(conf, pcaps, output=None, timeout=600):

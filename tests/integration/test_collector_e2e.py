@@ -1,6 +1,5 @@
 """Agent -> encrypted UDP -> collector -> storage, end to end with real processes and servers."""
 import csv
-import sqlite3
 from collections import Counter
 
 import pytest
@@ -24,15 +23,7 @@ def as_key(row):
     return tuple(str(row[k]) for k in KEY_FIELDS) + (round(float(row["first"]), 6), round(float(row["last"]), 6))
 
 
-def sqlite_rows(path):
-    try:
-        conn = sqlite3.connect(str(path))
-        conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM flows")]
-        conn.close()
-    except sqlite3.OperationalError:
-        return []
-    return rows
+sqlite_rows = col.sqlite_rows
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,6 @@ import json
 import random
 import re
 import socket
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -56,16 +53,7 @@ def row_key(row):
     return tuple(vals)
 
 
-def sqlite_rows(path):
-    """Every stored flow as a dict ([] while the table does not exist yet)."""
-    try:
-        conn = sqlite3.connect(str(path))
-        conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM flows")]
-        conn.close()
-    except sqlite3.OperationalError:
-        return []
-    return rows
+sqlite_rows = col.sqlite_rows
 
 
 def seal(agent, fernet, plaintext, at=None):
@@ -395,24 +383,7 @@ class SummaryCollector(col.Collector):
 
     def start(self, timeout=30):
         """Start the process with --summary-json and wait until it listens."""
-        self.proc = subprocess.Popen([sys.executable, str(col.ROOT / "myason.py"), "collector", "-cc",
-                                      str(self.dir / "collector.yaml"), "--summary-json", str(self.summary_json)],
-                                     cwd=str(col.ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        ready = threading.Event()
-
-        def read(proc=self.proc):
-            for line in proc.stderr:
-                self.stderr.append(line)
-                if "collector listening" in line:
-                    ready.set()
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not ready.is_set():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                time.sleep(0.2)
-                raise AssertionError("collector did not start:\n" + "".join(self.stderr))
-            ready.wait(0.05)
-        return self
+        return super().start(timeout, ("--summary-json", str(self.summary_json)))
 
     def summary(self):
         """The counters the last run wrote at exit."""

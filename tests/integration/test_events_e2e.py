@@ -81,14 +81,7 @@ def run(tmp_path, pkts, extra_writers=(), **conf):
     return c, db, qdir
 
 
-def _flows(db):
-    try:
-        conn = sqlite3.connect(str(db))
-        n = conn.execute("SELECT count(*) FROM flows").fetchone()[0]
-        conn.close()
-        return n
-    except sqlite3.OperationalError:
-        return 0
+_flows = col.sqlite_count
 
 
 def test_crafted_attacks_give_exactly_the_expected_events(tmp_path):

@@ -17,14 +17,7 @@ EXPECTED = {
 }
 
 
-def _count(db):
-    try:
-        conn = sqlite3.connect(str(db))
-        n = conn.execute("SELECT count(*) FROM flows").fetchone()[0]
-        conn.close()
-        return n
-    except sqlite3.OperationalError:
-        return 0
+_count = col.sqlite_count
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="../shared/pcaps/real not available")
