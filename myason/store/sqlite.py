@@ -14,6 +14,7 @@ from myason.config import check_float, check_int, check_str
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
+from myason.store import rollup
 from myason.store.schema import load_migrations
 
 log = logging.getLogger("myason.store.sqlite")
@@ -55,7 +56,10 @@ class SqliteWriter(Writer):
     Options: path (required): the database file; retention_days (default 0 = keep): delete flows
     whose `first` is before 00:00 UTC that many days before today (checked at open and hourly);
     batch_keep_days (default 7): how long committed batch ids are remembered for retries;
-    busy_timeout (default 30 s): how long to wait for another process's write lock.
+    busy_timeout (default 30 s): how long to wait for another process's write lock;
+    retention ({raw, 1m, 15m, 1h, 1d: duration or 0}): per resolution, rollups deleted after it
+    (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N list;
+    maintain_interval (default 60 s; 0 = only `myason maintain`): rollup maintenance period.
     """
 
     name = "sqlite"
@@ -65,19 +69,27 @@ class SqliteWriter(Writer):
         "retention_days": (0, check_int(lo=0)),
         "batch_keep_days": (7, check_int(lo=1)),
         "busy_timeout": (30.0, check_float(lo=0)),
+        "retention": ({}, rollup.check_retention),
+        "rollup_top": (25, check_int(lo=1, hi=1000)),
+        "maintain_interval": (60.0, check_float(lo=0)),
     }
 
     def __init__(self, **options):
         super().__init__(**options)
         opts = parse_options(self.name, options, self.SPEC)
         self.path = opts["path"]
-        self.retention_days = opts["retention_days"]
+        ro = rollup.rollup_options(self.name, opts)
+        self.retention = ro["retention"]
+        self.retention_days = rollup.raw_days(self.retention)
+        self.rollup_top = ro["top"]
+        self.maintain_interval = ro["interval"]
         self.batch_keep_days = opts["batch_keep_days"]
         self.busy_timeout = opts["busy_timeout"]
         self.clock = time.time
         self.skipped = 0
         self._conn = None
         self._next_housekeeping = 0.0
+        self._next_maintain = 0.0
 
     def open(self):
         """Open the file in WAL mode and apply the pending migrations."""
@@ -143,6 +155,9 @@ class SqliteWriter(Writer):
                     self.skipped += 1
                     return False
                 conn.executemany(sql, rows)
+                # Same transaction as the rows: the rollup maintenance sees both or neither.
+                conn.executemany("INSERT INTO rollup_dirty (bucket) VALUES (?)",
+                                 [(m,) for m in rollup.minutes_sqlite(rows)])
                 if params:
                     conn.executemany(INSERT_EVENT_SQL, params)
                 conn.execute("COMMIT")
@@ -156,8 +171,11 @@ class SqliteWriter(Writer):
         except (sqlite3.Error, OverflowError, TypeError, ValueError) as exc:
             # A row SQLite refuses (wrong type, wrong number of values) never will.
             raise WriterError("sqlite: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
-        if self.clock() >= self._next_housekeeping:
+        now = self.clock()
+        if now >= self._next_housekeeping:
             self._housekeeping()
+        elif now >= self._next_maintain:
+            self._housekeeping(hourly=False)
         return True
 
     def delete_before(self, day):
@@ -166,8 +184,32 @@ class SqliteWriter(Writer):
             cur = self._conn.execute('DELETE FROM flows WHERE "first" < ?', (day_start(day),))
         return cur.rowcount
 
-    def _housekeeping(self):
+    def maintain(self, now=None, wait=True):
+        """Roll up the dirty buckets, then apply every retention once; returns the summary (rollup.new_summary)."""
+        now = self.clock() if now is None else now
+        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait)
+        r = rollup.apply_retention(self._conn, self.retention, now)
+        s["dropped"] += r["dropped"]
+        s["deleted"].update(r["deleted"])
+        if self.retention_days:
+            s["deleted"]["flows"] = self.delete_before(retention_cutoff(self.retention_days, now))
+        return s
+
+    def _housekeeping(self, hourly=True):
         now = self.clock()
+        # Rollup maintenance every maintain_interval; the rest (hourly=True) at open and hourly.
+        if self.maintain_interval and (hourly or now >= self._next_maintain):
+            self._next_maintain = now + self.maintain_interval
+            try:
+                s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=False)
+                rollup.apply_retention(self._conn, self.retention, now)
+                log.debug("sqlite: %s: rollup maintenance: %s", self.path, rollup.format_summary(s))
+            except sqlite3.Error as exc:
+                log.warning("sqlite: %s: rollup maintenance failed: %s", self.path, exc)
+        elif not self.maintain_interval:
+            self._next_maintain = float("inf")
+        if not hourly:
+            return
         self._next_housekeeping = now + HOUSEKEEPING_EVERY
         try:
             if self.retention_days:

@@ -1,0 +1,297 @@
+"""Rollups of stored flows per resolution (1m, 15m, 1h, 1d): bucket math, maintenance, retention.
+
+Every batch a SQL writer stores also inserts, in the same transaction, one `rollup_dirty` row per
+1m bucket it touched. `maintain()` reads committed dirty rows, recomputes those 1m buckets from
+raw flows (DELETE + INSERT ... SELECT ... GROUP BY), sums them into the enclosing 15m/1h/1d
+totals, and deletes exactly the dirty ids it read, in one transaction: a flow committed later
+leaves a dirty row for the next run, so nothing is missed or counted twice. Coarse top-N lists
+come from raw flows once the bucket is closed (`rollup_pending`). See docs/rollups.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from operator import itemgetter
+
+from myason.errors import ConfigError
+
+log = logging.getLogger("myason.store.rollup")
+
+RESOLUTIONS = {"1m": 60, "15m": 900, "1h": 3600, "1d": 86400}
+COARSE = ("15m", "1h", "1d")
+DIMENSIONS = ("src_ip", "dst_ip", "src_port", "dst_port", "src_country", "dst_country", "src_asn", "dst_asn")
+RETENTION_KEYS = ("raw",) + tuple(RESOLUTIONS)
+# Seconds after a coarse bucket ends before its top-N is computed: flows arrive late (up to the
+# agent's active timeout), and each late flow would otherwise recompute a whole bucket again.
+SETTLE = {"15m": 300, "1h": 900, "1d": 1800}
+HEALTH_KEEP = 7 * 86400
+DIRTY_CHUNK = 20000
+# Serialises maintainers sharing a PostgreSQL database (any constant of our own).
+PG_LOCK = 0x6D79726F6C6C
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdwy])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+# -- pure bucket math and options -------------------------------------------------------------
+
+def bucket_of(t, res) -> int:
+    """Start (Unix seconds) of the `res` bucket holding time t, as SQLite computes it."""
+    step = RESOLUTIONS[res]
+    return int(t) // step * step
+
+
+def minutes_sqlite(rows, i_first=8) -> set:
+    """Distinct 1m buckets of the rows' `first` (the writer's hot path: whole seconds first, then minutes)."""
+    return {s // 60 * 60 for s in set(map(int, map(itemgetter(i_first), rows)))}
+
+
+def minutes_postgresql(rows, i_first=8) -> set:
+    """Distinct 1m buckets of `first` as PostgreSQL stores it (COPY rounds to microseconds).
+
+    A time in the last second of a minute may round up into the next one: that minute is marked
+    too (recomputing a clean bucket is harmless), which keeps this as cheap as minutes_sqlite.
+    """
+    secs = set(map(int, map(itemgetter(i_first), rows)))
+    return {s // 60 * 60 for s in secs} | {s + 1 for s in secs if s % 60 == 59}
+
+
+def enclosing(buckets, res) -> list:
+    """Sorted distinct `res` buckets holding the given bucket starts."""
+    step = RESOLUTIONS[res]
+    return sorted({b // step * step for b in buckets})
+
+
+def ranges(buckets, step) -> list:
+    """[(lo, hi)] half-open ranges covering the sorted distinct bucket starts, adjacent ones merged."""
+    out = []
+    for b in sorted(set(buckets)):
+        if out and out[-1][1] == b:
+            out[-1][1] = b + step
+        else:
+            out.append([b, b + step])
+    return [tuple(r) for r in out]
+
+
+def parse_duration(key, text) -> float:
+    """Seconds of "90s", "30m", "1h", "7d", "2w", "1y" (365 d); 0 (or "0") is 0; ConfigError(key) otherwise."""
+    if text == 0 or (isinstance(text, str) and text.strip() == "0"):
+        return 0.0
+    m = _DURATION_RE.match(str(text).strip()) if not isinstance(text, bool) else None
+    if not m:
+        raise ConfigError(key, "must be 0 or a number and a unit s, m, h, d, w or y (e.g. 7d, 1y), got %r" % (text,))
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def check_retention(key, value) -> dict:
+    """Validator for a writer's `retention` mapping {raw, 1m, 15m, 1h, 1d: duration or 0}; seconds out.
+
+    raw is kept in whole UTC days (partitions are days), so it must be whole days, at least 1d:
+    the 1d rollup of yesterday is computed from raw after yesterday ends.
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping of %s to a duration (e.g. {raw: 7d, 1m: 30d})"
+                          % ", ".join(RETENTION_KEYS))
+    out = {}
+    for k, v in value.items():
+        if str(k) not in RETENTION_KEYS:
+            raise ConfigError("%s.%s" % (key, k), "unknown resolution (known: %s)" % ", ".join(RETENTION_KEYS))
+        out[str(k)] = parse_duration("%s.%s" % (key, k), v)
+    raw = out.get("raw", 0.0)
+    if raw and (raw < 86400 or raw % 86400):
+        raise ConfigError("%s.raw" % key, "raw flows are kept in whole UTC days: must be 0 or at least 1d, "
+                          "whole days (the 1d rollups are computed from raw after the day ends)")
+    return out
+
+
+def rollup_options(writer, opts) -> dict:
+    """{retention: {key: seconds}, top, interval} from a SQL writer's parsed options.
+
+    `retention_days` stays the raw retention; giving it together with retention.raw is an error.
+    """
+    retention = {k: 0.0 for k in RETENTION_KEYS}
+    retention.update(opts.get("retention") or {})
+    if opts.get("retention_days"):
+        if (opts.get("retention") or {}).get("raw"):
+            raise ConfigError("%s.retention_days" % writer, "set either retention_days or retention.raw, not both")
+        retention["raw"] = opts["retention_days"] * 86400.0
+    return {"retention": retention, "top": opts.get("rollup_top", 25),
+            "interval": opts.get("maintain_interval", 60.0)}
+
+
+def raw_days(retention) -> int:
+    """Raw retention in whole days (0 = keep)."""
+    return int(retention.get("raw", 0) // 86400)
+
+
+def day_floor(t) -> int:
+    """Start of the UTC day of t."""
+    return int(t) // 86400 * 86400
+
+
+def horizon(retention, now) -> int:
+    """Earliest time whose raw flows and 1m rollups are all still kept (0 = everything).
+
+    A bucket before it can no longer be recomputed: doing so would replace good rollups with
+    the few flows that happen to be left.
+    """
+    h = 0
+    if retention.get("raw"):
+        h = day_floor(now) - raw_days(retention) * 86400
+    if retention.get("1m"):
+        h = max(h, day_floor(now - retention["1m"]) + 86400)
+    return h
+
+
+def partition_of(res, t, top=False):
+    """(name, lo, hi) of the PostgreSQL partition of rollup[_top]_<res> holding bucket t.
+
+    1m by UTC day, 15m and 1h by month, 1d by year.
+    """
+    d = dt.datetime.fromtimestamp(int(t), dt.timezone.utc)
+    if res == "1m":
+        lo = dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc)
+        hi, suffix = lo + dt.timedelta(days=1), lo.strftime("%Y%m%d")
+    elif res in ("15m", "1h"):
+        lo = dt.datetime(d.year, d.month, 1, tzinfo=dt.timezone.utc)
+        hi = dt.datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=dt.timezone.utc)
+        suffix = lo.strftime("%Y%m")
+    else:
+        lo = dt.datetime(d.year, 1, 1, tzinfo=dt.timezone.utc)
+        hi, suffix = dt.datetime(d.year + 1, 1, 1, tzinfo=dt.timezone.utc), lo.strftime("%Y")
+    name = "rollup_%s%s_p%s" % ("top_" if top else "", res, suffix)
+    return name, int((lo - _EPOCH).total_seconds()), int((hi - _EPOCH).total_seconds())
+
+
+def period_of_partition(name):
+    """(table, lo, hi) of a rollup partition name made by partition_of, or None."""
+    m = re.match(r"^(rollup_(?:top_)?(1m|15m|1h|1d))_p(\d{4,8})$", name)
+    if not m:
+        return None
+    digits, res = m.group(3), m.group(2)
+    fmt = {8: "%Y%m%d", 6: "%Y%m", 4: "%Y"}.get(len(digits))
+    if fmt is None:
+        return None
+    start = dt.datetime.strptime(digits, fmt).replace(tzinfo=dt.timezone.utc)
+    pname, lo, hi = partition_of(res, (start - _EPOCH).total_seconds(), top="_top_" in name)
+    return (m.group(1), lo, hi) if pname == name else None
+
+
+def new_summary() -> dict:
+    """An empty maintenance summary (what maintain() and apply_retention() report)."""
+    return {"dirty": 0, "skipped": 0, "buckets": {r: 0 for r in RESOLUTIONS},
+            "tops": {r: 0 for r in RESOLUTIONS}, "busy": False, "dropped": [], "deleted": {}}
+
+
+def format_summary(s) -> str:
+    """One human line of a summary."""
+    parts = ["dirty marks %d" % s["dirty"], "buckets " + " ".join("%s=%d" % kv for kv in s["buckets"].items()),
+             "tops " + " ".join("%s=%d" % kv for kv in s["tops"].items())]
+    if s["skipped"]:
+        parts.append("skipped %d marks before the retention horizon" % s["skipped"])
+    if s["busy"]:
+        parts.append("another maintainer was running")
+    if s["dropped"]:
+        parts.append("dropped partitions " + " ".join(s["dropped"]))
+    deleted = {k: v for k, v in s["deleted"].items() if v}
+    if deleted:
+        parts.append("deleted rows " + " ".join("%s=%d" % kv for kv in deleted.items()))
+    return "; ".join(parts)
+
+
+# -- maintenance --------------------------------------------------------------------------------
+
+def maintain(target, now=None, top=None, retention=None, wait=True, chunk=DIRTY_CHUNK) -> dict:
+    """Recompute every rollup bucket marked dirty, then the due coarse top-N lists; returns a summary.
+
+    target: an open sqlite3 or psycopg connection (or a SqliteWriter/PostgresWriter, whose
+    connection is used). now: Unix time (default: the clock) deciding which coarse buckets are
+    closed and the retention horizon. top: keys per top-N list (default: the writer's rollup_top,
+    else 25). retention: {raw, 1m, ...: seconds} (see check_retention; default: the writer's),
+    used only to skip buckets whose raw flows are gone. wait: in PostgreSQL, wait for another
+    maintainer instead of returning with summary["busy"]. Idempotent; safe while writers commit.
+    """
+    from myason.store.rollup_sql import backend
+    db = backend(getattr(target, "_conn", target))
+    now = time.time() if now is None else float(now)
+    top = getattr(target, "rollup_top", 25) if top is None else top
+    retention = getattr(target, "retention", {}) if retention is None else retention
+    summary = new_summary()
+    if not db.lock(wait):
+        summary["busy"] = True
+        return summary
+    try:
+        h = horizon(retention, now)
+        while True:
+            n = _dirty_step(db, h, top, chunk, summary)
+            if n < chunk:
+                break
+        _pending_step(db, now, h, top, summary)
+        db.set_state("last_maintain", "%.3f" % now, now)
+    finally:
+        db.unlock()
+    return summary
+
+
+def _dirty_step(db, h, top, chunk, summary):
+    dirty = db.read_dirty(chunk)
+    if not dirty:
+        return 0
+    minutes = sorted({b for _, b in dirty if b >= h})
+    summary["dirty"] += len(dirty)
+    skipped = sum(1 for _, b in dirty if b < h)
+    if skipped:
+        log.warning("rollup: %d dirty marks are before the retention horizon (raw flows or 1m rollups"
+                    " already gone); their buckets are left as they are", skipped)
+    summary["skipped"] += skipped
+    coarse = {res: enclosing(minutes, res) for res in COARSE}
+    db.ensure_partitions([("1m", m) for m in minutes] + [(r, b) for r in COARSE for b in coarse[r]])
+    with db.transaction():
+        for lo, hi in ranges(minutes, 60):
+            db.recompute_raw(lo, hi, top)
+        for res in COARSE:
+            for lo, hi in ranges(coarse[res], RESOLUTIONS[res]):
+                db.recompute_coarse_totals(res, lo, hi)
+            db.add_pending(res, coarse[res])
+        db.delete_dirty([i for i, _ in dirty])
+    summary["buckets"]["1m"] += len(minutes)
+    summary["tops"]["1m"] += len(minutes)
+    for res in COARSE:
+        summary["buckets"][res] += len(coarse[res])
+    return len(dirty)
+
+
+def _pending_step(db, now, h, top, summary):
+    pending = db.read_pending()
+    due = {res: sorted(b for r, b in pending if r == res and h <= b and b + RESOLUTIONS[res] + SETTLE[res] <= now)
+           for res in COARSE}
+    stale = [(r, b) for r, b in pending if b < h]
+    if not stale and not any(due.values()):
+        return
+    db.ensure_partitions([(r, b) for r in COARSE for b in due[r]], totals=False)
+    with db.transaction():
+        for res in COARSE:
+            for lo, hi in ranges(due[res], RESOLUTIONS[res]):
+                db.recompute_tops(res, lo, hi, top)
+            summary["tops"][res] += len(due[res])
+        db.delete_pending([(r, b) for r in COARSE for b in due[r]] + stale)
+
+
+def apply_retention(target, retention, now=None) -> dict:
+    """Drop (PostgreSQL partitions) or delete (SQLite rows) rollups older than their retention.
+
+    Also deletes health_samples older than 7 days. Raw flows are the writers' own retention.
+    Returns a summary with "dropped" (partition names) and "deleted" ({table: rows}).
+    """
+    from myason.store.rollup_sql import backend
+    db = backend(getattr(target, "_conn", target))
+    now = time.time() if now is None else float(now)
+    summary = new_summary()
+    for res in RESOLUTIONS:
+        keep = (retention or {}).get(res)
+        if keep:
+            db.expire(res, now - keep, summary)
+    summary["deleted"]["health_samples"] = db.expire_health(now - HEALTH_KEEP)
+    return summary

@@ -1,0 +1,344 @@
+"""The SQL of rollup maintenance for SQLite and PostgreSQL (used by myason.store.rollup).
+
+One template per statement; the dialects differ only in how a time parameter is written, how a
+bucket is computed and how an address becomes text. Values always go in as parameters; the only
+things formatted into SQL are our own constants (table names, bucket sizes, partition bounds
+computed from integers, since DDL takes no parameters).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+
+from myason.store.rollup import DIMENSIONS, RESOLUTIONS, partition_of, period_of_partition
+
+log = logging.getLogger("myason.store.rollup")
+
+_TOTAL_COLS = "bucket, agent, if_name, proto, direction, bytes, packets, flows"
+_TOP_COLS = "bucket, agent, dimension, key, bytes, packets, flows, rank"
+
+
+def _key_case(ip):
+    # A dimension's key as text; NULL (skipped) for an unknown country or ASN 0.
+    parts = []
+    for d in DIMENSIONS:
+        col = "f.%s" % d
+        if d.endswith("_ip"):
+            expr = ip % col
+        elif d.endswith("_country"):
+            expr = "NULLIF(%s, '')" % col
+        elif d.endswith("_asn"):
+            expr = "NULLIF(CAST(%s AS TEXT), '0')" % col
+        else:
+            expr = "CAST(%s AS TEXT)" % col
+        parts.append("WHEN '%s' THEN %s" % (d, expr))
+    return "CASE d.dimension %s END" % " ".join(parts)
+
+
+_DIMS = " UNION ALL ".join("SELECT '%s' AS dimension" % d for d in DIMENSIONS)
+
+
+class _Dialect:
+    """SQL templates; subclasses say how times, buckets and addresses are written."""
+
+    kind = ""
+    t = "%s"                    # a time parameter (Unix seconds)
+    ip = "%s"                   # an address column as text
+    collate = ""
+    read_bucket = "bucket"
+
+    def bucket(self, col, step):
+        raise NotImplementedError
+
+    def totals_raw(self):
+        return ('INSERT INTO rollup_1m (%s) SELECT %s, agent, if_name, proto, direction, SUM(bytes), SUM(packets),'
+                ' COUNT(*) FROM flows WHERE "first" >= %s AND "first" < %s GROUP BY 1, 2, 3, 4, 5'
+                % (_TOTAL_COLS, self.bucket('"first"', 60), self.t, self.t))
+
+    def totals_coarse(self, res):
+        return ("INSERT INTO rollup_%s (%s) SELECT %s, agent, if_name, proto, direction, SUM(bytes), SUM(packets),"
+                " SUM(flows) FROM rollup_1m WHERE bucket >= %s AND bucket < %s GROUP BY 1, 2, 3, 4, 5"
+                % (res, _TOTAL_COLS, self.bucket("bucket", RESOLUTIONS[res]), self.t, self.t))
+
+    def tops(self, res):
+        # One scan of the raw flows, crossed with the dimensions; per-agent sums, then '*' from those.
+        return (
+            "INSERT INTO rollup_top_%(res)s (%(cols)s)"
+            " WITH k AS (SELECT %(bucket)s AS bucket, f.agent AS agent, d.dimension AS dimension,"
+            " %(key)s AS key, f.bytes AS bytes, f.packets AS packets"
+            " FROM flows f CROSS JOIN (%(dims)s) d WHERE f.\"first\" >= %(t)s AND f.\"first\" < %(t)s),"
+            " a AS (SELECT bucket, agent, dimension, key, SUM(bytes) AS bytes, SUM(packets) AS packets,"
+            " COUNT(*) AS flows FROM k WHERE key IS NOT NULL GROUP BY bucket, agent, dimension, key),"
+            " u AS (SELECT bucket, agent, dimension, key, bytes, packets, flows FROM a UNION ALL"
+            " SELECT bucket, '*', dimension, key, SUM(bytes), SUM(packets), SUM(flows) FROM a"
+            " GROUP BY bucket, dimension, key),"
+            " r AS (SELECT bucket, agent, dimension, key, bytes, packets, flows, ROW_NUMBER() OVER"
+            " (PARTITION BY bucket, agent, dimension ORDER BY bytes DESC, key%(collate)s) AS rank FROM u)"
+            " SELECT %(cols)s FROM r WHERE rank <= %%s"
+            % {"res": res, "cols": _TOP_COLS, "bucket": self.bucket('f."first"', RESOLUTIONS[res]),
+               "key": _key_case(self.ip), "dims": _DIMS, "t": self.t, "collate": self.collate})
+
+    def delete_range(self, table):
+        return "DELETE FROM %s WHERE bucket >= %s AND bucket < %s" % (table, self.t, self.t)
+
+
+class _Backend:
+    """Maintenance operations on one connection (see myason.store.rollup.maintain)."""
+
+    def __init__(self, conn, dialect):
+        self.conn = conn
+        self.d = dialect
+        self._sql = {}
+
+    def q(self, sql):
+        return sql
+
+    def sql(self, name, *args):
+        key = (name,) + args
+        if key not in self._sql:
+            self._sql[key] = self.q(getattr(self.d, name)(*args))
+        return self._sql[key]
+
+    def recompute_raw(self, lo, hi, top):
+        """Recompute 1m totals and tops of [lo, hi) from raw flows (inside a transaction)."""
+        ex = self.conn.execute
+        ex(self.sql("delete_range", "rollup_1m"), (lo, hi))
+        ex(self.sql("delete_range", "rollup_top_1m"), (lo, hi))
+        ex(self.sql("totals_raw"), (lo, hi))
+        ex(self.sql("tops", "1m"), (lo, hi, top))
+
+    def recompute_coarse_totals(self, res, lo, hi):
+        """Recompute `res` totals of [lo, hi) by summing 1m rows."""
+        self.conn.execute(self.sql("delete_range", "rollup_%s" % res), (lo, hi))
+        self.conn.execute(self.sql("totals_coarse", res), (lo, hi))
+
+    def recompute_tops(self, res, lo, hi, top):
+        """Recompute `res` top-N of [lo, hi) from raw flows."""
+        self.conn.execute(self.sql("delete_range", "rollup_top_%s" % res), (lo, hi))
+        self.conn.execute(self.sql("tops", res), (lo, hi, top))
+
+
+class SqliteDialect(_Dialect):
+    """SQLite: times are REAL Unix seconds; buckets by integer division of whole seconds."""
+
+    kind = "sqlite"
+
+    def bucket(self, col, step):
+        # Whole seconds first, so the bucket agrees exactly with minutes_sqlite() and the range filter.
+        return "CAST(%s AS INTEGER) / %d * %d" % (col, step, step)
+
+
+class PostgresDialect(_Dialect):
+    """PostgreSQL: timestamptz, date_bin from the epoch, host() of inet."""
+
+    kind = "postgresql"
+    t = "to_timestamp(%s)"
+    ip = "host(%s)"
+    collate = ' COLLATE "C"'
+    read_bucket = "extract(epoch FROM bucket)::bigint"
+
+    def bucket(self, col, step):
+        return "date_bin(interval '%d seconds', %s, timestamptz '1970-01-01 00:00:00+00')" % (step, col)
+
+
+class SqliteBackend(_Backend):
+    """Maintenance on a sqlite3 connection in autocommit mode (isolation_level=None)."""
+
+    def __init__(self, conn):
+        super().__init__(conn, SqliteDialect())
+
+    def q(self, sql):
+        return sql.replace("%s", "?")
+
+    def lock(self, wait):
+        """SQLite serialises writers itself (BEGIN IMMEDIATE); nothing to take."""
+        return True
+
+    def unlock(self):
+        """Nothing to release."""
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def read_dirty(self, limit):
+        """[(id, bucket)] of the oldest committed dirty marks."""
+        return [(i, int(b)) for i, b in self.conn.execute(
+            "SELECT id, bucket FROM rollup_dirty ORDER BY id LIMIT ?", (limit,))]
+
+    def delete_dirty(self, ids):
+        """Delete exactly these dirty marks."""
+        self.conn.executemany("DELETE FROM rollup_dirty WHERE id = ?", [(i,) for i in ids])
+
+    def ensure_partitions(self, buckets, totals=True):
+        """No partitions in SQLite."""
+
+    def add_pending(self, res, buckets):
+        """Mark coarse buckets whose top-N must be recomputed once closed."""
+        self.conn.executemany("INSERT OR IGNORE INTO rollup_pending (res, bucket) VALUES (?, ?)",
+                              [(res, b) for b in buckets])
+
+    def read_pending(self):
+        """[(res, bucket)] waiting for their top-N."""
+        return [(r, int(b)) for r, b in self.conn.execute("SELECT res, bucket FROM rollup_pending")]
+
+    def delete_pending(self, items):
+        """Forget these (res, bucket) pending marks."""
+        self.conn.executemany("DELETE FROM rollup_pending WHERE res = ? AND bucket = ?", items)
+
+    def set_state(self, name, value, now):
+        """Record one rollup_state fact."""
+        self.conn.execute("INSERT INTO rollup_state (name, value, updated) VALUES (?, ?, ?) ON CONFLICT (name)"
+                          " DO UPDATE SET value = excluded.value, updated = excluded.updated", (name, value, now))
+
+    def expire(self, res, cutoff, summary):
+        """Delete `res` rollups and tops whose bucket is before cutoff."""
+        for table in ("rollup_%s" % res, "rollup_top_%s" % res):
+            with self.transaction():
+                n = self.conn.execute("DELETE FROM %s WHERE bucket < ?" % table, (cutoff,)).rowcount
+            summary["deleted"][table] = n
+
+    def expire_health(self, cutoff):
+        """Delete health samples before cutoff; returns how many."""
+        with self.transaction():
+            return self.conn.execute("DELETE FROM health_samples WHERE ts < ?", (cutoff,)).rowcount
+
+
+class PostgresBackend(_Backend):
+    """Maintenance on a psycopg 3 connection (not autocommit; each transaction ended here)."""
+
+    def __init__(self, conn):
+        super().__init__(conn, PostgresDialect())
+        self._known = None
+
+    def lock(self, wait):
+        """Take the session advisory lock of maintainers; False when busy and not waiting."""
+        fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+        row = self.conn.execute("SELECT %s(%%s)" % fn, (_lock_key(),)).fetchone()
+        self.conn.commit()
+        return row[0] is not False
+
+    def unlock(self):
+        """Release the session advisory lock."""
+        try:
+            # A failed statement leaves the transaction aborted; the unlock must still run.
+            self.conn.rollback()
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(),))
+            self.conn.commit()
+        except Exception:  # noqa: BLE001 - a broken connection has released it already
+            log.debug("rollup: unlock failed", exc_info=True)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """The statements inside, then COMMIT (ROLLBACK on error)."""
+        try:
+            yield
+        except BaseException:
+            if not self.conn.closed:
+                self.conn.rollback()
+            raise
+        self.conn.commit()
+
+    def read_dirty(self, limit):
+        """[(id, bucket)] of the oldest committed dirty marks (in a transaction of its own)."""
+        with self.transaction():
+            return [tuple(r) for r in self.conn.execute(
+                "SELECT id, extract(epoch FROM bucket)::bigint FROM rollup_dirty ORDER BY id LIMIT %s", (limit,))]
+
+    def delete_dirty(self, ids):
+        """Delete exactly these dirty marks."""
+        self.conn.execute("DELETE FROM rollup_dirty WHERE id = ANY(%s)", (list(ids),))
+
+    def _partitions(self):
+        if self._known is None:
+            rows = self.conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname LIKE 'rollup%%'").fetchall()
+            self.conn.commit()
+            self._known = {r[0] for r in rows}
+        return self._known
+
+    def ensure_partitions(self, buckets, totals=True):
+        """Create the partitions of the tables these (res, bucket) go to, each in a short transaction."""
+        import psycopg
+        known = self._partitions()
+        # No partition is shorter than a day: one bucket per (resolution, day) is enough.
+        for res, b in sorted({(res, b // 86400 * 86400) for res, b in buckets}):
+            for top in ((False, True) if totals else (True,)):
+                name, lo, hi = partition_of(res, b, top)
+                if name in known:
+                    continue
+                parent = "rollup_%s%s" % ("top_" if top else "", res)
+                try:
+                    with self.transaction():
+                        self.conn.execute("CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s')"
+                                          " TO ('%s')" % (name, parent, _iso(lo), _iso(hi)))
+                except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                    pass    # made by a maintainer that does not share our lock (older version)
+                known.add(name)
+
+    def add_pending(self, res, buckets):
+        """Mark coarse buckets whose top-N must be recomputed once closed."""
+        self.conn.execute("INSERT INTO rollup_pending (res, bucket) SELECT %s, to_timestamp(b)"
+                          " FROM unnest(%s::bigint[]) AS b ON CONFLICT DO NOTHING", (res, list(buckets)))
+
+    def read_pending(self):
+        """[(res, bucket)] waiting for their top-N."""
+        with self.transaction():
+            return [tuple(r) for r in self.conn.execute(
+                "SELECT res, extract(epoch FROM bucket)::bigint FROM rollup_pending")]
+
+    def delete_pending(self, items):
+        """Forget these (res, bucket) pending marks."""
+        with self.conn.cursor() as cur:
+            cur.executemany("DELETE FROM rollup_pending WHERE res = %s AND bucket = to_timestamp(%s)", items)
+
+    def set_state(self, name, value, now):
+        """Record one rollup_state fact."""
+        with self.transaction():
+            self.conn.execute("INSERT INTO rollup_state (name, value, updated) VALUES (%s, %s, to_timestamp(%s))"
+                              " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                              (name, value, now))
+
+    def expire(self, res, cutoff, summary):
+        """Drop the partitions of `res` rollups and tops that end at or before cutoff."""
+        for name in sorted(self._partitions()):
+            period = period_of_partition(name)
+            if period is None or period[0] not in ("rollup_%s" % res, "rollup_top_%s" % res) or period[2] > cutoff:
+                continue
+            with self.transaction():
+                self.conn.execute("DROP TABLE IF EXISTS %s" % name)
+            self._known.discard(name)
+            summary["dropped"].append(name)
+            log.info("rollup: retention dropped partition %s", name)
+
+    def expire_health(self, cutoff):
+        """Delete health samples before cutoff; returns how many."""
+        with self.transaction():
+            return self.conn.execute("DELETE FROM health_samples WHERE ts < to_timestamp(%s)", (cutoff,)).rowcount
+
+
+def _lock_key():
+    from myason.store.rollup import PG_LOCK
+    return PG_LOCK
+
+
+def _iso(t):
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def backend(conn):
+    """The maintenance backend for a sqlite3 or psycopg connection."""
+    import sqlite3
+    if isinstance(conn, sqlite3.Connection):
+        return SqliteBackend(conn)
+    return PostgresBackend(conn)

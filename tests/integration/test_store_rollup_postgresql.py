@@ -1,0 +1,226 @@
+"""Rollups in a real PostgreSQL 15: same results as a GROUP BY in Python, concurrency, partition drops."""
+import threading
+import uuid
+
+import pytest
+
+from myason.store import rollup
+from myason.store.postgresql import PostgresWriter
+from tests.unit.store.test_rollup import I, RES, make_rows, ref_tops, ref_totals
+
+psycopg = pytest.importorskip("psycopg")
+
+T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC
+DAY = 86400
+
+
+def rows_ms(n, **kw):
+    """make_rows with times on whole milliseconds, so microsecond rounding cannot move a bucket."""
+    rows = make_rows(n, **kw)
+    for r in rows:
+        r[I["first"]] = round(r[I["first"]], 3)
+        r[I["last"]] = r[I["first"]] + 1.0
+    return rows
+
+
+def query(dsn, sql, params=None):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def pg_totals(dsn, res):
+    return {(int(r[0]),) + tuple(r[1:5]): tuple(r[5:]) for r in query(
+        dsn, "SELECT extract(epoch FROM bucket)::bigint, agent, if_name, proto, direction, bytes, packets, flows"
+             " FROM rollup_%s" % res)}
+
+
+def pg_tops(dsn, res):
+    return {(int(r[0]),) + tuple(r[1:4]): tuple(r[4:]) for r in query(
+        dsn, "SELECT extract(epoch FROM bucket)::bigint, agent, dimension, key, bytes, packets, flows, rank"
+             " FROM rollup_top_%s" % res)}
+
+
+def assert_rollups(dsn, rows, top):
+    for res in RES:
+        assert pg_totals(dsn, res) == ref_totals(rows, res), res
+        assert pg_tops(dsn, res) == ref_tops(rows, res, top), res
+
+
+def partitions(dsn):
+    return sorted(r[0] for r in query(dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                                           " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname LIKE 'rollup%'"))
+
+
+@pytest.fixture
+def pg(servers):
+    """A fresh database on the session's PostgreSQL; yields its DSN."""
+    if not servers.pg_dsn:
+        pytest.skip("PostgreSQL not started")
+    name = "t_%s" % uuid.uuid4().hex[:12]
+    query(servers.pg_dsn, "CREATE DATABASE %s" % name)
+    yield psycopg.conninfo.make_conninfo(servers.pg_dsn, dbname=name)
+    try:
+        query(servers.pg_dsn, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    except psycopg.Error:
+        pass
+
+
+def open_writer(dsn, **options):
+    w = PostgresWriter(dsn=dsn, maintain_interval=0, rollup_top=5, **options)
+    w.clock = lambda: T0
+    w.open()
+    return w
+
+
+def test_rollups_match_a_group_by_in_python(pg):
+    w = open_writer(pg)
+    rows = rows_ms(3000, span=2 * DAY + 3 * 3600)
+    for i in range(0, len(rows), 500):
+        w.write("b%d" % i, rows[i:i + 500])
+    s = w.maintain(now=T0 + 5 * DAY)
+    assert s["buckets"]["1d"] == 3 and s["tops"]["1d"] == 3
+    assert_rollups(pg, rows, 5)
+    assert "rollup_1m_p20231117" in partitions(pg) and "rollup_top_1d_p2023" in partitions(pg)
+    assert query(pg, "SELECT count(*) FROM rollup_dirty") == [(0,)]
+    # Twice gives the same; so does marking everything dirty again.
+    s = w.maintain(now=T0 + 5 * DAY)
+    assert s["dirty"] == 0
+    query(pg, "INSERT INTO rollup_dirty (bucket) SELECT DISTINCT bucket FROM rollup_1m")
+    w.maintain(now=T0 + 5 * DAY)
+    assert_rollups(pg, rows, 5)
+    w.close()
+
+
+def test_late_flows_and_batches_between_runs(pg):
+    w = open_writer(pg)
+    rows = rows_ms(500, span=3600, seed=2)
+    w.write("a", rows)
+    w.maintain(now=T0 + 3000)
+    assert pg_totals(pg, "1h") == ref_totals(rows, "1h") and pg_tops(pg, "1h") == {}
+    late = rows_ms(200, span=300, seed=3)
+    more = rows_ms(200, t0=T0 + 3600, span=600, seed=4)
+    w.write("late", late)
+    w.write("more", more)
+    w.maintain(now=T0 + 4200)
+    for res in RES:
+        assert pg_totals(pg, res) == ref_totals(rows + late + more, res), res
+    w.maintain(now=T0 + 2 * DAY)
+    assert_rollups(pg, rows + late + more, 5)
+    w.close()
+
+
+def test_two_maintainers_and_two_writers_at_once(pg):
+    writers = [open_writer(pg), open_writer(pg)]
+    batches = [rows_ms(150, t0=T0 + (k % 7) * 600, span=900, seed=100 + k) for k in range(40)]
+    done = threading.Event()
+    errors = []
+
+    def maintainer():
+        try:
+            with psycopg.connect(pg) as conn:
+                while not done.is_set():
+                    rollup.maintain(conn, now=T0 + 2 * DAY, top=5)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    def write(w, k0):
+        try:
+            for k in range(k0, len(batches), 2):
+                w.write("c%d" % k, batches[k])
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    maintainers = [threading.Thread(target=maintainer) for _ in range(2)]
+    for t in maintainers:
+        t.start()
+    try:
+        feeders = [threading.Thread(target=write, args=(w, k)) for k, w in enumerate(writers)]
+        for t in feeders:
+            t.start()
+        for t in feeders:
+            t.join(60)
+    finally:
+        done.set()
+        for t in maintainers:
+            t.join(60)
+    assert not errors and not any(t.is_alive() for t in maintainers + feeders)
+    writers[0].maintain(now=T0 + 2 * DAY)
+    assert_rollups(pg, [r for rows in batches for r in rows], 5)
+    for w in writers:
+        w.close()
+
+
+def test_a_batch_committing_after_a_later_one_is_not_lost(pg):
+    """Writer A takes its dirty ids first but commits after B and after a maintenance run."""
+    a, b = open_writer(pg), open_writer(pg)
+    at_commit, go = threading.Event(), threading.Event()
+
+    def slow_commit(conn):
+        at_commit.set()
+        go.wait(30)
+        conn.commit()
+
+    a._commit = slow_commit
+    rows_a, rows_b = rows_ms(200, span=600, seed=11), rows_ms(200, span=600, seed=12)
+    t = threading.Thread(target=a.write, args=("a", rows_a))
+    t.start()
+    assert at_commit.wait(30)
+    b.write("b", rows_b)
+    b.maintain(now=T0 + 2 * DAY)
+    assert pg_totals(pg, "1m") == ref_totals(rows_b, "1m")
+    go.set()
+    t.join(30)
+    b.maintain(now=T0 + 2 * DAY)
+    assert_rollups(pg, rows_a + rows_b, 5)
+    a.close()
+    b.close()
+
+
+def test_a_busy_maintainer_is_skipped_not_waited_for(pg):
+    w = open_writer(pg)
+    w.write("a", rows_ms(50))
+    with psycopg.connect(pg, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (rollup.PG_LOCK,))
+        s = w.maintain(now=T0 + DAY, wait=False)
+        assert s["busy"] and s["dirty"] == 0
+        other.execute("SELECT pg_advisory_unlock(%s)", (rollup.PG_LOCK,))
+    s = w.maintain(now=T0 + DAY, wait=False)
+    assert not s["busy"] and s["dirty"] > 0
+    w.close()
+
+
+def test_retention_drops_rollup_partitions(pg):
+    w = open_writer(pg, retention={"raw": "2d", "1m": "3d", "15m": "40d", "1h": "1y", "1d": 0})
+    rows = rows_ms(400, span=6 * DAY, seed=7)          # 2023-11-15 .. 2023-11-20
+    w.write("a", rows)
+    w.maintain(now=T0 + 7 * DAY)                       # 2023-11-22: raw kept from 11-20
+    # Raw flows before 11-20 were gone, so only what 1m retention (from 11-19) keeps was rolled up.
+    kept = [r for r in rows if r[I["first"]] >= T0 + 5 * DAY]
+    assert pg_totals(pg, "1m") == ref_totals(kept, "1m")
+    assert pg_totals(pg, "1d") == ref_totals(kept, "1d")
+    parts = partitions(pg)
+    assert "rollup_1m_p20231120" in parts and "rollup_15m_p202311" in parts
+    # 60 days later: 1m day partitions and the November 15m partitions are gone, 1h and 1d stay.
+    s = w.maintain(now=T0 + 60 * DAY)
+    assert "rollup_1m_p20231120" in s["dropped"] and "rollup_top_15m_p202311" in s["dropped"]
+    assert "flows_p20231120" in s["dropped"]
+    parts = partitions(pg)
+    assert not any(p.startswith(("rollup_1m_", "rollup_top_1m_", "rollup_15m_", "rollup_top_15m_")) for p in parts)
+    assert pg_totals(pg, "1h") == ref_totals(kept, "1h") and pg_tops(pg, "1d") == ref_tops(kept, "1d", 5)
+    w.close()
+
+
+def test_housekeeping_maintains_while_writing(pg):
+    now = [T0 + 10]
+    w = PostgresWriter(dsn=pg, maintain_interval=60, rollup_top=5)
+    w.clock = lambda: now[0]
+    w.open()
+    rows = rows_ms(100, span=30, seed=8)
+    w.write("a", rows)
+    assert pg_totals(pg, "1m") == {}
+    now[0] += 61
+    more = rows_ms(10, t0=T0 + 40, span=5, seed=9)
+    w.write("b", more)                                      # committed, then maintenance is due
+    assert pg_totals(pg, "1m") == ref_totals(rows + more, "1m")
+    w.close()

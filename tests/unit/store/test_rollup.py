@@ -1,0 +1,345 @@
+"""Rollups: bucket math, options, and SQLite end to end against a GROUP BY computed in Python."""
+import random
+import sqlite3
+from collections import defaultdict
+
+import pytest
+
+from myason.errors import ConfigError
+from myason.store import rollup
+from myason.store.base import ENRICHED_ROW_FIELDS
+from myason.store.sqlite import SqliteWriter
+
+T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC
+DAY = 86400
+I = {f: i for i, f in enumerate(ENRICHED_ROW_FIELDS)}
+RES = tuple(rollup.RESOLUTIONS)
+
+
+def make_rows(n, t0=T0, span=3 * 3600, seed=1, agents=("edge-1", "edge-2")):
+    """n enriched rows with `first` spread over [t0, t0 + span) and a few values per dimension."""
+    rnd = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        first = t0 + rnd.random() * span
+        rows.append([
+            "10.0.0.%d" % rnd.randrange(40), "2001:db8::%x" % rnd.randrange(1, 30),
+            rnd.choice((0, 53, 443, 1024 + rnd.randrange(50))), rnd.choice((53, 80, 443, 8080)),
+            rnd.choice((6, 17)), 0, rnd.randrange(1, 50), rnd.randrange(40, 150000), first, first + 1.0,
+            0x1b, rnd.choice(agents), rnd.choice(("eth0", "eth1")), 2, 3, 4, 0, "", 24, 64, 0, 0, "idle",
+            first + 30.0, "127.0.0.1",
+            rnd.choice(("in", "out", "")), "", rnd.choice(("", "CZ", "DE", "US")), rnd.choice(("", "CZ", "FR")),
+            rnd.choice((0, 2852, 15169)), rnd.choice((0, 13335, 2852)), "", "", "", ""])
+    return rows
+
+
+def ref_totals(rows, res):
+    """{(bucket, agent, if_name, proto, direction): (bytes, packets, flows)} computed in Python."""
+    out = defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        k = (rollup.bucket_of(r[I["first"]], res), r[I["agent"]], r[I["if_name"]], r[I["proto"]], r[I["direction"]])
+        out[k][0] += r[I["bytes"]]
+        out[k][1] += r[I["packets"]]
+        out[k][2] += 1
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def ref_key(r, dim):
+    v = r[I[dim]]
+    if dim.endswith("_country") and v == "" or dim.endswith("_asn") and v == 0:
+        return None
+    return str(v)
+
+
+def ref_tops(rows, res, top=25):
+    """{(bucket, agent, dimension, key): (bytes, packets, flows, rank)} computed in Python."""
+    sums = defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        b = rollup.bucket_of(r[I["first"]], res)
+        for dim in rollup.DIMENSIONS:
+            key = ref_key(r, dim)
+            if key is None:
+                continue
+            for agent in (r[I["agent"]], "*"):
+                s = sums[(b, agent, dim, key)]
+                s[0] += r[I["bytes"]]
+                s[1] += r[I["packets"]]
+                s[2] += 1
+    groups = defaultdict(list)
+    for (b, agent, dim, key), v in sums.items():
+        groups[(b, agent, dim)].append((key, v))
+    out = {}
+    for (b, agent, dim), items in groups.items():
+        items.sort(key=lambda kv: (-kv[1][0], kv[0]))
+        for rank, (key, v) in enumerate(items[:top], 1):
+            out[(b, agent, dim, key)] = tuple(v) + (rank,)
+    return out
+
+
+def db_totals(path, res):
+    with sqlite3.connect(path) as conn:
+        return {(int(r[0]),) + tuple(r[1:5]): tuple(r[5:]) for r in conn.execute("SELECT * FROM rollup_%s" % res)}
+
+
+def db_tops(path, res):
+    with sqlite3.connect(path) as conn:
+        return {(int(r[0]),) + tuple(r[1:4]): tuple(r[4:]) for r in conn.execute("SELECT * FROM rollup_top_%s" % res)}
+
+
+def assert_rollups(path, rows, top=25, tops=RES):
+    for res in RES:
+        assert db_totals(path, res) == ref_totals(rows, res), res
+    for res in tops:
+        assert db_tops(path, res) == ref_tops(rows, res, top), res
+
+
+def count(path, table):
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "flows.db")
+
+
+@pytest.fixture
+def writer(db):
+    w = SqliteWriter(path=db, maintain_interval=0, rollup_top=5)
+    w.open()
+    yield w
+    w.close()
+
+
+# -- pure functions ---------------------------------------------------------------------------
+
+def test_bucket_math():
+    assert rollup.bucket_of(T0 + 59.999, "1m") == T0
+    assert rollup.bucket_of(T0 + 60, "1m") == T0 + 60
+    assert rollup.bucket_of(T0 + 901, "15m") == T0 + 900
+    assert rollup.bucket_of(T0 + DAY - 0.5, "1d") == T0
+    assert rollup.enclosing([T0 + 60, T0 + 960, T0 + 3700], "15m") == [T0, T0 + 900, T0 + 3600]
+    assert rollup.ranges([180, 0, 60, 300, 60], 60) == [(0, 120), (180, 240), (300, 360)]
+    assert rollup.ranges([], 60) == []
+
+
+def test_minutes_follow_what_each_database_stores():
+    rows = [[0] * 8 + [t] for t in (T0 + 59.9999996, T0 + 59.4, T0 + 120.0)]
+    assert rollup.minutes_sqlite(rows) == {T0, T0 + 120}
+    # PostgreSQL rounds to microseconds, so 59.9999996 s is stored as 60 s: both minutes are marked.
+    assert rollup.minutes_postgresql(rows) == {T0, T0 + 60, T0 + 120}
+    assert rollup.minutes_postgresql([[0] * 8 + [T0 + 58.4]]) == {T0}
+
+
+def test_postgresql_minutes_cover_the_rounded_time():
+    rnd = random.Random(0)
+    for _ in range(2000):
+        t = T0 + rnd.randrange(600) + rnd.choice((0.0, 0.9999995, 0.99999949, 0.9999999, rnd.random()))
+        assert round(t * 1e6) // 60000000 * 60 in rollup.minutes_postgresql([[0] * 8 + [t]])
+
+
+def test_partitions_are_named_and_bounded():
+    assert rollup.partition_of("1m", T0 + 5) == ("rollup_1m_p20231115", T0, T0 + DAY)
+    name, lo, hi = rollup.partition_of("15m", T0, top=True)
+    assert name == "rollup_top_15m_p202311" and lo == 1698796800 and hi == 1701388800
+    assert rollup.partition_of("1h", 1701388800 - 1)[0] == "rollup_1h_p202311"
+    assert rollup.partition_of("1d", T0) == ("rollup_1d_p2023", 1672531200, 1704067200)
+    assert rollup.partition_of("1h", 1703980800 + 3600)[1:] == (1701388800, 1704067200)   # December
+    for res in RES:
+        for top in (False, True):
+            name, lo, hi = rollup.partition_of(res, T0, top)
+            assert rollup.period_of_partition(name) == (name.rsplit("_p", 1)[0], lo, hi)
+    assert rollup.period_of_partition("flows_p20231115") is None
+    assert rollup.period_of_partition("rollup_1m_p202311") is None
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("7d", 7 * DAY), ("1y", 365 * DAY), (0, 0), ("0", 0),
+                                           ("2w", 14 * DAY), ("1.5h", 5400)])
+def test_parse_duration(text, seconds):
+    assert rollup.parse_duration("k", text) == seconds
+
+
+@pytest.mark.parametrize("text", ["7", 7, "7x", "", None, True, "-1d"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(ConfigError) as err:
+        rollup.parse_duration("sqlite.retention.1m", text)
+    assert err.value.key == "sqlite.retention.1m"
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"retention": {"raw": "12h"}}, "sqlite.retention.raw"),
+    ({"retention": {"raw": "36h"}}, "sqlite.retention.raw"),
+    ({"retention": {"5m": "1d"}}, "sqlite.retention.5m"),
+    ({"retention": {"1m": "30"}}, "sqlite.retention.1m"),
+    ({"retention": "7d"}, "sqlite.retention"),
+    ({"retention": {"raw": "7d"}, "retention_days": 3}, "sqlite.retention_days"),
+    ({"rollup_top": 0}, "sqlite.rollup_top"),
+    ({"maintain_interval": -1}, "sqlite.maintain_interval"),
+])
+def test_bad_options_name_the_key(db, options, key):
+    with pytest.raises(ConfigError) as err:
+        SqliteWriter(path=db, **options)
+    assert err.value.key == key
+
+
+def test_options_and_retention_days_as_raw(db):
+    w = SqliteWriter(path=db, retention={"raw": "7d", "1m": "30d", "15m": "90d", "1h": "1y", "1d": 0}, rollup_top=3)
+    assert w.retention == {"raw": 7 * DAY, "1m": 30 * DAY, "15m": 90 * DAY, "1h": 365 * DAY, "1d": 0}
+    assert (w.retention_days, w.rollup_top, w.maintain_interval) == (7, 3, 60.0)
+    w = SqliteWriter(path=db, retention_days=2)
+    assert w.retention["raw"] == 2 * DAY and w.retention_days == 2
+
+
+def test_horizon():
+    now = T0 + 10 * DAY + 3600
+    assert rollup.horizon({}, now) == 0
+    assert rollup.horizon({"raw": 7 * DAY}, now) == T0 + 3 * DAY
+    assert rollup.horizon({"raw": 7 * DAY, "1m": 2 * DAY}, now) == T0 + 9 * DAY
+
+
+# -- SQLite end to end ------------------------------------------------------------------------
+
+def test_rollups_match_a_group_by_in_python(writer, db):
+    rows = make_rows(3000, span=2 * DAY + 3 * 3600)
+    for i in range(0, len(rows), 500):
+        writer.write("b%d" % i, rows[i:i + 500])
+    s = writer.maintain(now=T0 + 5 * DAY)
+    assert s["buckets"]["1d"] == 3 and s["tops"]["1d"] == 3 and s["buckets"]["1m"] > 1000
+    assert_rollups(db, rows, top=5)
+    assert count(db, "rollup_dirty") == 0 and count(db, "rollup_pending") == 0
+    assert "buckets 1m=" in rollup.format_summary(s)
+
+
+def test_running_twice_gives_the_same_result(writer, db):
+    rows = make_rows(800)
+    writer.write("a", rows)
+    writer.maintain(now=T0 + 2 * DAY)
+    before = [db_totals(db, r) for r in RES] + [db_tops(db, r) for r in RES]
+    s = writer.maintain(now=T0 + 2 * DAY)
+    assert s["dirty"] == 0 and sum(s["buckets"].values()) == 0
+    assert [db_totals(db, r) for r in RES] + [db_tops(db, r) for r in RES] == before
+    # Marking everything dirty again recomputes the same rows.
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO rollup_dirty (bucket) SELECT DISTINCT bucket FROM rollup_1m")
+    writer.maintain(now=T0 + 2 * DAY)
+    assert [db_totals(db, r) for r in RES] + [db_tops(db, r) for r in RES] == before
+
+
+def test_late_flows_and_batches_between_runs(writer, db):
+    rows = make_rows(600, span=3600, seed=2)
+    writer.write("a", rows)
+    # During the hour: 1m and coarse totals are there, coarse tops wait for their bucket to close.
+    writer.maintain(now=T0 + 3000)
+    assert db_totals(db, "1h") == ref_totals(rows, "1h")
+    assert db_tops(db, "1m") == ref_tops(rows, "1m", 5)
+    # 15m buckets settled at 3000 s: those ending by 3000 - SETTLE, i.e. starting before 2700 s.
+    assert rollup.SETTLE["15m"] == 300
+    assert db_tops(db, "1h") == {} and db_tops(db, "15m") == ref_tops(
+        [r for r in rows if r[I["first"]] < T0 + 2700], "15m", 5)
+    # A batch arrives late: flows that started in the first minutes of the hour.
+    late = make_rows(300, span=300, seed=3)
+    writer.write("late", late)
+    more = make_rows(200, t0=T0 + 3600, span=600, seed=4)
+    writer.write("more", more)
+    writer.maintain(now=T0 + 3600 + 600)
+    everything = rows + late + more
+    for res in RES:
+        assert db_totals(db, res) == ref_totals(everything, res), res
+    assert db_tops(db, "1m") == ref_tops(everything, "1m", 5)
+    assert db_tops(db, "1h") == {}     # closed, but not settled yet
+    writer.maintain(now=T0 + 2 * DAY)
+    assert_rollups(db, everything, top=5)
+
+
+def test_a_retried_batch_is_not_counted_twice(writer, db):
+    rows = make_rows(300, seed=5)
+    assert writer.write("x", rows)
+    writer.maintain(now=T0 + DAY * 2)
+    assert not writer.write("x", rows)
+    writer.maintain(now=T0 + DAY * 2)
+    assert_rollups(db, rows, top=5)
+
+
+def test_retention_per_resolution(db):
+    now = T0 + 40 * DAY + 3600
+    w = SqliteWriter(path=db, maintain_interval=0, rollup_top=5,
+                     retention={"raw": "30d", "1m": "35d", "15m": "37d", "1h": "1y", "1d": 0})
+    w.clock = lambda: T0
+    w.open()
+    old = make_rows(300, span=8 * DAY, seed=6)     # days 0..7 after T0
+    w.write("old", old)
+    w.maintain(now=T0 + 9 * DAY)
+    assert_rollups(db, old, top=5)
+    s = w.maintain(now=now)
+    assert s["deleted"]["flows"] == sum(1 for r in old if r[I["first"]] < T0 + 10 * DAY)
+    for res, keep in (("1m", 35), ("15m", 37)):
+        cutoff = now - keep * DAY
+        assert db_totals(db, res) == {k: v for k, v in ref_totals(old, res).items() if k[0] >= cutoff}
+        assert db_tops(db, res) == {k: v for k, v in ref_tops(old, res, 5).items() if k[0] >= cutoff}
+    assert db_totals(db, "1h") == ref_totals(old, "1h") and db_totals(db, "1d") == ref_totals(old, "1d")
+    # A very late flow before the horizon must not replace good rollups by itself alone.
+    before = db_totals(db, "1d")
+    w.write("too-late", make_rows(1, t0=T0 + 2 * DAY, span=10, seed=7))
+    s = w.maintain(now=now)
+    assert s["skipped"] == 1 and db_totals(db, "1d") == before
+    w.close()
+
+
+def test_health_samples_are_kept_seven_days(writer, db):
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO health_samples VALUES (?, 'n', '', 'flows', 1.0)",
+                         [(T0 - 8 * DAY,), (T0 - 6 * DAY,)])
+    s = writer.maintain(now=T0)
+    assert s["deleted"]["health_samples"] == 1 and count(db, "health_samples") == 1
+
+
+def test_writes_run_maintenance_every_interval(db):
+    now = [T0 + 10]
+    w = SqliteWriter(path=db, maintain_interval=60, rollup_top=5)
+    w.clock = lambda: now[0]
+    w.open()
+    rows = make_rows(200, span=30, seed=8)
+    w.write("a", rows)
+    assert count(db, "rollup_1m") == 0          # maintained at open, before this batch
+    now[0] += 61
+    w.write("b", [])
+    assert db_totals(db, "1m") == ref_totals(rows, "1m")
+    w.close()
+
+
+def test_existing_flows_are_marked_by_the_migration(db):
+    w = SqliteWriter(path=db, maintain_interval=0, rollup_top=5)
+    w.open()
+    rows = make_rows(200, seed=9)
+    w.write("a", rows)
+    # As if the flows had been stored before migration 003: no marks, no rollups, migration again.
+    with sqlite3.connect(db) as conn:
+        for t in ("rollup_dirty", "rollup_state", "rollup_pending", "health_collectors", "health_agents",
+                  "health_samples") + tuple("rollup_%s" % r for r in RES) + tuple("rollup_top_%s" % r for r in RES):
+            conn.execute("DROP TABLE %s" % t)
+        conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+    w.close()
+    w.open()
+    w.maintain(now=T0 + 2 * DAY)
+    assert_rollups(db, rows, top=5)
+    w.close()
+
+
+def test_myason_maintain_command(db, tmp_path, capsys):
+    from myason.cli import main
+    w = SqliteWriter(path=db, maintain_interval=0)
+    w.clock = lambda: T0
+    w.open()
+    rows = make_rows(100, span=600, seed=10)
+    w.write("a", rows)
+    w.close()
+    conf = tmp_path / "collector.yaml"
+    conf.write_text("writers:\n  - {type: sqlite, path: %s, rollup_top: 5, retention: {raw: 7d}}\n"
+                    "  - {type: jsonl, path: %s}\n" % (db, tmp_path / "x.jsonl"))
+    assert main(["maintain", "-cc", str(conf), "--now", "2023-11-16T00:45:00Z"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("writers[0] sqlite: dirty marks ") and "1d=1" in out
+    assert_rollups(db, rows, top=5)
+    assert main(["maintain", "-cc", str(conf), "--now", "2023-11-30T00:00:00Z"]) == 0
+    assert "deleted rows flows=100" in capsys.readouterr().out
+    assert main(["maintain", "-cc", str(conf), "--now", "yesterday"]) == 2
