@@ -10,6 +10,7 @@ own points exactly and InfluxDB's overwrite makes the retry harmless.
 import fcntl
 import http.client
 import json
+import logging
 import os
 import socket
 import time
@@ -17,9 +18,11 @@ import urllib.parse
 from collections import OrderedDict
 
 from myason.errors import ConfigError
+from myason.store import influx_retention
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
 from myason.store.events import detector_of, parse_time
 
+log = logging.getLogger("myason.store.influxdb")
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
 I_FIRST, I_LAST, I_BYTES, I_PACKETS = _I["first"], _I["last"], _I["bytes"], _I["packets"]
 I_AGENT, I_IF_NAME, I_IN_IF, I_PROTO, I_IPV = (
@@ -279,7 +282,7 @@ class V1Transport:
     """InfluxDB 1.x HTTP API: POST /write?db=...&precision=ns, one kept-alive connection."""
 
     def __init__(self, url, database, token=None, username=None, password=None, timeout=10.0,
-                 create_database=True):
+                 create_database=True, rp=None):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("url", "must be http://host:port or https://host:port, got %r" % url)
@@ -291,6 +294,8 @@ class V1Transport:
         if token:
             self.headers["Authorization"] = "Token " + token
         query = {"db": database, "precision": "ns"}
+        if rp:
+            query["rp"] = rp
         if username:
             query.update(u=username, p=password or "")
         base = parts.path.rstrip("/")
@@ -329,6 +334,24 @@ class V1Transport:
         status, text = self._request("POST", self.write_path, "\n".join(lines).encode())
         if status >= 300:
             raise _status_error(status, text)
+
+    def query(self, q):
+        """Run one InfluxQL statement (POST /query) and return the parsed answer; WriterError on error."""
+        body = urllib.parse.urlencode(dict(self.auth_query, q=q, db=self.database))
+        headers = dict(self.headers, **{"Content-Type": "application/x-www-form-urlencoded"})
+        status, text = self._request("POST", self.query_path, body, headers)
+        if status >= 300:
+            raise _status_error(status, text)
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise WriterError("InfluxDB answered %r to %s" % (text[:200], q)) from None
+        errors = [r["error"] for r in answer.get("results", []) if r.get("error")] + (
+            [answer["error"]] if answer.get("error") else [])
+        if errors:
+            # Refused statements (bad duration, no permission) do not heal by retrying.
+            raise WriterError("InfluxDB refused %s: %s" % (q, errors[0]), permanent=True)
+        return answer
 
     def close(self):
         """Drop the connection."""
@@ -429,13 +452,17 @@ class InfluxDBWriter(Writer):
         self.enriched_names = self.extra_names + tuple(enrich_tags)
         self.enriched_fns = self.extra_fns + tuple(
             (lambda row, i=ENRICHED_ROW_FIELDS.index(f): row[i]) for f in enrich_tags)
+        self.retention_plan = influx_retention.parse_options(opt, self.measurement, self.events_measurement)
+        self.retention_changes = []     # statements the last open() ran (docs/influxdb.md, Retention)
         if self.api == "v1":
+            rp = influx_retention.RAW_RP if self.retention_plan.retention is not None else None
             self.transport = V1Transport(url, opt.get("database", "myason"), token, opt.get("username"),
-                                         opt.get("password"), timeout, opt.get("create_database", True))
+                                         opt.get("password"), timeout, opt.get("create_database", True), rp)
         else:
             self.transport = V2Transport(url, opt.get("bucket", "myason"), opt.get("org", ""), token, timeout)
         self.state = SeqState(opt.get("state_file"), opt.get("fsync", True))
         self.opened = False
+        self._told_v2 = False
         self.skipped = 0        # rows that could not be read, over the writer's life
         self.points = 0
 
@@ -443,6 +470,16 @@ class InfluxDBWriter(Writer):
         """Load the batch-number state and check the server; WriterError when it cannot be reached."""
         self.state.load(time.time_ns() // 1000)
         self.transport.open()
+        if self.retention_plan and self.api == "v1":
+            self.retention_changes = influx_retention.ensure(self.transport.query, self.transport.database,
+                                                             self.retention_plan)
+            for stmt in self.retention_changes:
+                log.info("influxdb: %s", stmt)
+        elif self.retention_plan and not self._told_v2:
+            self._told_v2 = True
+            log.warning("influxdb: retention/downsample are not applied with api v2: on VictoriaMetrics "
+                        "retention is the server's -retentionPeriod and downsampling is Enterprise-only; "
+                        "on InfluxDB 2.x set the bucket's retention (docs/influxdb.md)")
         self.opened = True
 
     def write(self, batch_id, rows, events=()):

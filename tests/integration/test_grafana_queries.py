@@ -1,0 +1,246 @@
+"""Every Grafana panel and variable query, expanded as Grafana does, runs on real stores and returns rows.
+
+Two agents replay generated traffic (benign sessions and crafted attacks) into a real collector
+with the postgresql and influxdb writers, GeoIP enrichment (small .mmdb files) and detection;
+the rollups are then maintained. Each dashboard's variables are resolved by running their own
+queries, then each panel query is expanded with myason.grafana over the data's time range and
+run: for PostgreSQL panels at the four rollup resolutions (the interval picks the table).
+"""
+import datetime as dt
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from myason import grafana as g
+from tests import trafficgen as gen
+from tests.integration import collector as col
+from tests.integration.services import influx_query, influx_rows, wait_until
+
+psycopg = pytest.importorskip("psycopg")
+mmdb_writer = pytest.importorskip("mmdb_writer")
+IPSet = pytest.importorskip("netaddr").IPSet
+
+from tests.integration.test_events_e2e import DETECT, attacks  # noqa: E402 (after the skips)
+
+BOARDS = sorted((col.ROOT / "grafana" / "dashboards").glob("*.json"))
+AGENTS = ("edge-1", "edge-2")
+UTC = dt.timezone.utc
+COUNTRIES = {"192.0.2.0/24": "US", "198.51.100.0/24": "DE", "203.0.113.0/24": "CN", "198.18.0.0/15": "BR",
+             "100.64.0.0/10": "RU", "2001:db8::/32": "CZ"}
+ASNS = {"192.0.2.0/24": 64500, "198.51.100.0/24": 64501, "203.0.113.0/24": 64502, "198.18.0.0/15": 64503,
+        "100.64.0.0/10": 64504, "2001:db8::/32": 64505}
+# Forced (range, max data points) per rollup resolution: the interval decides the table.
+RESOLUTIONS = {"1m": 60000, "15m": 900000, "1h": 3600000, "1d": 86400000}
+
+
+def mmdb(path, kind, records):
+    w = mmdb_writer.MMDBWriter(ip_version=6, database_type=kind, ipv4_compatible=True, description="myason test")
+    for net, rec in records.items():
+        w.insert_network(IPSet([net]), rec)
+    w.to_db_file(str(path))
+    return str(path)
+
+
+def pg_query(dsn, sql):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else None
+
+
+def send_garbage(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        s.sendto(b"not a myason datagram", ("127.0.0.1", port))
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def stack(servers, tmp_path_factory):
+    """Stores filled by a real collector; yields (pg dsn, influx url, influx db, start, end)."""
+    if not (servers.pg_dsn and servers.influx_url):
+        pytest.skip("PostgreSQL or InfluxDB not started")
+    tmp = tmp_path_factory.mktemp("grafana")
+    name = "t_%s" % uuid.uuid4().hex[:12]
+    pg_query(servers.pg_dsn, "CREATE DATABASE %s" % name)
+    dsn = psycopg.conninfo.make_conninfo(servers.pg_dsn, dbname=name)
+    influx_db = "g_%s" % uuid.uuid4().hex[:10]
+    geo = {"country_database": mmdb(tmp / "c.mmdb", "GeoLite2-Country",
+                                    {n: {"country": {"iso_code": c}} for n, c in COUNTRIES.items()}),
+           "asn_database": mmdb(tmp / "a.mmdb", "GeoLite2-ASN",
+                                {n: {"autonomous_system_number": mmdb_writer.MmdbU32(a),
+                                     "autonomous_system_organization": "AS-%d" % a} for n, a in ASNS.items()})}
+    t0 = time.time() - 300
+    pcaps = {AGENTS[0]: tmp / "a.pcap", AGENTS[1]: tmp / "b.pcap"}
+    gen.write_pcap(pcaps[AGENTS[0]], attacks(t0) + [(t0 + 40 + t - gen.T0, p) for t, p in gen.scenario(seed=2)])
+    gen.write_pcap(pcaps[AGENTS[1]], [(t0 + 5 + t - gen.T0, p) for t, p in gen.scenario(seed=3)])
+    writers = [{"type": "postgresql", "dsn": dsn},
+               {"type": "influxdb", "url": servers.influx_url, "database": influx_db, "instance": "gtest",
+                "state_file": str(tmp / "influx.state")}]
+    c = col.Collector(tmp / "c", writers, agents=AGENTS, enrich={"local_networks": ["10.0.0.0/8"], "geoip": geo},
+                      detect=DETECT, node_name="org.example.test", health_interval=1.0, instance="gtest-node")
+    exported = 0
+    with c:
+        for agent in AGENTS:
+            out = tmp / ("%s.csv" % agent)
+            col.run_agent(c.agent_conf(agent), [pcaps[agent]], output=out)
+            exported += sum(1 for _ in open(out)) - 1
+        send_garbage(c.port)
+        wait_until(lambda: pg_query(dsn, "SELECT count(*) FROM flows")[0][0] >= exported, timeout=60,
+                   ignore=(psycopg.Error,))
+        wait_until(lambda: pg_query(dsn, "SELECT count(DISTINCT ts) FROM health_samples")[0][0] >= 3, timeout=30,
+                   ignore=(psycopg.Error,))
+        assert c.stop() == 0, c.log()
+    # Events land at shutdown (detector windows close); the flows' minutes are rolled up now with
+    # a clock days ahead, so every coarse bucket counts as closed and gets its top-N lists.
+    from myason.store.rollup import maintain
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        maintain(conn, now=time.time() + 3 * 86400)
+    assert pg_query(dsn, "SELECT count(*) FROM events")[0][0] >= 5
+    assert pg_query(dsn, "SELECT count(*) FROM rollup_top_1d")[0][0] > 0
+    start = dt.datetime.fromtimestamp(t0 - 120, UTC)
+    end = dt.datetime.fromtimestamp(time.time() + 60, UTC)
+    yield dsn, servers.influx_url, influx_db, start, end
+    try:
+        pg_query(servers.pg_dsn, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    except psycopg.Error:
+        pass
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def datasource_type(ref):
+    return ref["type"]
+
+
+def run(stack, ds_type, text, start, end, variables, max_dp=1000, min_interval=None):
+    """Expand one query as Grafana would and run it; returns (expanded text, rows)."""
+    dsn, url, db = stack[:3]
+    if ds_type == "influxdb":
+        q = g.expand_influxql(text, start, end, variables, max_dp, min_interval or "10s")
+        answer = influx_query(url, q, db=db, epoch="ms")
+        errors = [r.get("error") for r in answer.get("results", []) if r.get("error")]
+        assert not errors, (q, errors)
+        return q, [list(r.values()) for r in influx_rows(answer)]
+    q = g.expand_sql(text, start, end, variables, max_dp, min_interval or "1m")
+    return q, pg_query(dsn, q)
+
+
+def resolve_variables(stack, board, start, end, pick_first=False):
+    """Run the dashboard's variable queries in order, as Grafana does on load."""
+    variables = {}
+    for model in board["templating"]["list"]:
+        if model["type"] == "custom":
+            options = [o.strip() for o in model["query"].split(",")]
+            variables[model["name"]] = g.variable_from_model(model, options, model["current"]["value"])
+            continue
+        q, rows = run(stack, datasource_type(model["datasource"]), model["query"], start, end, variables)
+        options = [str(r[0]) for r in rows]
+        assert options, "variable %s has no options: %s" % (model["name"], q)
+        current = [options[0]] if pick_first and model.get("multi") else None
+        variables[model["name"]] = g.variable_from_model(model, options, current)
+    return variables
+
+
+def has_values(rows):
+    """At least one row with a non-null value besides a time column."""
+    return any(any(v is not None for v in row[1:] or row) for row in rows)
+
+
+def panel_cases():
+    for path in BOARDS:
+        board = load(path)
+        for panel in g.iter_panels(board):
+            for t in panel["targets"]:
+                yield pytest.param(path.name, panel["id"], t["refId"], id="%s-%d-%s" % (path.stem, panel["id"],
+                                                                                       t["refId"]))
+
+
+def find(board_name, panel_id, ref):
+    board = load(col.ROOT / "grafana" / "dashboards" / board_name)
+    panel = next(p for p in g.iter_panels(board) if p["id"] == panel_id)
+    target = next(t for t in panel["targets"] if t["refId"] == ref)
+    return board, panel, target
+
+
+@pytest.mark.parametrize("board_name, panel_id, ref", list(panel_cases()))
+def test_panel_query_returns_rows(stack, board_name, panel_id, ref):
+    start, end = stack[3], stack[4]
+    board, panel, target = find(board_name, panel_id, ref)
+    ds = datasource_type(target["datasource"])
+    text = target.get("rawSql") or target["query"]
+    for pick_first in (False, True):
+        variables = resolve_variables(stack, board, start, end, pick_first)
+        q, rows = run(stack, ds, text, start, end, variables, min_interval=panel.get("interval"))
+        assert rows and has_values(rows), "%s / %s (first options: %s): no rows\n%s" % (
+            board["title"], panel["title"], pick_first, q)
+    if ds == "influxdb" or "rollup_" not in text:
+        return
+    # The same panel over two days around the data, at each rollup resolution.
+    wide_start, wide_end = start - dt.timedelta(days=1), start + dt.timedelta(days=1)
+    variables = resolve_variables(stack, board, wide_start, wide_end)
+    span_ms = (wide_end - wide_start).total_seconds() * 1000
+    for res, ms in RESOLUTIONS.items():
+        max_dp = max(1, int(span_ms / ms))
+        assert g.calculate_interval(wide_start, wide_end, max_dp, panel.get("interval"))[1] == ms
+        q, rows = run(stack, ds, text, wide_start, wide_end, variables, max_dp, panel.get("interval"))
+        assert rows and has_values(rows), "%s / %s at %s: no rows\n%s" % (board["title"], panel["title"], res, q)
+
+
+def test_traffic_totals_agree_between_rollups_influxdb_and_raw_flows(stack):
+    """The traffic dashboard's numbers are the stored flows' numbers, at every resolution."""
+    dsn, url, db, start, end = stack
+    board = load(col.ROOT / "grafana" / "dashboards" / "traffic.json")
+    variables = resolve_variables(stack, board, start, end)
+    raw_bytes = pg_query(dsn, "SELECT sum(bytes) FROM flows")[0][0]
+    panel = next(p for p in board["panels"] if p["title"] == "Bytes in range")
+    _, rows = run(stack, "grafana-postgresql-datasource", panel["targets"][0]["rawSql"], start, end, variables)
+    assert rows[0][0] == raw_bytes
+    wide_start, wide_end = start - dt.timedelta(days=1), start + dt.timedelta(days=1)
+    for ms in RESOLUTIONS.values():
+        span = (wide_end - wide_start).total_seconds() * 1000
+        _, rows = run(stack, "grafana-postgresql-datasource", panel["targets"][0]["rawSql"], wide_start, wide_end,
+                      variables, max(1, int(span / ms)))
+        assert rows[0][0] == raw_bytes
+    answer = influx_rows(influx_query(url, 'SELECT sum("bytes") FROM "flows"', db=db))
+    assert answer[0]["sum"] == raw_bytes
+
+
+def panel_rows(stack, board_name, title, **pick):
+    board = load(col.ROOT / "grafana" / "dashboards" / board_name)
+    variables = resolve_variables(stack, board, stack[3], stack[4])
+    for name, value in pick.items():
+        variables[name].current = value
+    panel = next(p for p in g.iter_panels(board) if p["title"] == title)
+    t = panel["targets"][0]
+    return run(stack, datasource_type(t["datasource"]), t.get("rawSql") or t["query"], stack[3], stack[4],
+               variables, min_interval=panel.get("interval"))[1]
+
+
+def test_panels_show_the_traffic_that_was_sent(stack):
+    """Spot checks: the keys the generated traffic must produce appear where they belong."""
+    srcs = {r[0] for r in panel_rows(stack, "top.json", "Top source addresses", top="50")}
+    assert {"203.0.113.66", "203.0.113.9", "198.18.0.1"} <= srcs
+    only2 = {r[0] for r in panel_rows(stack, "top.json", "Top source addresses", agent=["edge-2"], top="50")}
+    assert only2 and not only2 & {"203.0.113.66", "203.0.113.9"}          # the attacks came from edge-1
+    ports = {r[0] for r in panel_rows(stack, "top.json", "Top destination ports", top="50")}
+    assert {"22", "80", "443"} <= ports
+    countries = {r[0] for r in panel_rows(stack, "geo.json", "Destinations by country", top="50")}
+    assert {"US", "DE"} <= countries
+    asns = {r[0] for r in panel_rows(stack, "geo.json", "Top source AS", top="50")}
+    assert {"AS64502", "AS64503"} <= asns
+    cats = {r[0] for r in panel_rows(stack, "events.json", "Events by category")}
+    assert cats == {"Recon.Scanning", "Attempt.Login", "Availability.DoS", "Intrusion.Botnet"}
+    protos = {r[1] for r in panel_rows(stack, "traffic.json", "Bits/s by protocol")}
+    assert {"tcp", "udp", "icmp"} <= protos
+    directions = {r[1] for r in panel_rows(stack, "traffic.json", "Packets/s by direction")}
+    assert {"inbound", "outbound"} <= directions
+    rejects = {r[1] for r in panel_rows(stack, "health.json", "Rejects by reason")}
+    assert rejects, "the garbage datagrams must show as a reject reason"
+    agents = {r[0] for r in panel_rows(stack, "health.json", "Agents")}
+    assert agents == set(AGENTS)
