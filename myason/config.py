@@ -287,6 +287,13 @@ def check_interfaces(key, value):
     return tuple(out)
 
 
+def check_metrics_endpoint(key, value):
+    """Validator for a Prometheus endpoint 'host:port' (IP literal or name); kept as normalised text."""
+    if not isinstance(value, str):
+        _fail(key, "a 'host:port' string", value)
+    return format_endpoint(*parse_endpoint(key, value))
+
+
 def _meta(check):
     return {"check": check}
 
@@ -318,6 +325,7 @@ class AgentConfig:
     asn_database: str | None = field(default=None, metadata=_meta(
         check_optional(check_str(allow_empty=False, expected="a file path"))))
     stats_interval: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    metrics: str | None = field(default=None, metadata=_meta(check_optional(check_metrics_endpoint)))
 
     def __post_init__(self):
         _validate_fields(self)

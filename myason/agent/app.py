@@ -8,7 +8,8 @@ With the fast engine (numba, the replay default) the reader walks and decodes th
 chunks of per-packet arrays and the processor applies them in one kernel call per chunk; the
 "python" engine is the reference path, frame by frame (live capture always uses it).
 Shutdown order: stop sources, drain the packet queues, flush the caches, drain the flow
-queue, close the sinks.
+queue, close the sinks. SIGHUP reloads the configuration and key file in place (see reload.py
+and docs/operations.md): caches, queues and the sequence number carry on.
 """
 import logging
 import os
@@ -19,13 +20,15 @@ import threading
 import time
 from contextlib import closing
 
+from myason.agent import reload as reloading
 from myason.agent.export import DONE, Exporter, UdpSender
+from myason.agent.lanes import Lane, SnifferThread  # noqa: F401 - SnifferThread: its old home
 from myason.agent.process import PacketProcessor
 
 log = logging.getLogger("myason.agent")
 
-# How long a sniffer keeps reading what its socket holds after a stop signal.
-DRAIN_SECONDS = 2.0
+# Agent metrics that go up and down; everything else is a counter.
+GAUGES = ("flows_cached", "packet_queue_depth", "flow_queue_depth", "interfaces")
 
 
 class ProcessorThread(threading.Thread):
@@ -38,6 +41,11 @@ class ProcessorThread(threading.Thread):
         self.clock = clock            # None: packet clock (replay)
         self.linktype, self.ifindex = linktype, ifindex
         self.error = None
+        self._calls = queue.SimpleQueue()
+
+    def call_soon(self, fn):
+        """Run fn(self) in this thread before its next batch (reloads change the cache there)."""
+        self._calls.put(fn)
 
     def run(self):
         try:
@@ -57,6 +65,8 @@ class ProcessorThread(threading.Thread):
                 batch = ()
             if batch is DONE:
                 break
+            while not self._calls.empty():
+                self._calls.get()(self)
             if batch.__class__ is list:
                 if batch:
                     proc.process(batch, self.linktype, self.ifindex)
@@ -137,58 +147,48 @@ class ReplayReader(threading.Thread):
             self.outbox.put(DONE)
 
 
-class SnifferThread(threading.Thread):
-    """Reads a live source into its packet queue; a full queue drops the batch and counts it."""
+def serve_metrics(endpoint, stats_fn):
+    """Start the agent's Prometheus endpoint ('host:port'); returns the HTTP server."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
 
-    def __init__(self, source, outbox, stop):
-        super().__init__(name="sniffer-%s" % source.ifname, daemon=True)
-        self.source, self.outbox, self.stop = source, outbox, stop
-        self.dropped_packets = 0
-        self.dropped_batches = 0
-        self.error = None
-
-    def run(self):
-        try:
-            while not self.stop.is_set():
-                batch = self.source.read_batch(self.stop)
-                if not batch:
-                    continue
-                try:
-                    self.outbox.put_nowait(batch)
-                except queue.Full:
-                    self.dropped_batches += 1
-                    self.dropped_packets += len(batch)
-            self._drain()
-        except BaseException as exc:  # noqa: B902
-            self.error = exc
-            log.exception("%s failed", self.name)
-        finally:
-            self.outbox.put(DONE)
-
-    def _drain(self):
-        # Frames the kernel already holds at stop were seen on the wire: meter them too, with
-        # blocking puts (the processor is still draining). A time bound keeps a busy link from
-        # holding shutdown back: frames keep arriving there, and the socket never runs empty.
-        deadline = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < deadline:
-            batch = self.source.read_batch(self.stop)
-            if not batch:
-                return
-            self.outbox.put(batch)
+    from myason.config import parse_endpoint
+    from myason.metrics import StatsCollector
+    host, port = parse_endpoint("metrics", endpoint)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats_fn, GAUGES, prefix="myason_agent"))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
-class AgentApp:
+class AgentApp(reloading.LiveReload):
     """The agent: live capture on the configured interfaces, or replay of capture files."""
 
-    def __init__(self, cfg, read=(), output=None, export=True, progress=None, engine="fast"):
+    def __init__(self, cfg, read=(), output=None, export=True, progress=None, engine="fast",
+                 config_path=None):
         self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP
         self.read = list(read or ())
+        self.live = not self.read
         self.engine = engine          # replay engine: "fast" (numba) or "python" (reference)
         self.output = output
         self.export = export
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop = threading.Event()
+        self.hangup = threading.Event()
         self.summary = {}
+        self.reloads = 0
+        self.reload_errors = 0
+        self.lanes = {}               # live: interface name -> Lane
+        self.retired = []             # lanes of interfaces a reload removed
+        self.procs = []               # replay: the processor threads
+        self.readers = []
+        self.exporter = None
+        self.flow_q = None
+        self._raw_keys = ()
+        self._routes = self._asn = None
+        self._metrics = None
+        self._stats_lock = threading.Lock()
 
     def _sinks(self):
         from myason.agent.output import RecordFile
@@ -196,78 +196,106 @@ class AgentApp:
         if self.export:
             from myason import keys, wire
             key = keys.load_key_file(self.cfg.key_file)
+            self._raw_keys = tuple(keys.load_keys(self.cfg.key_file))
             sender = UdpSender(self.cfg.collectors)
             batcher = wire.Batcher(self.cfg.agent_id, key, self.cfg.max_datagram)
         record_file = RecordFile(self.output) if self.output else None
         return batcher, sender, record_file
 
-    def _optional_lookups(self, live):
+    def _optional_lookups(self):
         from myason.agent.asn import open_asn
-        routes = None
-        if live:
+        if self.live:
             from myason.agent.routes import RouteTable
-            routes = RouteTable.from_system()
-        return routes, open_asn(self.cfg.asn_database)
+            self._routes = RouteTable.from_system()
+        self._asn = open_asn(self.cfg.asn_database)
 
     def install_signals(self):
-        """SIGTERM/SIGINT stop the sources; everything cached is still flushed and sent."""
-        def handler(signum, _frame):
+        """SIGTERM/SIGINT stop the sources (everything cached is still sent); SIGHUP reloads."""
+        def stop(signum, _frame):
             log.info("signal %d: stopping (flows are flushed)", signum)
             self.stop.set()
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+
+        def hangup(_signum, _frame):
+            self.hangup.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hangup)
+
+    # -- threads -------------------------------------------------------------------------
+
+    def _make_source(self, iface, cfg):
+        from myason.agent.capture import LiveSource
+        return LiveSource(iface.name, iface.bpf_filter, cfg.promiscuous, cfg.snaplen,
+                          exclude=cfg.collectors if cfg.exclude_export_traffic else ())
+
+    def _lane(self, iface, source):
+        cfg = self.cfg
+        pkt_q = queue.Queue(cfg.packet_queue)
+        proc = PacketProcessor(cfg, cfg.agent_id, {source.ifindex: iface.name}, self._routes, self._asn,
+                               packet_clock=False)
+        sniffer = SnifferThread(source, pkt_q, self.stop, lock=self._stats_lock)
+        thread = ProcessorThread("processor-%s" % iface.name, proc, pkt_q, self.flow_q, cfg.tick,
+                                 time.time, source.linktype, source.ifindex)
+        return Lane(iface, source, proc, sniffer, thread)
+
+    def processor_threads(self):
+        """Every processor thread, running or finished."""
+        return [lane.thread for lane in list(self.lanes.values()) + self.retired] + self.procs
+
+    def _sniffers(self):
+        return [lane.sniffer for lane in list(self.lanes.values()) + self.retired] + self.readers
 
     def run(self):
         """Run until the replay ends or a signal arrives; returns the process exit code."""
         batcher, sender, record_file = self._sinks()
-        flow_q = queue.Queue(self.cfg.flow_queue)
-        live = not self.read
-        routes, asn = self._optional_lookups(live)
-        threads, procs, sniffers, sources = [], [], [], []
-        if live:
-            from myason.agent.capture import LiveSource
-            for ifc in self.cfg.interfaces:
-                src = LiveSource(ifc.name, ifc.bpf_filter, self.cfg.promiscuous, self.cfg.snaplen,
-                                 exclude=self.cfg.collectors if self.cfg.exclude_export_traffic else ())
+        self.flow_q = queue.Queue(self.cfg.flow_queue)
+        self._optional_lookups()
+        if self.live:
+            for iface in self.cfg.interfaces:
+                src = self._make_source(iface, self.cfg)
                 src.open()
-                sources.append(src)
-                pkt_q = queue.Queue(self.cfg.packet_queue)
-                proc = PacketProcessor(self.cfg, self.cfg.agent_id, {src.ifindex: ifc.name}, routes, asn,
-                                       packet_clock=False)
-                procs.append(proc)
-                sniffers.append(SnifferThread(src, pkt_q, self.stop))
-                threads.append(ProcessorThread("processor-%s" % ifc.name, proc, pkt_q, flow_q,
-                                               self.cfg.tick, time.time, src.linktype, src.ifindex))
-            threads = sniffers + threads
+                self.lanes[iface.name] = self._lane(iface, src)
+            threads = [t for lane in self.lanes.values() for t in lane.threads()]
         else:
             fast = self._fast_replay()
             # A chunk holds 1e5 packets: a short queue is enough to keep both threads busy.
             pkt_q = queue.Queue(4 if fast else self.cfg.packet_queue)
-            proc = PacketProcessor(self.cfg, self.cfg.agent_id, {}, routes, asn,
+            proc = PacketProcessor(self.cfg, self.cfg.agent_id, {}, self._routes, self._asn,
                                    engine="fast" if fast else "python")
-            procs.append(proc)
             reader = ReplayReader(self.read, pkt_q, self.stop, self.progress, fast=fast)
-            sniffers.append(reader)
-            threads = [reader, ProcessorThread("processor", proc, pkt_q, flow_q, self.cfg.tick)]
-        exporter = Exporter(flow_q, len(procs), batcher, sender, record_file, self.cfg.export_interval)
+            self.readers.append(reader)
+            self.procs.append(ProcessorThread("processor", proc, pkt_q, self.flow_q, self.cfg.tick))
+            threads = [reader] + self.procs
+        exporter = self.exporter = Exporter(self.flow_q, len(self.processor_threads()), batcher, sender,
+                                            record_file, self.cfg.export_interval)
         started = time.monotonic()
         cpu0 = os.times()
         for t in threads + [exporter]:
             t.start()
+        if self.cfg.metrics:
+            self._metrics = self.serve_metrics(self.cfg.metrics)
         next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
         while exporter.is_alive():
             exporter.join(0.2)
-            if next_stats and time.monotonic() >= next_stats:
-                log.info("stats %s", self._stats(procs, sniffers, sources, exporter, sender))
+            if self.hangup.is_set() and not self.stop.is_set():
+                self.hangup.clear()
+                if self.reload() and self.cfg.stats_interval:
+                    next_stats = time.monotonic() + self.cfg.stats_interval
+            if next_stats and self.cfg.stats_interval and time.monotonic() >= next_stats:
+                log.info("stats %s", self.stats())
                 next_stats += self.cfg.stats_interval
+        threads = self._sniffers() + self.processor_threads()
         for t in threads:
             t.join(5)
-        for src in sources:
-            src.close()
-        if sender is not None:
-            sender.close()
+        for sniffer in self._sniffers():
+            for src in getattr(sniffer, "sources", lambda: [])():
+                src.close()
+        if exporter.sender is not None:
+            exporter.sender.close()
         cpu1 = os.times()
-        self.summary = self._stats(procs, sniffers, sources, exporter, sender)
+        self.summary = self.stats()
+        if self._metrics is not None:
+            self._metrics.shutdown()
         self.summary["seconds"] = round(time.monotonic() - started, 3)
         self.summary["cpu_seconds"] = round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 3)
         failed = [t for t in threads + [exporter] if getattr(t, "error", None)]
@@ -286,25 +314,71 @@ class AgentApp:
         log.warning("numba is not available: replaying with the python engine")
         return False
 
-    @staticmethod
-    def _stats(procs, sniffers, sources, exporter, sender):
-        s = {"flows_exported": exporter.flows}
-        for p in procs:
-            for k, v in p.stats().items():
+    def serve_metrics(self, endpoint):
+        """Start the metrics endpoint on `endpoint` over this app's counters."""
+        return serve_metrics(endpoint, self.metrics)
+
+    # -- counters ------------------------------------------------------------------------
+
+    def stats(self):
+        """Every counter for the stats log line, the summary and the metrics endpoint."""
+        # Scrapes run in the HTTP server's thread: kernel_stats() reads and resets the kernel's
+        # counters, so two readers at once could lose a count.
+        with self._stats_lock:
+            return self._collect_stats()
+
+    def _collect_stats(self):
+        exporter = self.exporter
+        s = {"flows_exported": exporter.flows if exporter else 0}
+        for t in self.processor_threads():
+            for k, v in t.proc.stats().items():
                 if isinstance(v, dict):
                     d = s.setdefault(k, {})
                     for kk, vv in v.items():
                         d[kk] = d.get(kk, 0) + vv
                 else:
                     s[k] = s.get(k, 0) + v
+        sniffers = self._sniffers()
         s["queue_dropped_packets"] = sum(getattr(t, "dropped_packets", 0) for t in sniffers)
-        for src in sources:
-            for k, v in src.kernel_stats().items():
-                s[k] = s.get(k, 0) + v
-        for t in sniffers:
-            for k, v in getattr(t, "stats", {}).items():
+        overlap = sum(getattr(t, "overlap_duplicates", 0) for t in sniffers)
+        if overlap:
+            s["reopen_duplicates_skipped"] = overlap
+        for sniffer in sniffers:
+            for src in getattr(sniffer, "sources", lambda: [])():
+                for k, v in src.kernel_stats().items():
+                    s[k] = s.get(k, 0) + v
+            for k, v in getattr(sniffer, "stats", {}).items():
                 if v:
                     s["capture_" + k] = v
+        sender = exporter.sender if exporter else None
         if sender is not None:
             s.update(datagrams_sent=sender.datagrams, bytes_sent=sender.bytes, send_errors=sender.errors)
+        if self.reloads or self.reload_errors:
+            s.update(reloads=self.reloads, reload_errors=self.reload_errors)
         return s
+
+    def metrics(self):
+        """The counters served at the metrics endpoint (names below myason_agent_)."""
+        s = self.stats()
+        frames = bytes_in = 0
+        for sniffer in self._sniffers():
+            for src in getattr(sniffer, "sources", lambda: [])():
+                frames += src.stats["frames"]
+                bytes_in += src.stats["bytes"]
+        exporter = self.exporter
+        return {
+            "frames": s.get("frames", 0), "packets": s.get("packets_metered", 0),
+            "capture_frames": frames, "capture_bytes": bytes_in,
+            "flow_bytes_exported": exporter.flow_bytes if exporter else 0,
+            "decode_rejects": s.get("rejects", {}),
+            "kernel_packets": s.get("kernel_packets", 0), "kernel_drops": s.get("kernel_drops", 0),
+            "queue_dropped_packets": s["queue_dropped_packets"],
+            "flows_cached": s.get("flows_cached", 0), "flows_created": s.get("flows_created", 0),
+            "flows_expired": s.get("exported_by_reason", {}), "flows_exported": s["flows_exported"],
+            "datagrams_sent": s.get("datagrams_sent", 0), "bytes_sent": s.get("bytes_sent", 0),
+            "send_errors": s.get("send_errors", 0),
+            "reloads": self.reloads, "reload_errors": self.reload_errors,
+            "interfaces": len(self.lanes),
+            "packet_queue_depth": sum(t.inbox.qsize() for t in self.processor_threads() if t.is_alive()),
+            "flow_queue_depth": self.flow_q.qsize() if self.flow_q is not None else 0,
+        }

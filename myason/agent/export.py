@@ -56,6 +56,12 @@ class UdpSender:
                 if self.errors in (1, 10, 100, 1000) or self.errors % 10000 == 0:
                     log.warning("export to %s failed (%d failures so far): %s", addr, self.errors, exc)
 
+    def absorb(self, other):
+        """Add the counters of a sender this one replaces (reload), so totals keep growing."""
+        self.datagrams += other.datagrams
+        self.bytes += other.bytes
+        self.errors += other.errors
+
     def close(self):
         """Close the sockets."""
         for s in self.socks.values():
@@ -67,6 +73,8 @@ class Exporter(threading.Thread):
 
     One exporter serves the whole agent so that the per-agent sequence number has one owner and
     grows by exactly one per datagram. It stops after receiving DONE from each producer.
+    A reload hands over a new key, collectors or interval with reconfigure(); the exporter thread
+    applies it between two rows, so every datagram is sealed and sent by one consistent setup.
     """
 
     def __init__(self, inbox, producers, batcher=None, sender=None, record_file=None,
@@ -80,8 +88,49 @@ class Exporter(threading.Thread):
         self.interval = interval
         self.clock = clock
         self.flows = 0
+        self.flow_bytes = 0
         self.unencodable = 0
         self.error = None
+        self.remaining = producers
+        self._lock = threading.Lock()
+        self._pending = None
+        self.applied = threading.Event()
+
+    def add_producer(self):
+        """One more producer that will send DONE (an interface added by a reload)."""
+        with self._lock:
+            self.remaining += 1
+
+    def reconfigure(self, make_batcher=None, sender=None, interval=None):
+        """Ask the thread to switch setups: make_batcher(next_seq) -> Batcher, a new UdpSender, an interval.
+
+        What is batched is sealed and sent with the old setup first; the sequence goes on unbroken.
+        `applied` is set once the thread has switched.
+        """
+        with self._lock:
+            self.applied.clear()
+            self._pending = (make_batcher, sender, interval)
+        try:
+            self.inbox.put_nowait(())      # wakes the thread; an empty batch means nothing else
+        except queue.Full:
+            pass                           # a full queue wakes it anyway
+
+    def _apply_pending(self):
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        make_batcher, sender, interval = pending
+        self._flush()
+        if make_batcher is not None and self.batcher is not None:
+            self.batcher = make_batcher(self.batcher.next_seq)
+        if sender is not None and self.sender is not None:
+            old, self.sender = self.sender, sender
+            sender.absorb(old)
+            old.close()
+        if interval is not None:
+            self.interval = interval
+        self.applied.set()
 
     def run(self):
         try:
@@ -92,28 +141,34 @@ class Exporter(threading.Thread):
             raise
 
     def _loop(self):
-        remaining = self.producers
         next_flush = self.clock() + self.interval
-        while remaining:
+        while self.remaining:
             timeout = max(0.0, next_flush - self.clock())
             try:
                 rows = self.inbox.get(timeout=timeout)
             except queue.Empty:
                 rows = ()
             if rows is DONE:
-                remaining -= 1
+                with self._lock:
+                    self.remaining -= 1
                 rows = ()
             if rows:
                 self._handle(rows)
+            # After the rows already taken: they go out with the setup they were taken under.
+            if self._pending is not None:
+                self._apply_pending()
+                next_flush = min(next_flush, self.clock() + self.interval)
             if self.clock() >= next_flush:
                 self._flush()
                 next_flush = self.clock() + self.interval
+        self._apply_pending()
         self._flush()
         if self.record_file is not None:
             self.record_file.close()
 
     def _handle(self, rows):
         self.flows += len(rows)
+        self.flow_bytes += sum(r[7] for r in rows)     # FIELDS[7] is "bytes"
         if self.record_file is not None:
             self.record_file.write(rows)
         if self.batcher is not None:

@@ -100,6 +100,9 @@ BAD_VALUES = [
     ("asn_database", ""),
     ("asn_database", ["a.mmdb"]),
     ("stats_interval", -1),
+    ("metrics", 9107),
+    ("metrics", "127.0.0.1"),
+    ("metrics", "[::1]:99999"),
 ]
 
 

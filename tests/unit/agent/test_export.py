@@ -111,3 +111,45 @@ def test_unencodable_row_is_counted_not_fatal(collectors):
 def test_unresolvable_collector_fails_at_start():
     with pytest.raises(OSError, match="does not resolve"):
         UdpSender([("no-such-host.invalid", 9999)])
+
+
+def test_reconfigure_switches_key_and_collectors_without_a_gap(collectors):
+    """Rows batched before reconfigure go out with the old setup; the sequence goes on unbroken."""
+    key2 = Fernet.generate_key()
+    a_port = collectors[0].getsockname()[1]
+    q = queue.Queue(100)
+    sender = UdpSender([("127.0.0.1", a_port)])
+    ex = Exporter(q, 1, wire.Batcher("t1", MultiFernet([Fernet(KEY)]), 1400), sender, None, 0.1)
+    ex.start()
+    q.put([row(i) for i in range(30)])
+    new_sender = UdpSender([("127.0.0.1", a_port), ("::1", collectors[1].getsockname()[1])])
+    ex.reconfigure(lambda seq: wire.Batcher("t1", MultiFernet([Fernet(key2)]), 1400, first_seq=seq),
+                   new_sender, 0.2)
+    assert ex.applied.wait(5)
+    q.put([row(i) for i in range(30, 60)])
+    q.put(DONE)
+    ex.join(10)
+    assert not ex.is_alive() and ex.error is None and ex.interval == 0.2
+    old_keys, new_keys = MultiFernet([Fernet(KEY)]), MultiFernet([Fernet(key2)])
+    a = drain(collectors[0], time.monotonic() + 5)
+    b = drain(collectors[1], time.monotonic() + 5)
+    first = [wire.decode_datagram(d, lambda _: old_keys) for d in a[:1]]
+    later = [wire.decode_datagram(d, lambda _: new_keys) for d in a[1:]]
+    assert [x.seq for x in first + later] == list(range(len(a)))
+    assert [r for x in first for r in x.rows] == [row(i) for i in range(30)]
+    assert [r for x in later for r in x.rows] == [row(i) for i in range(30, 60)]
+    assert [wire.decode_datagram(d, lambda _: new_keys).seq for d in b] == [x.seq for x in later]
+    # Counters carry over from the replaced sender, which is closed.
+    assert ex.sender is new_sender and new_sender.datagrams == len(a) + len(b)
+    assert sender.socks[socket.AF_INET].fileno() == -1
+
+
+def test_add_producer_waits_for_one_more_done(collectors):
+    q, ex, _ = start(collectors, producers=1)
+    ex.add_producer()
+    q.put(DONE)
+    time.sleep(0.05)
+    assert ex.is_alive()
+    q.put(DONE)
+    ex.join(5)
+    assert not ex.is_alive()

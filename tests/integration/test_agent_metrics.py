@@ -1,0 +1,121 @@
+"""The agent's Prometheus endpoint, scraped while a live agent meters known traffic (root only)."""
+import re
+import socket
+import time
+
+import pytest
+
+from tests.integration import netns
+from tests.integration.summary import parse_summary
+from tests.integration.test_agent_live import AGENT_IF, OTHER_MAC, PEER_IF, Agent, _Collector, namespace_pair, write_conf
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not netns.have_netns(), reason="needs root and the `ip` tool")]
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+def free_port(ns):
+    """A TCP port free on 127.0.0.1 inside namespace ns."""
+    with netns.in_netns(ns):
+        s = socket.socket()
+    with s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(ns, port):
+    """GET /metrics from 127.0.0.1:port in namespace ns: {'name{labels}': value}; {} if not up yet."""
+    with netns.in_netns(ns):
+        s = socket.socket()
+    try:
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return {}
+    finally:
+        s.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    assert head.split()[1] == "200", head
+    out = {}
+    for line in body.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def wait_metric(agent, ns, port, name, cond, deadline=15.0):
+    """Scrape until cond(value of name) holds; return the whole scrape."""
+    end = time.monotonic() + deadline
+    while True:
+        m = scrape(ns, port)
+        if name in m and cond(m[name]):
+            return m
+        if agent.proc.poll() is not None:
+            raise AssertionError("agent exited: %s" % agent.proc.stderr.read())
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for %s (last scrape: %s)" % (name, m.get(name)))
+        time.sleep(0.05)
+
+
+def test_metrics_endpoint_reports_the_pipeline(tmp_path):
+    pytest.importorskip("scapy")
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import ARP, Ether
+    from myason import keys
+    key_file = tmp_path / "agent.key"
+    keys.write_key_file(key_file, keys.generate_key())
+    with namespace_pair() as nsp:
+        ns = nsp["agent_ns"]
+        with netns.in_netns(ns):
+            collector = _Collector()
+        port = free_port(ns)
+        conf = write_conf(tmp_path / "agent.yaml", agent_id="metrics-it", interfaces=[AGENT_IF],
+                          key_file=str(key_file), collectors=["127.0.0.1:%d" % collector.port],
+                          cache_inactive_timeout=60, export_interval=0.1, tick=0.1, stats_interval=0,
+                          metrics="127.0.0.1:%d" % port)
+        eth = Ether(src=nsp["peer_mac"], dst=OTHER_MAC)
+        udp = [bytes(eth / IP(src="10.198.8.1", dst="10.198.8.2") / UDP(sport=7000 + i, dport=53) / b"m")
+               for i in range(3) for _ in range(i + 2)]
+        rst = [bytes(eth / IP(src="10.198.8.3", dst="10.198.8.4") / TCP(sport=1, dport=2, flags=f))
+               for f in ("S", "A", "R")]
+        arp = [bytes(Ether(src=nsp["peer_mac"], dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.198.8.9", pdst="10.198.8.8"))
+               for _ in range(2)]
+        agent = Agent(ns, conf)
+        try:
+            agent.wait_capturing(nsp["ifindex"])
+            netns.sendp_in_ns(nsp["peer_ns"], PEER_IF, udp + rst + arp)
+            agent.wait_drained(nsp["ifindex"])
+            m = wait_metric(agent, ns, port, "myason_agent_datagrams_sent_total", lambda v: v >= 1)
+            m = wait_metric(agent, ns, port, "myason_agent_packets_total", lambda v: v >= len(udp) + len(rst))
+            code, _, err = agent.stop()
+        finally:
+            agent.kill()
+            collector.close()
+    assert code == 0, err
+    ip_frames = len(udp) + len(rst)
+    assert m["myason_agent_packets_total"] == ip_frames
+    assert m["myason_agent_frames_total"] == m["myason_agent_capture_frames_total"] >= ip_frames + len(arp)
+    assert m['myason_agent_decode_rejects_total{key="non_ip"}'] >= len(arp)
+    assert m["myason_agent_flows_cached"] == 3            # the UDP flows, idle for less than 60 s
+    assert m['myason_agent_flows_expired_total{key="rst"}'] == 1
+    assert m["myason_agent_flows_exported_total"] == 1
+    assert m["myason_agent_flow_bytes_exported_total"] == 3 * 40
+    assert m["myason_agent_kernel_drops_total"] == 0 and m["myason_agent_queue_dropped_packets_total"] == 0
+    assert m["myason_agent_kernel_packets_total"] >= ip_frames
+    assert m["myason_agent_datagrams_sent_total"] >= 1 and m["myason_agent_send_errors_total"] == 0
+    assert m["myason_agent_bytes_sent_total"] > 0
+    assert m["myason_agent_interfaces"] == 1 and m["myason_agent_reloads_total"] == 0
+    assert "myason_agent_flow_queue_depth" in m and "myason_agent_packet_queue_depth" in m
+    # The summary at exit agrees with the last scrape, plus the shutdown flush.
+    s = parse_summary(err)
+    assert s["packets_metered"] == ip_frames and s["flows_exported"] == 4
+    assert s["datagrams_sent"] == len(collector.datagrams)
