@@ -21,24 +21,34 @@ from myason import wire
 from myason.collector.listener import Listener
 from myason.collector.sink import WriterThread
 from myason.collector.spool import Spool, SpoolFull
+from myason.collector.workers import reload_keystore, tune_gc
 from myason.errors import WireError
 from myason.store.base import encode_batch, writer_class
 
 log = logging.getLogger("myason.collector")
 
 DONE = None
+# Put into a processor's queue by SIGHUP: reload the keystore, in order with the datagrams
+# already queued.
+RELOAD = "reload"
 # Metrics that go up and down; everything else in stats() is a counter.
+AGENT_COUNTERS = ("datagrams", "flows", "gaps", "replays", "restarts", "last_seen")
 GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spool_bytes", "spool_errors",
-          "queue_depth")
+          "queue_depth", "agents_last_seen", "processors_alive")
 
 
 class ProcessorThread(threading.Thread):
     """Runs a DatagramProcessor over its queue and spools rows in batches."""
 
     def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval, state_path=None, fsync=False,
-                 pipeline=None, detectors=None, detect_clock="wall"):
+                 pipeline=None, detectors=None, detect_clock="wall", reload=None, report=None, encoders=None):
         super().__init__(name=name, daemon=True)
         self.proc, self.inbox, self.spools = proc, inbox, spools
+        # reload(worker): what RELOAD does; report(snapshot): called every batch interval and
+        # at the end (processor processes send their counters to the parent this way).
+        self.reload, self.report = reload, report
+        # Per spool: the writer's spool_encoder (None = the JSON batch every writer reads).
+        self.encoders = list(encoders) if encoders is not None else [None] * len(spools)
         # Enrichment makes the batches format v2 (enriched rows + events); without it, v1.
         self.pipeline, self.detectors, self.detect_clock = pipeline, detectors, detect_clock
         self.events = 0
@@ -69,6 +79,10 @@ class ProcessorThread(threading.Thread):
                 items = ()
             if items is DONE:
                 break
+            if isinstance(items, str):
+                if items == RELOAD and self.reload is not None:
+                    self._reload()
+                items = ()
             for data, addr, received in items:
                 rows = handle(data, addr, received)
                 if rows:
@@ -84,11 +98,37 @@ class ProcessorThread(threading.Thread):
                 pending = []
             if due:
                 deadline = time.monotonic() + self.batch_interval
+                if self.report is not None:
+                    self.report(self.snapshot())
         # Shutdown closes every detector window: what was seen so far is still reported.
         events = self.detectors.flush(self._now()) if self.detectors is not None else []
         if pending or events:
             self._spool(pending, events)
         self._save_state()
+        if self.report is not None:
+            self.report(self.snapshot())
+
+    def _encode(self, encoder, rows, events):
+        if encoder is not None:
+            try:
+                return encoder(rows, events)
+            except Exception as exc:  # noqa: BLE001 - the writer then judges the rows itself
+                log.warning("%s: cannot prepare a batch for its writer (%s): spooled as JSON", self.name, exc)
+        return encode_batch(rows, events) if self.pipeline is not None else encode_batch(rows)
+
+    def _reload(self):
+        try:
+            self.reload(self)
+        except Exception as exc:  # noqa: BLE001 - a bad new keystore keeps the old one running
+            log.error("%s: reload failed, keeping the previous keystore: %s", self.name, exc)
+
+    def snapshot(self):
+        """Counters of this processor as plain data (what stats() and the metrics read)."""
+        agents = {agent: {k: getattr(st, k) for k in AGENT_COUNTERS}
+                  for agent, st in list(self.proc.agents.items())}
+        return {"rows": self.rows, "events": self.events, "batches": self.batches,
+                "spool_rejected_rows": self.spool_rejected_rows, "rejects": dict(self.proc.rejects),
+                "agents": agents}
 
     def _now(self):
         # "flow": the newest flow time seen (replays of old captures); "wall": the clock.
@@ -123,9 +163,13 @@ class ProcessorThread(threading.Thread):
             log.warning("%s: cannot save sequence state: %s", self.name, exc)
 
     def _spool(self, rows, events=()):
-        data = encode_batch(rows, list(events)) if self.pipeline is not None else encode_batch(rows)
+        events = list(events)
+        encoded = {}            # encoder -> bytes: each format made once per batch
         self.events += len(events)
-        for spool in self.spools:
+        for spool, encoder in zip(self.spools, self.encoders):
+            data = encoded.get(encoder)
+            if data is None:
+                data = encoded[encoder] = self._encode(encoder, rows, events)
             try:
                 spool.put(data)
             except SpoolFull:
@@ -134,6 +178,30 @@ class ProcessorThread(threading.Thread):
         self.rows += len(rows)
         self.batches += 1
         self._save_state()
+
+
+def build_processor(cfg, state):
+    """(DatagramProcessor, enrichment pipeline, detectors or None) for one processor."""
+    from myason.collector.keystore import Keystore
+    from myason.collector.process import DatagramProcessor
+    from myason.detect import build_detectors
+    from myason.enrich import build_pipeline
+    dp = DatagramProcessor(Keystore.load(cfg.keystore), ttl=cfg.token_ttl, window=cfg.seq_window)
+    if state:
+        dp.restore(state)
+    # Each processor has its own detector state: an agent always goes to the same one.
+    pipeline = build_pipeline(cfg.enrich)
+    detectors = build_detectors(cfg.detect_config()) if cfg.detect_enabled else None
+    return dp, pipeline, detectors
+
+
+def spool_encoders(cfg):
+    """Per configured writer, the function that prepares its spool batches (None: JSON)."""
+    out = []
+    for wcfg in cfg.writers:
+        opts = {k: v for k, v in wcfg.items() if k not in ("type", "name")}
+        out.append(writer_class(wcfg["type"]).spool_encoder(opts))
+    return out
 
 
 def sequence_file(spool_dir, i):
@@ -206,9 +274,12 @@ class RoutingQueue:
 class CollectorApp:
     """The collector daemon."""
 
-    def __init__(self, cfg, reuseport=False):
+    def __init__(self, cfg, reuseport=None, config_path=None):
         self.cfg = cfg
-        self.reuseport = reuseport
+        self.reuseport = cfg.reuseport if reuseport is None else reuseport
+        # Where SIGHUP reads the configuration again (None: only the keystore is re-read).
+        self.config_path = config_path
+        self.reload_requested = threading.Event()
         self.stop_listening = threading.Event()
         self.stop_writers = threading.Event()
         self.summary = {}
@@ -217,12 +288,16 @@ class CollectorApp:
         self.queues = []
 
     def install_signals(self):
-        """SIGTERM/SIGINT: stop receiving; everything received is still stored."""
+        """SIGTERM/SIGINT: stop receiving; everything received is still stored. SIGHUP: reload."""
         def handler(signum, _frame):
             log.info("signal %d: stopping", signum)
             self.stop_listening.set()
+
+        def hup(_signum, _frame):
+            self.reload_requested.set()
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, hup)
 
     def _writers(self):
         threads, spools = [], []
@@ -231,7 +306,8 @@ class CollectorApp:
             kind = opts.pop("type")
             name = opts.pop("name", kind)
             spool = Spool(os.path.join(self.cfg.spool_dir, name), self.cfg.spool_max_bytes,
-                          self.cfg.spool_policy, fsync=self.cfg.fsync)
+                          self.cfg.spool_policy, fsync=self.cfg.fsync,
+                          shared=self.cfg.processors_mode == "process")
             moved = spool.recover()
             if moved:
                 log.info("spool %s: %d batches from the last run are delivered again", name, moved)
@@ -256,80 +332,138 @@ class CollectorApp:
     def run(self):
         """Run until a signal; returns the exit code."""
         from myason.collector.keystore import Keystore
-        from myason.collector.process import DatagramProcessor
-        from myason.detect import build_detectors
-        from myason.enrich import build_pipeline
-        keystore = Keystore.load(self.cfg.keystore)
+        Keystore.load(self.cfg.keystore)        # fail at start, not in a processor
         writers, spools = self._writers()
-        queues = self.queues = [queue.Queue(self.cfg.packet_queue) for _ in range(self.cfg.processors_number)]
-        procs = []
         state = load_sequences(self.cfg.spool_dir)
-        for i, q in enumerate(queues):
-            dp = DatagramProcessor(keystore, ttl=self.cfg.token_ttl, window=self.cfg.seq_window)
-            if state:
-                dp.restore(state)
-            # Each processor has its own detector state: an agent always goes to the same one.
-            pipeline = build_pipeline(self.cfg.enrich)
-            detectors = build_detectors(self.cfg.detect_config()) if self.cfg.detect_enabled else None
-            procs.append(ProcessorThread("processor-%d" % i, dp, q, spools, self.cfg.batch_rows,
-                                         self.cfg.batch_interval, sequence_file(self.cfg.spool_dir, i),
-                                         self.cfg.fsync, pipeline=pipeline, detectors=detectors,
-                                         detect_clock=self.cfg.detect_clock))
+        group = None
+        if self.cfg.processors_mode == "process":
+            from myason.collector.workers import ProcessGroup
+            group = ProcessGroup(self.cfg, self.cfg.packet_queue, state)
+            queues = group.queues
+        else:
+            queues = [queue.Queue(self.cfg.packet_queue) for _ in range(self.cfg.processors_number)]
+            procs = []
+            for i, q in enumerate(queues):
+                dp, pipeline, detectors = build_processor(self.cfg, state)
+                procs.append(ProcessorThread("processor-%d" % i, dp, q, spools, self.cfg.batch_rows,
+                                             self.cfg.batch_interval, sequence_file(self.cfg.spool_dir, i),
+                                             self.cfg.fsync, pipeline=pipeline, detectors=detectors,
+                                             detect_clock=self.cfg.detect_clock,
+                                             reload=reload_keystore(self.cfg),
+                                             encoders=spool_encoders(self.cfg)))
+        self.queues = queues
         if state:
             log.info("sequence numbers of %d agents carried over from the last run", len(state))
         self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, RoutingQueue(queues),
                                  self.stop_listening, self.cfg.rcvbuf, self.cfg.max_datagram, self.reuseport)
-        for t in writers + procs + [self.listener]:
+        if group is not None:
+            group.start()
+        for t in writers + ([] if group else procs) + [self.listener]:
             t.start()
-        log.info("collector listening on %s", ", ".join("%s:%d" % a for a in self.listener.addresses()))
+        log.info("collector listening on %s (%d processor %ss)",
+                 ", ".join("%s:%d" % a for a in self.listener.addresses()), self.cfg.processors_number,
+                 self.cfg.processors_mode)
+
+        def stats():
+            return self.stats(group.procs if group else procs, writers)
         metrics_server = None
         if self.cfg.metrics:
             from myason.metrics import serve
-            metrics_server, _ = serve(self.cfg.metrics, lambda: self.stats(procs, writers),
-                                      gauges=GAUGES)
+            metrics_server, _ = serve(self.cfg.metrics, stats, gauges=GAUGES)
+        health = self._start_health(stats, spools)
+        tune_gc()
         self.ready.set()
         next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
         while not self.stop_listening.is_set():
             self.stop_listening.wait(0.5)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload(queues)
+            if group is not None:
+                group.respawn_dead(lambda: load_sequences(self.cfg.spool_dir))
             if next_stats and time.monotonic() >= next_stats:
-                log.info("stats %s", self.stats(procs, writers))
+                log.info("stats %s", stats())
                 next_stats += self.cfg.stats_interval
         self.listener.join(5)
-        for q in queues:
-            q.put(DONE)
-        for p in procs:
-            p.join()
-            if p.pipeline is not None:
-                p.pipeline.close()
+        if group is not None:
+            group.stop(DONE)
+            procs = group.procs
+        else:
+            for q in queues:
+                q.put(DONE)
+            for p in procs:
+                p.join()
+                if p.pipeline is not None:
+                    p.pipeline.close()
         self.stop_writers.set()
         for w in writers:
             w.join()
         self.summary = self.stats(procs, writers)
+        if health is not None:
+            health.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
         failed = [t for t in writers + procs + [self.listener] if t.error]
         return 1 if failed else 0
+
+    def _start_health(self, stats, spools):
+        if not self.cfg.health_interval:
+            return None
+        from myason.collector.health import HealthThread
+        h = HealthThread(self.cfg, stats, spools)
+        h.start()
+        return h
+
+    def _reload(self, queues):
+        """SIGHUP: check the config file and keystore again; apply the keystore in every processor."""
+        from myason.collector.config import load_collector_config
+        from myason.collector.keystore import Keystore
+        try:
+            new = load_collector_config(self.config_path) if self.config_path else self.cfg
+            Keystore.load(self.cfg.keystore)
+        except Exception as exc:  # noqa: BLE001 - a broken file keeps the running config
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        # The keystore file's content is what SIGHUP applies; every other key (a new keystore
+        # path too) needs a restart, and saying so beats half-applying it.
+        old = self.cfg.to_dict()
+        changed = sorted(k for k, v in new.to_dict().items() if v != old.get(k))
+        if changed:
+            log.warning("reload: %s changed: takes effect at the next restart", ", ".join(changed))
+        for q in queues:
+            q.put(RELOAD)       # in order with the queued datagrams; blocks only while a queue is full
+        log.info("reload: keystore %s sent to %d processors", self.cfg.keystore, len(queues))
 
     def stats(self, procs, writers):
         """Every counter: listener, rejects by reason, per-agent gaps, spools, writers."""
         s = dict(self.listener.stats())
         s["queue_dropped"] += self.listener.outbox.dropped
         rejects, agents = {}, {}
-        for p in procs:
-            for k, v in p.proc.rejects.items():
+        snaps = [p.snapshot() for p in procs]
+        for snap in snaps:
+            for k, v in snap["rejects"].items():
                 rejects[k] = rejects.get(k, 0) + v
-            for agent, st in p.proc.agents.items():
-                agents[agent] = {k: getattr(st, k) for k in ("datagrams", "flows", "gaps", "replays", "restarts")}
-        s.update(flows_spooled=sum(p.rows for p in procs), events_spooled=sum(p.events for p in procs),
+            for agent, st in snap["agents"].items():
+                if agent not in agents or st["last_seen"] > agents[agent]["last_seen"]:
+                    agents[agent] = st
+        s.update(flows_spooled=sum(p["rows"] for p in snaps), events_spooled=sum(p["events"] for p in snaps),
                  rejects=rejects, agents=agents,
-                 spool_rejected_flows=sum(p.spool_rejected_rows for p in procs))
+                 spool_rejected_flows=sum(p["spool_rejected_rows"] for p in snaps))
         s["writers"] = {w.writer.name: {"batches": w.batches, "rows": w.rows, "events": w.events,
                                         "errors": w.errors,
                                  "failed_batches": w.failed_batches, "latency_seconds": w.latency,
                                  "connected": int(w.connected)}
                         for w in writers}
-        s["spool"] = {os.path.basename(sp.path): {"waiting": sp.depth()[0], "bytes": sp.bytes,
+        s["spool"] = {os.path.basename(sp.path): {"waiting": sp.depth()[0], "bytes": sp.current_bytes(),
                                                   "errors": sp.depth()[2]}
                       for sp in {id(w.spool): w.spool for w in writers}.values()}
-        s["queue_depth"] = sum(q.qsize() for q in self.queues)
+        s["queue_depth"] = sum(_qsize(q) for q in self.queues)
+        s["processors_alive"] = sum(1 for p in procs if p.is_alive())
         return s
+
+
+def _qsize(q):
+    try:
+        return q.qsize()
+    except NotImplementedError:     # multiprocessing queues where sem_getvalue is missing
+        return 0

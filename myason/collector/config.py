@@ -89,6 +89,9 @@ class CollectorConfig:
     rcvbuf: int = field(default=16 << 20, metadata=_meta(check_int(65536, 1 << 30)))
     max_datagram: int = field(default=16384, metadata=_meta(check_int(512, 65535)))
     processors_number: int = field(default=1, metadata=_meta(check_int(1, 64)))
+    processors_mode: str = field(default="thread", metadata=_meta(
+        check_str(pattern=re.compile(r"^(thread|process)$"), expected="'thread' or 'process'")))
+    reuseport: bool = field(default=False, metadata=_meta(check_bool()))
     writers_number: int = field(default=1, metadata=_meta(check_int(1, 16)))
     packet_queue: int = field(default=4096, metadata=_meta(check_int(lo=1)))
     seq_window: int = field(default=4096, metadata=_meta(check_int(64, 1 << 20)))
@@ -102,6 +105,9 @@ class CollectorConfig:
     writers: tuple = field(default=({"type": "sqlite", "path": "/var/lib/myason/flows.db"},),
                            metadata=_meta(check_writers))
     stats_interval: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    health_interval: float = field(default=10.0, metadata=_meta(check_float(lo=0)))
+    instance: str | None = field(default=None, metadata=_meta(
+        check_optional(check_str(allow_empty=False, expected="a name for this collector"))))
     metrics: str | None = field(default=None, metadata=_meta(
         check_optional(check_str(allow_empty=False, expected="host:port for the Prometheus endpoint"))))
     fsync: bool = field(default=True, metadata=_meta(check_bool()))

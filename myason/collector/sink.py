@@ -9,7 +9,7 @@ import threading
 import time
 
 from myason.logs import RateLimiter
-from myason.store.base import WriterError, decode_batch_events
+from myason.store.base import WriterError, decode_batch_events, decode_prepared
 
 log = logging.getLogger("myason.collector.sink")
 
@@ -80,10 +80,18 @@ class WriterThread(threading.Thread):
 
     def _store(self, name, data):
         try:
-            rows, events = decode_batch_events(data)
-            if events and not self.writer.stores_events:
-                events = []
-            if rows or events:
+            prepared = decode_prepared(data)
+            if prepared is not None:
+                header, payload = prepared
+                t0 = time.monotonic()
+                self.writer.write_prepared(name, header, payload)
+                self.latency = time.monotonic() - t0
+                rows, events = range(header["rows"]), header.get("events", ())
+            else:
+                rows, events = decode_batch_events(data)
+                if events and not self.writer.stores_events:
+                    events = []
+            if prepared is None and (rows or events):
                 t0 = time.monotonic()
                 if events:
                     self.writer.write(name, rows, events=events)

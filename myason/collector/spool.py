@@ -26,7 +26,9 @@ class SpoolFull(Exception):
 class Spool:
     """One writer's queue of batches on disk."""
 
-    def __init__(self, path, max_bytes=1 << 30, policy="block", fsync=True):
+    RESCAN = 1.0
+
+    def __init__(self, path, max_bytes=1 << 30, policy="block", fsync=True, shared=False):
         if policy not in POLICIES:
             raise ValueError("spool policy must be one of %s" % ", ".join(POLICIES))
         self.path = str(path)
@@ -39,7 +41,12 @@ class Spool:
         self._cond = threading.Condition()
         self.rejected = 0
         self.stored = 0
+        # shared: other processes put into or take from this spool too (processor processes),
+        # so the size is re-read from the directory at most every RESCAN seconds instead of
+        # being kept only in memory; the cap may then be passed by up to RESCAN s of batches.
+        self.shared = shared
         self.bytes = self._scan_bytes()
+        self._scanned = time.monotonic()
 
     def _dir(self, sub):
         return os.path.join(self.path, sub)
@@ -63,10 +70,10 @@ class Spool:
         """Store one batch (bytes); returns its name. Raises SpoolFull when over the cap."""
         size = len(data)
         with self._cond:
-            if self.bytes + size > self.max_bytes:
+            if self.current_bytes() + size > self.max_bytes:
                 if self.policy == "block":
-                    self._cond.wait_for(lambda: self.bytes + size <= self.max_bytes, timeout)
-                if self.bytes + size > self.max_bytes:
+                    self._wait_room(size, timeout)
+                if self.current_bytes() + size > self.max_bytes:
                     self.rejected += 1
                     raise SpoolFull("spool %s is full (%d bytes)" % (self.path, self.bytes))
             self.bytes += size
@@ -89,6 +96,23 @@ class Spool:
             raise
         self.stored += 1
         return name
+
+    def current_bytes(self):
+        """Bytes of batches waiting or claimed (re-read from disk when shared and stale)."""
+        if self.shared and time.monotonic() - self._scanned >= self.RESCAN:
+            self.bytes = self._scan_bytes()
+            self._scanned = time.monotonic()
+        return max(0, self.bytes)
+
+    def _wait_room(self, size, timeout):
+        # Called with the condition held. In-process writers notify; other processes cannot,
+        # so a shared spool also wakes up to re-read the directory.
+        deadline = time.monotonic() + timeout
+        while self.current_bytes() + size > self.max_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(min(left, self.RESCAN) if self.shared else left)
 
     def claim(self, limit=1):
         """Move up to `limit` of the oldest batches into pending/; returns [(name, bytes)]."""
@@ -149,6 +173,19 @@ class Spool:
             except FileNotFoundError:
                 pass
         return moved
+
+    def oldest_age(self, now=None):
+        """Seconds since the oldest batch not yet stored was spooled (0.0 when none waits)."""
+        names = []
+        for sub in ("pending", "incoming"):
+            try:
+                names.extend(os.listdir(self._dir(sub)))
+            except FileNotFoundError:
+                pass
+        stamps = [int(n.split("-", 1)[0]) for n in names if n[:1].isdigit()]
+        if not stamps:
+            return 0.0
+        return max(0.0, (now if now is not None else time.time()) - min(stamps) / 1e9)
 
     def depth(self):
         """(batches waiting in incoming/, batches claimed in pending/, batches in errors/)."""

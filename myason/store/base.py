@@ -51,6 +51,19 @@ class Writer:
         """Store the rows (lists in ROW_FIELDS order) once, whatever the number of calls."""
         raise NotImplementedError
 
+    @classmethod
+    def spool_encoder(cls, options):
+        """A function (rows, events) -> prepared batch bytes for this writer's spool, or None.
+
+        Writers that return one also implement write_prepared(); processors then encode their
+        batches for this writer (in parallel, in processor processes) instead of as JSON.
+        """
+        return None
+
+    def write_prepared(self, batch_id, header, payload):
+        """Store a batch made by spool_encoder (header dict, payload bytes) once."""
+        raise NotImplementedError
+
     def close(self):
         """Flush and disconnect."""
 
@@ -110,6 +123,34 @@ def _load_builtin():
         except ModuleNotFoundError as exc:
             if exc.name != "myason.store." + mod:
                 raise
+
+
+# A spool batch already encoded for one writer by the processor (writer.spool_encoder): the magic,
+# a 4-byte header length, an orjson header ({"rows": n, "events": [...], writer-specific keys}),
+# then the writer's payload (e.g. PostgreSQL binary COPY data). Moving the encoding to the
+# processors takes the spool's JSON round trip and the encoding off the writer's process.
+PREPARED_MAGIC = b"MYPB1\n"
+
+
+def encode_prepared(header, payload):
+    """Spool file content for a batch prepared for one writer."""
+    head = orjson.dumps(header)
+    return b"".join((PREPARED_MAGIC, len(head).to_bytes(4, "big"), head, payload))
+
+
+def decode_prepared(data):
+    """(header, payload) of a prepared batch, or None for a plain (v1/v2) batch."""
+    if not data.startswith(PREPARED_MAGIC):
+        return None
+    try:
+        start = len(PREPARED_MAGIC) + 4
+        n = int.from_bytes(data[len(PREPARED_MAGIC):start], "big")
+        header = orjson.loads(data[start:start + n])
+        if not isinstance(header, dict) or not isinstance(header.get("rows"), int):
+            raise ValueError("bad header")
+    except ValueError as exc:
+        raise WriterError("damaged prepared spool batch: %s" % exc, permanent=True) from None
+    return header, memoryview(data)[start + n:]
 
 
 def encode_batch(rows, events=None):

@@ -18,13 +18,14 @@ import socket
 import struct
 import time
 
-from myason.config import check_int, check_str
+from myason.config import check_float, check_int, check_str
 from myason.enrich.base import ENRICH_FIELDS, ENRICH_INT_FIELDS
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
+from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
+from myason.store import rollup
 
 log = logging.getLogger("myason.store.postgresql")
 
@@ -190,6 +191,22 @@ def encode_text(rows):
     return "".join(out).encode("utf-8")
 
 
+def prepare_batch(rows, events=()):
+    """A spool batch for this writer, encoded by the processor (see Writer.spool_encoder).
+
+    Binary COPY data plus what write_prepared needs to know without the rows: their count, UTC
+    days (partitions), 1-minute buckets (rollup marks) and the IDEA events. Raises what
+    encode_binary raises for a value PostgreSQL could not take.
+    """
+    enriched = bool(rows) and len(rows[0]) == _NCOLS_ENRICHED
+    ncols = _NCOLS_ENRICHED if enriched else _NCOLS
+    if any(len(r) != ncols for r in rows):
+        raise ValueError("a row does not have %d values" % ncols)
+    header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days_of(rows)],
+              "minutes": sorted(rollup.minutes_postgresql(rows)), "events": list(events)}
+    return encode_prepared(header, encode_binary(rows, enriched) if rows else b"")
+
+
 def partition_name(day):
     """Name of the partition holding the flows whose `first` is on UTC `day`."""
     return "flows_p%s" % day.strftime("%Y%m%d")
@@ -209,7 +226,10 @@ class PostgresWriter(Writer):
     Options: dsn (required): libpq connection string or URI; retention_days (default 0 =
     keep): drop the day partitions before 00:00 UTC that many days before today (checked at
     open and hourly); copy (default 'binary'): 'binary' or 'text' COPY; batch_keep_days (default
-    7): how long committed batch ids are remembered for retries; connect_timeout (default 10 s).
+    7): how long committed batch ids are remembered for retries; connect_timeout (default 10 s);
+    retention ({raw, 1m, 15m, 1h, 1d: duration or 0}): per resolution, rollup partitions dropped
+    after it (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N
+    list; maintain_interval (default 60 s; 0 = only `myason maintain`): rollup maintenance period.
     """
 
     name = "postgresql"
@@ -220,13 +240,20 @@ class PostgresWriter(Writer):
         "copy": ("binary", check_str(pattern=re.compile(r"^(binary|text)\Z"), expected="'binary' or 'text'")),
         "batch_keep_days": (7, check_int(lo=1)),
         "connect_timeout": (10, check_int(lo=1)),
+        "retention": ({}, rollup.check_retention),
+        "rollup_top": (25, check_int(lo=1, hi=1000)),
+        "maintain_interval": (60.0, check_float(lo=0)),
     }
 
     def __init__(self, **options):
         super().__init__(**options)
         opts = parse_options(self.name, options, self.SPEC)
         self.dsn = opts["dsn"]
-        self.retention_days = opts["retention_days"]
+        ro = rollup.rollup_options(self.name, opts)
+        self.retention = ro["retention"]
+        self.retention_days = rollup.raw_days(self.retention)
+        self.rollup_top = ro["top"]
+        self.maintain_interval = ro["interval"]
         self.copy_format = opts["copy"]
         self.batch_keep_days = opts["batch_keep_days"]
         self.connect_timeout = opts["connect_timeout"]
@@ -235,6 +262,7 @@ class PostgresWriter(Writer):
         self._conn = None
         self._partitions = set()
         self._next_housekeeping = 0.0
+        self._next_maintain = 0.0
         self._copy_sql = _copy_sql(self.copy_format)
         self._encode = encode_binary if self.copy_format == "binary" else encode_text
 
@@ -323,29 +351,55 @@ class PostgresWriter(Writer):
             else:
                 data = self._encode(rows)
             days = days_of(rows)
+            minutes = list(rollup.minutes_postgresql(rows))
             params = [event_params(e) for e in events]
         except _ENCODE_ERRORS + (KeyError,) as exc:
             raise WriterError("postgresql: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
+        copy_sql = (_copy_sql(self.copy_format, True) if enriched else self._copy_sql) if rows else None
+        return self._store(batch_id, len(rows), copy_sql, data, days, minutes, params)
+
+    @classmethod
+    def spool_encoder(cls, options):
+        """prepare_batch when this writer copies in binary (the default), else None."""
+        return prepare_batch if options.get("copy", "binary") == "binary" else None
+
+    def write_prepared(self, batch_id, header, payload):
+        """Store a batch made by prepare_batch: the COPY data is ready, days and minutes known."""
+        try:
+            days = [dt.date.fromisoformat(d) for d in header["days"]]
+            minutes = [int(m) for m in header["minutes"]]
+            params = [event_params(e) for e in header.get("events", ())]
+            n = header["rows"]
+            copy_sql = _copy_sql("binary", bool(header["enriched"])) if n else None
+        except (KeyError, TypeError, ValueError) + _ENCODE_ERRORS as exc:
+            raise WriterError("postgresql: prepared batch %s is damaged: %s" % (batch_id, exc),
+                              permanent=True) from None
+        return self._store(batch_id, n, copy_sql, payload, days, minutes, params)
+
+    def _store(self, batch_id, nrows, copy_sql, data, days, minutes, params):
         psycopg = _psycopg()
         conn = self._connection()
         try:
             self._ensure_partitions(days)
             with conn.cursor() as cur:
                 cur.execute("INSERT INTO batches (batch_id, rows) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                            (batch_id, len(rows)))
+                            (batch_id, nrows))
                 if cur.rowcount == 0:
                     conn.rollback()
                     self.skipped += 1
                     return False
-                if rows:
-                    with cur.copy(_copy_sql(self.copy_format, True) if enriched else self._copy_sql) as copy:
+                if nrows:
+                    with cur.copy(copy_sql) as copy:
                         copy.write(data)
+                    # Same transaction as the rows: the rollup maintenance sees both or neither.
+                    cur.execute("INSERT INTO rollup_dirty (bucket) SELECT to_timestamp(m)"
+                                " FROM unnest(%s::bigint[]) AS m", (minutes,))
                 if params:
                     cur.executemany(INSERT_EVENT_SQL, params)
             self._commit(conn)
         except psycopg.Error as exc:
             raise self._error(batch_id, exc) from None
-        if self.clock() >= self._next_housekeeping:
+        if self.clock() >= min(self._next_housekeeping, self._next_maintain):
             self._housekeeping()
         return True
 
@@ -413,9 +467,39 @@ class PostgresWriter(Writer):
                 log.info("postgresql: indexed closed partition: %s", name)
         return built
 
-    def _housekeeping(self):
+    def maintain(self, now=None, wait=True):
+        """Roll up the dirty buckets, then apply every retention once; returns the summary (rollup.new_summary)."""
+        self._connection()
+        now = self.clock() if now is None else now
+        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait)
+        r = rollup.apply_retention(self._conn, self.retention, now)
+        s["dropped"] += r["dropped"]
+        s["deleted"].update(r["deleted"])
+        if self.retention_days:
+            s["dropped"] += [partition_name(d) for d in
+                             self.drop_partitions_before(retention_cutoff(self.retention_days, now))]
+        return s
+
+    def _housekeeping(self, hourly=True):
         psycopg = _psycopg()
         now = self.clock()
+        # Rollup maintenance every maintain_interval; the rest (hourly=True) at open and hourly.
+        if self.maintain_interval and (hourly or now >= self._next_maintain):
+            self._next_maintain = now + self.maintain_interval
+            try:
+                # Another collector maintaining the same database: skip, it does the work.
+                s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=False)
+                if not s["busy"]:
+                    rollup.apply_retention(self._conn, self.retention, now)
+                log.debug("postgresql: rollup maintenance: %s", rollup.format_summary(s))
+            except psycopg.Error as exc:
+                log.warning("postgresql: rollup maintenance failed: %s", _short(exc))
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.rollback()
+        elif not self.maintain_interval:
+            self._next_maintain = float("inf")
+        if not hourly:
+            return
         self._next_housekeeping = now + HOUSEKEEPING_EVERY
         try:
             if self.retention_days:

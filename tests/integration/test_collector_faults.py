@@ -199,8 +199,9 @@ def test_postgresql_stopped_mid_stream_every_flow_lands_once(tmp_path, servers):
 # SIGTERM
 
 
-@pytest.mark.parametrize("db_locked", [False, True], ids=["db-free", "db-locked"])
-def test_sigterm_mid_stream_and_restart_nothing_lost_or_duplicated(tmp_path, db_locked):
+@pytest.mark.parametrize("db_locked,mode", [(False, "thread"), (True, "thread"), (False, "process")],
+                         ids=["db-free", "db-locked", "processes"])
+def test_sigterm_mid_stream_and_restart_nothing_lost_or_duplicated(tmp_path, db_locked, mode):
     """SIGTERM right after a burst (the collector is still decoding and writing), then a restart.
 
     The sender pauses while no collector runs (UDP loses what nobody receives), so the
@@ -209,7 +210,8 @@ def test_sigterm_mid_stream_and_restart_nothing_lost_or_duplicated(tmp_path, db_
     exit: they stay in the spool and the restarted collector delivers them, once.
     """
     db = tmp_path / "flows.db"
-    c = collector(tmp_path, [{"type": "sqlite", "path": str(db), "busy_timeout": 0.2}])
+    c = collector(tmp_path, [{"type": "sqlite", "path": str(db), "busy_timeout": 0.2}],
+                  processors_mode=mode, processors_number=2 if mode == "process" else 1)
     s = Stream(c)
     lock = None
     with c:
@@ -257,8 +259,9 @@ def stored_rows(store, db, dsn):
     return [row_key(r) for r in pg_rows(dsn)]
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.root)])
-def test_sigkill_loses_only_unspooled_datagrams_and_shows_them_as_gaps(tmp_path, store, request):
+@pytest.mark.parametrize("store,mode", [("sqlite", "thread"), ("sqlite", "process"),
+                                        pytest.param("postgresql", "thread", marks=pytest.mark.root)])
+def test_sigkill_loses_only_unspooled_datagrams_and_shows_them_as_gaps(tmp_path, store, mode, request):
     """SIGKILL right after a burst, restart, more traffic: loss is bounded and visible.
 
     How the test knows what was spooled at the kill: the collector saves each agent's sequence
@@ -285,7 +288,7 @@ def test_sigkill_loses_only_unspooled_datagrams_and_shows_them_as_gaps(tmp_path,
         pg_reset(dsn)
         writer = {"type": "postgresql", "dsn": dsn}
     batch_rows = 2000
-    c = collector(tmp_path, [writer], batch_rows=batch_rows)
+    c = collector(tmp_path, [writer], batch_rows=batch_rows, processors_mode=mode)
     s = Stream(c)
     with c:
         s.send(50)

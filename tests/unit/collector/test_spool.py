@@ -107,3 +107,19 @@ def test_block_policy_waits_for_the_writer(tmp_path):
 def test_bad_policy():
     with pytest.raises(ValueError):
         Spool("/nonexistent-never-created", policy="drop")
+
+
+def test_shared_spool_sees_other_processes_batches_and_oldest_age(tmp_path):
+    from myason.collector.spool import Spool
+    a = Spool(tmp_path / "s", max_bytes=1 << 20, fsync=False, shared=True)
+    b = Spool(tmp_path / "s", max_bytes=1 << 20, fsync=False, shared=True)
+    assert a.oldest_age() == 0.0
+    b.put(b"x" * 1000)
+    a._scanned -= a.RESCAN          # as if a second had passed
+    assert a.current_bytes() == 1000
+    assert 0.0 <= a.oldest_age() < 60
+    assert a.oldest_age(now=time.time() + 100) >= 100
+    (name, _), = a.claim()
+    a.done(name)
+    b._scanned -= b.RESCAN
+    assert b.current_bytes() == 0 and b.oldest_age() == 0.0
