@@ -130,24 +130,39 @@ def encode_binary(rows, enriched=False):
         enc = texts[s] = pack_len(len(b)) + b
         return enc
 
+    def tail(key):
+        # exporter, next_hop, agent, if_name, end_reason[, ENRICH_FIELDS]: the columns after
+        # src/dst, which repeat across rows; encoded once per distinct combination per batch.
+        exp, nh, agent, ifn, end = key[:5]
+        parts = [iget(exp) or inet(exp), iget(nh) or inet(nh), tget(agent) or text(agent),
+                 tget(ifn) or text(ifn), tget(end) or text(end)]
+        if len(key) > 5:
+            # ENRICH_FIELDS: direction, service, 2 countries (text), 2 ASNs (int8), 4 texts.
+            d, sv, sc, dc, sa, da, so, do, sh, dh = key[5:]
+            parts += [text(d), text(sv), text(sc), text(dc), int8(8, sa), int8(8, da), text(so), text(do),
+                      text(sh), text(dh)]
+        enc = tails[key] = b"".join(parts)
+        return enc
+
+    tails = {}
+    uget = tails.get
     out = [_SIGNATURE]
     extend = out.extend
     fixed = _pack_fixed
     n = len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0)
     int8 = _INT8
-    # Unrolled on purpose: this loop is the writer's hot path (indexes follow ROW_FIELDS).
-    for r in rows:
-        src, dst, nh, exp = r[0], r[1], r[17], r[24]
-        agent, ifn, end = r[11], r[12], r[22]
-        extend((fixed(r, _n=n), iget(src) or inet(src), iget(dst) or inet(dst), iget(exp) or inet(exp),
-                iget(nh) or inet(nh), tget(agent) or text(agent), tget(ifn) or text(ifn),
-                tget(end) or text(end)))
-        if enriched:
-            # ENRICH_FIELDS: direction, service, 2 countries (text), 2 ASNs (int8), 4 texts.
-            d, sv, sc, dc, sa, da, so, do, sh, dh = r[25:35]
-            extend((tget(d) or text(d), tget(sv) or text(sv), tget(sc) or text(sc), tget(dc) or text(dc),
-                    int8(8, sa), int8(8, da), tget(so) or text(so), tget(do) or text(do),
-                    tget(sh) or text(sh), tget(dh) or text(dh)))
+    # The writer's (or processor's) hot path: per row one struct.pack for the fixed-size columns,
+    # the two addresses, and the cached encoding of the repetitive columns (indexes: ROW_FIELDS).
+    if enriched:
+        for r in rows:
+            src, dst = r[0], r[1]
+            key = (r[24], r[17], r[11], r[12], r[22], *r[25:35])
+            extend((fixed(r, _n=n), iget(src) or inet(src), iget(dst) or inet(dst), uget(key) or tail(key)))
+    else:
+        for r in rows:
+            src, dst = r[0], r[1]
+            key = (r[24], r[17], r[11], r[12], r[22])
+            extend((fixed(r, _n=n), iget(src) or inet(src), iget(dst) or inet(dst), uget(key) or tail(key)))
     out.append(_TRAILER)
     return b"".join(out)
 
