@@ -6,6 +6,7 @@ decrypt, validate and batch rows, then store each batch durably in every writer'
 filer protocol). Writers commit batches exactly once. Shutdown order: stop the listener, let
 the processors drain their queues into the spools, let the writers finish, exit 0.
 """
+import dataclasses
 import logging
 import os
 import queue
@@ -21,15 +22,15 @@ from myason import wire
 from myason.collector.listener import Listener
 from myason.collector.sink import WriterThread
 from myason.collector.spool import Spool, SpoolFull
-from myason.collector.workers import reload_keystore, tune_gc
+from myason.collector.workers import LIVE_KEYS, make_reloader, tune_gc
 from myason.errors import WireError
 from myason.store.base import encode_batch, writer_class
 
 log = logging.getLogger("myason.collector")
 
 DONE = None
-# Put into a processor's queue by SIGHUP: reload the keystore, in order with the datagrams
-# already queued.
+# SIGHUP puts (RELOAD, new config) into every processor's queue: the new keystore and live
+# settings apply in order with the datagrams already queued.
 RELOAD = "reload"
 # Metrics that go up and down; everything else in stats() is a counter.
 AGENT_COUNTERS = ("datagrams", "flows", "gaps", "replays", "restarts", "last_seen")
@@ -47,6 +48,7 @@ class ProcessorThread(threading.Thread):
         # reload(worker): what RELOAD does; report(snapshot): called every batch interval and
         # at the end (processor processes send their counters to the parent this way).
         self.reload, self.report = reload, report
+        self._carried = []          # events of replaced detectors, spooled with the next batch
         # Per spool: the writer's spool_encoder (None = the JSON batch every writer reads).
         self.encoders = list(encoders) if encoders is not None else [None] * len(spools)
         # Enrichment makes the batches format v2 (enriched rows + events); without it, v1.
@@ -76,13 +78,13 @@ class ProcessorThread(threading.Thread):
             try:
                 items = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                items = ()
+                items = []
             if items is DONE:
                 break
-            if isinstance(items, str):
-                if items == RELOAD and self.reload is not None:
-                    self._reload()
-                items = ()
+            if isinstance(items, tuple):
+                if items[0] == RELOAD and self.reload is not None:
+                    self._reload(items[1])
+                items = []
             for data, addr, received in items:
                 rows = handle(data, addr, received)
                 if rows:
@@ -93,6 +95,8 @@ class ProcessorThread(threading.Thread):
                     pending.extend(rows)
             due = time.monotonic() >= deadline
             events = self._poll() if due else []
+            if self._carried and due:
+                events, self._carried = self._carried + events, []
             if len(pending) >= self.batch_rows or ((pending or events) and due):
                 self._spool(pending, events)
                 pending = []
@@ -102,6 +106,7 @@ class ProcessorThread(threading.Thread):
                     self.report(self.snapshot())
         # Shutdown closes every detector window: what was seen so far is still reported.
         events = self.detectors.flush(self._now()) if self.detectors is not None else []
+        events = self._carried + events
         if pending or events:
             self._spool(pending, events)
         self._save_state()
@@ -116,11 +121,20 @@ class ProcessorThread(threading.Thread):
                 log.warning("%s: cannot prepare a batch for its writer (%s): spooled as JSON", self.name, exc)
         return encode_batch(rows, events) if self.pipeline is not None else encode_batch(rows)
 
-    def _reload(self):
+    def _reload(self, cfg):
         try:
-            self.reload(self)
-        except Exception as exc:  # noqa: BLE001 - a bad new keystore keeps the old one running
-            log.error("%s: reload failed, keeping the previous keystore: %s", self.name, exc)
+            self.reload(self, cfg)
+        except Exception as exc:  # noqa: BLE001 - a bad new config keeps the old one running
+            log.error("%s: reload failed, keeping the previous configuration: %s", self.name, exc)
+
+    def replace_detectors(self, detectors):
+        """Use new detectors (or none); the old ones' open windows become events now."""
+        if self.detectors is not None:
+            try:
+                self._carried.extend(self.detectors.flush(self._now()))
+            except Exception:  # noqa: BLE001 - a detector bug must not stop the reload
+                log.exception("%s: flushing the old detectors failed", self.name)
+        self.detectors = detectors
 
     def snapshot(self):
         """Counters of this processor as plain data (what stats() and the metrics read)."""
@@ -349,7 +363,7 @@ class CollectorApp:
                                              self.cfg.batch_interval, sequence_file(self.cfg.spool_dir, i),
                                              self.cfg.fsync, pipeline=pipeline, detectors=detectors,
                                              detect_clock=self.cfg.detect_clock,
-                                             reload=reload_keystore(self.cfg),
+                                             reload=make_reloader(self.cfg),
                                              encoders=spool_encoders(self.cfg)))
         self.queues = queues
         if state:
@@ -378,12 +392,14 @@ class CollectorApp:
             self.stop_listening.wait(0.5)
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self._reload(queues)
+                self._reload(queues, health)
+                if self.cfg.stats_interval and not next_stats:
+                    next_stats = time.monotonic() + self.cfg.stats_interval
             if group is not None:
                 group.respawn_dead(lambda: load_sequences(self.cfg.spool_dir))
             if next_stats and time.monotonic() >= next_stats:
                 log.info("stats %s", stats())
-                next_stats += self.cfg.stats_interval
+                next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
         self.listener.join(5)
         if group is not None:
             group.stop(DONE)
@@ -414,25 +430,29 @@ class CollectorApp:
         h.start()
         return h
 
-    def _reload(self, queues):
-        """SIGHUP: check the config file and keystore again; apply the keystore in every processor."""
+    def _reload(self, queues, health=None):
+        """SIGHUP: read the config file and keystore again; send the live keys to every processor."""
         from myason.collector.config import load_collector_config
         from myason.collector.keystore import Keystore
         try:
             new = load_collector_config(self.config_path) if self.config_path else self.cfg
-            Keystore.load(self.cfg.keystore)
+            Keystore.load(new.keystore)
         except Exception as exc:  # noqa: BLE001 - a broken file keeps the running config
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
-        # The keystore file's content is what SIGHUP applies; every other key (a new keystore
-        # path too) needs a restart, and saying so beats half-applying it.
         old = self.cfg.to_dict()
         changed = sorted(k for k, v in new.to_dict().items() if v != old.get(k))
-        if changed:
-            log.warning("reload: %s changed: takes effect at the next restart", ", ".join(changed))
+        live = [k for k in changed if k in LIVE_KEYS or k in ("stats_interval", "health_interval")]
+        later = [k for k in changed if k not in live]
+        if later:
+            log.warning("reload: %s changed: takes effect at the next restart", ", ".join(later))
+        self.cfg = dataclasses.replace(self.cfg, **{k: getattr(new, k) for k in live})
+        if health is not None:
+            health.cfg = self.cfg
         for q in queues:
-            q.put(RELOAD)       # in order with the queued datagrams; blocks only while a queue is full
-        log.info("reload: keystore %s sent to %d processors", self.cfg.keystore, len(queues))
+            q.put((RELOAD, self.cfg))   # in order with the queued datagrams; blocks only while a queue is full
+        log.info("reload: keystore %s%s sent to %d processors", self.cfg.keystore,
+                 " and " + ", ".join(live) if live else "", len(queues))
 
     def stats(self, procs, writers):
         """Every counter: listener, rejects by reason, per-agent gaps, spools, writers."""

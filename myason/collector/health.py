@@ -71,8 +71,10 @@ class HealthThread(threading.Thread):
         self.error = None
 
     def run(self):
-        while not self._halt.wait(self.cfg.health_interval):
-            self.write_once()
+        # The interval is read each time: SIGHUP may change it (0 = pause).
+        while not self._halt.wait(self.cfg.health_interval or 1.0):
+            if self.cfg.health_interval:
+                self.write_once()
 
     def stop(self):
         """Write the final figures once more and stop."""

@@ -10,7 +10,7 @@ to the parent. The parent sends lists of received datagrams through a bounded qu
 counters back every batch interval, plus the children's log records.
 
 Signals: children ignore SIGINT/SIGTERM/SIGHUP (systemd signals the whole cgroup); the parent
-drives shutdown (DONE after the last datagram) and reload (RELOAD in order with the data). A
+drives shutdown (DONE after the last datagram) and reload ((RELOAD, config) in order with the data). A
 child dies with its parent (PR_SET_PDEATHSIG), like threads would.
 """
 import ctypes
@@ -100,7 +100,7 @@ def child_main(index, cfg, inbox, conn, log_level, state):
         worker = ProcessorThread(name, dp, inbox, _spools(cfg), cfg.batch_rows, cfg.batch_interval,
                                  sequence_file(cfg.spool_dir, index), cfg.fsync, pipeline=pipeline,
                                  detectors=detectors, detect_clock=cfg.detect_clock,
-                                 reload=reload_keystore(cfg), report=report, encoders=spool_encoders(cfg))
+                                 reload=make_reloader(cfg), report=report, encoders=spool_encoders(cfg))
         tune_gc()
         worker.run()            # in this process's main thread
         if pipeline is not None:
@@ -114,12 +114,38 @@ def child_main(index, cfg, inbox, conn, log_level, state):
         conn.close()
 
 
-def reload_keystore(cfg):
-    """The RELOAD action: read the keystore file again and use it for the next datagrams."""
-    def reload(worker):
+# Keys a SIGHUP applies to running processors; any other change needs a restart.
+LIVE_KEYS = ("keystore", "token_ttl", "enrich", "detect", "detect_enabled", "detect_clock", "node_name")
+
+
+def make_reloader(cfg):
+    """The RELOAD action of one processor: apply a new config's live keys, or keep the old one.
+
+    Everything new is built first (keystore, enrichment, detectors), so a failure changes
+    nothing. Replaced detectors are flushed: their open windows still become events.
+    """
+    state = {"cfg": cfg}
+
+    def reload(worker, new):
         from myason.collector.keystore import Keystore
-        worker.proc.keystore = Keystore.load(cfg.keystore)
-        log.info("%s: keystore reloaded (%d agents)", worker.name, len(worker.proc.keystore.agents))
+        from myason.detect import build_detectors
+        from myason.enrich import build_pipeline
+        old = state["cfg"]
+        keystore = Keystore.load(new.keystore)
+        pipeline = build_pipeline(new.enrich) if new.enrich != old.enrich else None
+        new_detect = (new.detect_config(), new.detect_enabled) != (old.detect_config(), old.detect_enabled)
+        detectors = build_detectors(new.detect_config()) if new_detect and new.detect_enabled else None
+        worker.proc.keystore = keystore
+        worker.proc.ttl = new.token_ttl
+        if pipeline is not None:
+            if worker.pipeline is not None:
+                worker.pipeline.close()
+            worker.pipeline = pipeline
+        if new_detect:
+            worker.replace_detectors(detectors)
+        worker.detect_clock = new.detect_clock
+        state["cfg"] = new
+        log.info("%s: reloaded (keystore: %d agents)", worker.name, len(keystore.agents))
     return reload
 
 

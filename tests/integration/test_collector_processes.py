@@ -11,6 +11,7 @@ import sqlite3
 from collections import Counter
 
 import pytest
+import yaml
 from cryptography.fernet import Fernet
 
 from tests.integration import collector as col
@@ -114,8 +115,14 @@ def test_sighup_applies_a_rotated_keystore_and_keeps_the_old_one_when_broken(tmp
         lines = [(ln.replace(c.keys[old.agent], "%s,%s" % (new_key, c.keys[old.agent]))
                   if ln.startswith(old.agent + " ") else ln) for ln in lines]
         col.write_private(keystore, "\n".join(lines) + "\n")
+        # A live key (token_ttl) and one that needs a restart (batch_rows) change too.
+        conf = yaml.safe_load((c.dir / "collector.yaml").read_text())
+        conf.update(token_ttl=30.0, batch_rows=777)
+        (c.dir / "collector.yaml").write_text(yaml.safe_dump(conf))
         c.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: c.log().count("keystore reloaded") >= 1, timeout=20)
+        wait_until(lambda: "reloaded (keystore" in c.log(), timeout=20)
+        assert "batch_rows changed: takes effect at the next restart" in c.log()
+        assert "and token_ttl sent" in c.log()
         new.rows.clear()
         new.send(10)
         old.seq = new.seq
