@@ -211,6 +211,8 @@ def test_sighup_swaps_interfaces_and_rejects_a_bad_filter(tmp_path):
                     tx.sendto(b"x" * 20, rx.getsockname())
                 lo_key = ("127.0.0.1", tx.getsockname()[1], rx.getsockname()[1])
                 wait_metric(agent, ns, port, "myason_agent_packets_total", lambda v: v == 3 + 4)
+            # The veth lane has retired once its 3 flows left the cache (only lo's is cached).
+            wait_metric(agent, ns, port, "myason_agent_flows_cached", lambda v: v == 1)
             sender.send(Stream(nsp).frames[:3])     # the veth is not captured any more
             sender.close()
             code, _, err = agent.stop()
