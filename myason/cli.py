@@ -77,6 +77,19 @@ def build_parser():
     g.add_argument("--since", default="7d", metavar="DURATION", help="how far back (default 7d)")
     g.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
 
+    q = sub.add_parser("api", help="serve the query API and the web page over HTTP")
+    q.add_argument("-ac", "--api-conf", metavar="FILE", help="API YAML config (default: built-in defaults)")
+    q.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config (its first SQL writer)")
+    q.add_argument("-lc", "--logger-conf", metavar="FILE", help="logging YAML (dictConfig)")
+    q.add_argument("--bind", metavar="HOST:PORT", help="listen address (default 127.0.0.1:8080; port 0 = any)")
+    q.add_argument("--no-auth", action="store_true", help="no bearer token (refused unless bound to loopback)")
+    q.add_argument("--check-config", action="store_true", help="validate and print the effective config")
+    q.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+
+    m = sub.add_parser("maintain", help="roll up stored flows and apply retention once (every SQL writer)")
+    m.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config")
+    m.add_argument("--now", metavar="ISO", help="act as if it were this UTC time, e.g. 2026-01-02T03:04:05Z")
+
     i = sub.add_parser("ifconfig", help="list network interfaces")
     i.set_defaults(command="ifconfig")
 
@@ -96,6 +109,10 @@ def main(argv=None):
             return _collector(args)
         if args.command in ("events", "greylist"):
             return _events(args)
+        if args.command == "api":
+            return _api(args)
+        if args.command == "maintain":
+            return _maintain(args)
         if args.command == "ifconfig":
             from myason.agent.ifconfig import format_table, list_interfaces
             print(format_table(list_interfaces()))
@@ -164,7 +181,8 @@ def _agent(args):
     try:
         from myason.agent.app import AgentApp
         app = AgentApp(cfg, read=args.read, output=args.output, export=export,
-                       progress=False if args.no_progress else None, engine=args.engine)
+                       progress=False if args.no_progress else None, engine=args.engine,
+                       config_path=args.agent_conf)
         app.install_signals()
         code = app.run()
     finally:
@@ -175,8 +193,77 @@ def _agent(args):
 
 
 def _collector(args):
-    from myason.collector.config import load_collector_config
     from myason.logs import setup_logging
+    # Logging first: validating the config builds the enrichment steps, which log (e.g. "geoip
+    # enrichment off"), and those lines must come out in the chosen format too.
+    handle = setup_logging(args.logger_conf, json_format=args.log_json)
+    try:
+        cfg = _collector_config(args)
+        if args.check_config:
+            import yaml
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return EXIT_OK
+        from myason.collector.app import CollectorApp
+        app = CollectorApp(cfg, config_path=args.collector_conf)
+        app.install_signals()
+        code = app.run()
+    finally:
+        handle.stop()
+    if not args.quiet:
+        print(format_summary(app.summary, "collector"), file=sys.stderr)
+    if args.summary_json:
+        write_summary_json(args.summary_json, app.summary)
+    return code
+
+
+def _maintain(args):
+    from myason.collector.config import load_collector_config
+    from myason.store.base import WriterError, writer_class
+    from myason.store.events import parse_time
+    from myason.store.query import SQL_WRITERS
+    from myason.store.rollup import format_summary
+    cfg = load_collector_config(args.collector_conf)
+    now = None
+    if args.now:
+        try:
+            now = parse_time(args.now)
+        except ValueError:
+            raise ConfigError("--now", "not an ISO time: %r" % (args.now,)) from None
+    specs = [(i, dict(w)) for i, w in enumerate(cfg.writers) if w.get("type") in SQL_WRITERS]
+    if not specs:
+        raise ConfigError("writers", "no sqlite or postgresql writer configured: nothing to maintain")
+    code = EXIT_OK
+    for i, spec in specs:
+        kind = spec.pop("type")
+        spec.pop("name", None)
+        writer = writer_class(kind)(**spec)
+        # The work is done once by maintain() below, which reports it, rather than at open.
+        writer.maintain_interval, raw_days, writer.retention_days = 0, writer.retention_days, 0
+        if now is not None:
+            writer.clock = lambda: now
+        try:
+            writer.open()
+            writer.retention_days = raw_days
+            print("writers[%d] %s: %s" % (i, kind, format_summary(writer.maintain(now))))
+        except _database_errors() + (WriterError, OSError) as exc:
+            print("myason: writers[%d] %s: %s" % (i, kind, " ".join(str(exc).split())[:300]), file=sys.stderr)
+            code = EXIT_FAIL
+        finally:
+            writer.close()
+    return code
+
+
+def _database_errors():
+    import sqlite3
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def _collector_config(args):
+    from myason.collector.config import load_collector_config
     cfg = load_collector_config(args.collector_conf)
     if not cfg.keystore:
         raise ConfigError("keystore", "required: the file of agent ids and their keys")
@@ -188,23 +275,7 @@ def _collector(args):
             writer_class(w["type"])
         except KeyError as exc:
             raise ConfigError("writers[%d].type" % i, str(exc)) from None
-    if args.check_config:
-        import yaml
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return EXIT_OK
-    handle = setup_logging(args.logger_conf, json_format=args.log_json)
-    try:
-        from myason.collector.app import CollectorApp
-        app = CollectorApp(cfg)
-        app.install_signals()
-        code = app.run()
-    finally:
-        handle.stop()
-    if not args.quiet:
-        print(format_summary(app.summary, "collector"), file=sys.stderr)
-    if args.summary_json:
-        write_summary_json(args.summary_json, app.summary)
-    return code
+    return cfg
 
 
 def _events(args):
@@ -229,6 +300,27 @@ def _events(args):
             print(query.format_event_line(ev))
         print("%d events" % len(events), file=sys.stderr)
     return EXIT_OK
+
+
+def _api(args):
+    from myason.api.config import is_loopback, load_api_config, resolve_database, resolve_token
+    overrides = {"bind": args.bind, "collector_conf": args.collector_conf, "auth": False if args.no_auth else None}
+    cfg = load_api_config(args.api_conf, overrides)
+    if not cfg.auth and not is_loopback(cfg.bind[0]):
+        raise ConfigError("auth", "turning auth off is only allowed on a loopback bind address, not %s" % cfg.bind[0])
+    database = resolve_database(cfg)
+    token = resolve_token(cfg)
+    if args.check_config:
+        import yaml
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return EXIT_OK
+    from myason.logs import setup_logging
+    handle = setup_logging(args.logger_conf, json_format=args.log_json)
+    try:
+        from myason.api.server import serve
+        return serve(cfg, database, token, announce=lambda line: print(line, flush=True))
+    finally:
+        handle.stop()
 
 
 def write_summary_json(path, summary):

@@ -1,0 +1,128 @@
+"""The API's typed configuration (conf/api.yaml), built on myason.config's validators."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from myason.config import (_meta, _plain, _validate_fields, check_bool, check_float, check_int, check_optional,
+                           check_str, load_config, parse_endpoint)
+from myason.errors import ConfigError
+
+DATABASE_TYPES = ("sqlite", "postgresql")
+
+
+def check_bind(key, value):
+    """'host:port' (port 0 = any free port) -> (host, port)."""
+    if isinstance(value, str) and value.strip().endswith(":0"):
+        host, _ = parse_endpoint(key, value.strip()[:-1] + "1")
+        return (host, 0)
+    return parse_endpoint(key, value)
+
+
+def check_database(key, value):
+    """None (take it from the collector config) or {type: sqlite, path} / {type: postgresql, dsn}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in DATABASE_TYPES:
+        raise ConfigError(key, "must be {type: sqlite, path: FILE} or {type: postgresql, dsn: DSN}, got %r" % (value,))
+    need = "path" if value["type"] == "sqlite" else "dsn"
+    for k in value:
+        if k not in ("type", need):
+            raise ConfigError("%s.%s" % (key, k), "unknown key for a %s database (known: type, %s)" % (value["type"], need))
+    if not isinstance(value.get(need), str) or not value[need]:
+        raise ConfigError("%s.%s" % (key, need), "required (a non-empty string)")
+    return {"type": value["type"], need: value[need]}
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Everything `myason api` reads from api.yaml; see conf/api.yaml for each key."""
+
+    bind: tuple = field(default=("127.0.0.1", 8080), metadata=_meta(check_bind))
+    auth: bool = field(default=True, metadata=_meta(check_bool()))
+    token: str | None = field(default=None, metadata=_meta(
+        check_optional(check_str(allow_empty=False, expected="a non-empty token"))))
+    token_file: str | None = field(default=None, metadata=_meta(
+        check_optional(check_str(allow_empty=False, expected="a file path"))))
+    collector_conf: str | None = field(default=None, metadata=_meta(
+        check_optional(check_str(allow_empty=False, expected="a file path"))))
+    database: dict | None = field(default=None, metadata=_meta(check_database))
+    max_limit: int = field(default=10000, metadata=_meta(check_int(1, 1000000)))
+    default_limit: int = field(default=100, metadata=_meta(check_int(1, 1000000)))
+    query_cache_size: int = field(default=256, metadata=_meta(check_int(0, 100000)))
+    query_cache_ttl: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    period_cache_size: int = field(default=512, metadata=_meta(check_int(0, 100000)))
+    known_ids: int = field(default=1000, metadata=_meta(check_int(1, 1000000)))
+    query_timeout: float = field(default=30.0, metadata=_meta(check_float(lo=0, lo_open=True)))
+    pool_size: int = field(default=4, metadata=_meta(check_int(1, 64)))
+    events_limit: int = field(default=1000, metadata=_meta(check_int(1, 1000000)))
+
+    def __post_init__(self):
+        _validate_fields(self)
+        if self.default_limit > self.max_limit:
+            raise ConfigError("default_limit", "must be <= max_limit (%d), got %d" % (self.max_limit, self.default_limit))
+
+    def to_dict(self) -> dict:
+        """Plain types that load back to an equal config (the token is masked)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["bind"] = "%s:%d" % (("[%s]" % self.bind[0]) if ":" in self.bind[0] else self.bind[0], self.bind[1])
+        if self.token:
+            out["token"] = "***"
+        return out
+
+
+def load_api_config(path=None, overrides=None) -> ApiConfig:
+    """Load and validate: defaults < YAML file at `path` < `overrides`."""
+    return load_config(ApiConfig, path, overrides)
+
+
+def resolve_database(cfg: ApiConfig) -> dict:
+    """The database to read: `database`, else the first SQL writer of `collector_conf`."""
+    if cfg.database:
+        return dict(cfg.database)
+    if not cfg.collector_conf:
+        raise ConfigError("database", "give a database ({type: sqlite, path: ...}) or a collector config (-cc)")
+    from myason.collector.config import load_collector_config
+    from myason.store.query import first_sql_writer
+    writer = first_sql_writer(load_collector_config(cfg.collector_conf).writers)
+    key = "path" if writer["type"] == "sqlite" else "dsn"
+    return {"type": writer["type"], key: writer[key]}
+
+
+def resolve_token(cfg: ApiConfig) -> str | None:
+    """The bearer token: `token`, else the first line of `token_file`, else a new random one; None without auth."""
+    if not cfg.auth:
+        return None
+    if cfg.token:
+        return cfg.token
+    if cfg.token_file:
+        try:
+            with open(cfg.token_file, encoding="utf-8") as fh:
+                token = fh.readline().strip()
+        except OSError as exc:
+            raise ConfigError("token_file", "cannot read %s: %s" % (cfg.token_file, exc.strerror or exc)) from None
+        if not token:
+            raise ConfigError("token_file", "%s is empty" % cfg.token_file)
+        return token
+    return secrets.token_urlsafe(24)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or 'localhost' (the only binds where --no-auth is allowed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_file_mode_ok(path: str) -> bool:
+    """False when a token file can be read by group or others."""
+    try:
+        return os.stat(path).st_mode & 0o077 == 0
+    except OSError:
+        return True

@@ -1,0 +1,131 @@
+"""Response models of the API: they make /openapi.json describe every answer exactly."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx answer: one message."""
+
+    error: str
+
+
+class QueryOut(BaseModel):
+    """A flow search: rows (lists in `columns` order), newest flow first."""
+
+    id: str
+    query: str
+    columns: list[str]
+    rows: list[list[Any]]
+    count: int
+    truncated: bool
+    elapsed: float
+    cached: bool
+
+
+class StatusOut(BaseModel):
+    """State of a query id."""
+
+    id: str
+    query: str
+    state: Literal["running", "done", "error"]
+    created: str
+    elapsed: float
+    count: Optional[int] = None
+    error: Optional[str] = None
+
+
+class IdsOut(BaseModel):
+    """Known query ids, newest first."""
+
+    ids: list[str]
+
+
+class TrafficPoint(BaseModel):
+    """Totals of one window; `key` is the protocol or direction when the series are split."""
+
+    t: str
+    bytes: int
+    packets: int
+    flows: int
+    key: Optional[str] = None
+
+
+class TrafficOut(BaseModel):
+    """A traffic series over a period."""
+
+    period: str
+    resolution: str
+    window: int
+    start: str
+    end: str
+    points: list[TrafficPoint]
+
+
+class TopRow(BaseModel):
+    """One key of a top list."""
+
+    key: str
+    bytes: int
+    packets: int
+    flows: int
+
+
+class TopOut(BaseModel):
+    """A top list over a period."""
+
+    dimension: str
+    period: str
+    resolution: str
+    start: str
+    end: str
+    rows: list[TopRow]
+
+
+class EventsOut(BaseModel):
+    """IDEA events, newest first."""
+
+    events: list[dict[str, Any]]
+
+
+class GreylistRow(BaseModel):
+    """One source address of stored events."""
+
+    address: str
+    categories: list[str]
+    first_seen: str
+    last_seen: str
+    events: int
+
+
+class GreylistOut(BaseModel):
+    """The greylist, busiest address first."""
+
+    since: str
+    rows: list[GreylistRow]
+
+
+class StatsOut(BaseModel):
+    """Ingest and storage health (see docs/api.md for the fields of each part)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    time: str
+    totals: dict[str, Any]
+    collectors: list[dict[str, Any]]
+    agents: list[dict[str, Any]]
+    rejects_by_reason: dict[str, int]
+    database: dict[str, Any]
+
+
+class HealthOut(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"]
+
+
+ERRORS = {400: {"model": ErrorOut, "description": "bad input"},
+          401: {"model": ErrorOut, "description": "missing or wrong bearer token"},
+          503: {"model": ErrorOut, "description": "the database cannot answer now"}}

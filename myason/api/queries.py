@@ -1,0 +1,295 @@
+"""The API's SQL: flow search from grammar clauses, traffic series and top lists from the rollups,
+events and greylist (through myason.store.query), and store health from the health tables.
+
+Every value reaches the database as a parameter; only fixed names (rollup tables of a known
+resolution, window sizes from periods.py) are formatted into the SQL text.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+
+from myason.api.db import DatabaseError, MissingTable
+from myason.api.grammar import PROTOCOL_NAMES, resolve_time
+
+FLOW_COLUMNS = ("first", "last", "agent", "if_name", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
+                "packets", "bytes", "tcp_flags", "direction", "service", "src_country", "dst_country",
+                "src_asn", "dst_asn")
+_TIME_COLUMNS = ("first", "last")
+_IP_COLUMNS = ("src_ip", "dst_ip")
+# /top/<dimension> -> rollup_top dimensions summed together (None: protocol totals of rollup_<res>).
+TOP_DIMENSIONS = {
+    "talkers": ("src_ip", "dst_ip"), "src_ip": ("src_ip",), "dst_ip": ("dst_ip",),
+    "ports": ("dst_port",), "src_port": ("src_port",), "dst_port": ("dst_port",),
+    "protocols": None, "countries": ("src_country", "dst_country"), "as": ("src_asn", "dst_asn"),
+}
+TRAFFIC_BY = ("none", "proto", "direction")
+
+
+def iso(t) -> str | None:
+    """Unix seconds -> 'YYYY-MM-DDTHH:MM:SS.mmmZ' (UTC); None stays None."""
+    if t is None:
+        return None
+    t = float(t)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int(round(t % 1 * 1000) % 1000)
+
+
+def proto_name(n) -> str:
+    """'tcp' for 6, ..., the number as text for the others."""
+    return PROTOCOL_NAMES.get(int(n), str(int(n)))
+
+
+def _empty_on_missing(fn):
+    def wrapped(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except MissingTable:
+            return [], []
+    return wrapped
+
+
+@_empty_on_missing
+def _fetch(db, sql, params):
+    return db.fetch(sql, params)
+
+
+# -- flow search ----------------------------------------------------------------------------------
+
+def flow_sql(dialect, query, now):
+    """(sql, params) of the flow search for a grammar Query; newest flows first, limit + 1 rows."""
+    d = dialect
+    cols = []
+    for c in FLOW_COLUMNS:
+        if c in _TIME_COLUMNS:
+            cols.append('%s AS "%s"' % (d.epoch('"%s"' % c), c))
+        elif c in _IP_COLUMNS:
+            cols.append("%s AS %s" % (d.ip_text(c), c))
+        else:
+            cols.append(c)
+    where, params = [], []
+    for name, value in query.clauses:
+        if name == "host":
+            where.append("(src_ip = %s OR dst_ip = %s)" % (d.ip_param(), d.ip_param()))
+            params += [value, value]
+        elif name in ("src", "dst"):
+            where.append("%s_ip = %s" % (name, d.ip_param()))
+            params.append(value)
+        elif name == "net":
+            where.append("(%s OR %s)" % (d.in_net("src_ip"), d.in_net("dst_ip")))
+            params += [value, value]
+        elif name == "port":
+            where.append("(src_port = %s OR dst_port = %s)" % (d.p, d.p))
+            params += [int(value), int(value)]
+        elif name == "proto":
+            where.append("proto = %s" % d.p)
+            params.append(int(value))
+        elif name == "agent":
+            where.append("agent = %s" % d.p)
+            params.append(value)
+        elif name == "after":
+            where.append('"first" >= %s' % d.time_param())
+            params.append(resolve_time(value, now))
+        elif name == "before":
+            where.append('"first" < %s' % d.time_param())
+            params.append(resolve_time(value, now))
+    sql = "SELECT %s FROM flows%s ORDER BY \"first\" DESC LIMIT %s" % (
+        ", ".join(cols), (" WHERE " + " AND ".join(where)) if where else "", d.p)
+    return sql, params + [query.limit + 1]
+
+
+def flow_search(db, query, now=None) -> dict:
+    """{columns, rows, count, truncated} of the flows matching a grammar Query, newest first."""
+    now = time.time() if now is None else now
+    sql, params = flow_sql(db.dialect, query, now)
+    _, rows = _fetch(db, sql, params)
+    truncated = len(rows) > query.limit
+    out = []
+    for r in rows[:query.limit]:
+        r = list(r)
+        r[0], r[1] = iso(r[0]), iso(r[1])
+        out.append(r)
+    return {"columns": list(FLOW_COLUMNS), "rows": out, "count": len(out), "truncated": truncated}
+
+
+# -- traffic and top ------------------------------------------------------------------------------
+
+def traffic(db, period, now=None, agent=None, if_name=None, by="none") -> dict:
+    """Bytes, packets and flows per window of `period` from rollup_<resolution>, zeros filled in."""
+    if by not in TRAFFIC_BY:
+        raise ValueError("by must be one of %s, got %r" % (", ".join(TRAFFIC_BY), by))
+    now = time.time() if now is None else now
+    d = db.dialect
+    start, end = period.windows(now)
+    key = {"none": "''", "proto": "proto", "direction": "direction"}[by]
+    where, params = ["bucket >= %s" % d.time_param(), "bucket < %s" % d.time_param()], [float(start), float(end)]
+    if agent:
+        where.append("agent = %s" % d.p)
+        params.append(agent)
+    if if_name is not None and if_name != "":
+        where.append("if_name = %s" % d.p)
+        params.append(if_name)
+    sql = ("SELECT %s AS w, %s AS k, sum(bytes), sum(packets), sum(flows) FROM rollup_%s WHERE %s"
+           " GROUP BY 1, 2 ORDER BY 1" % (d.window("bucket", period.window), key, period.resolution,
+                                          " AND ".join(where)))
+    _, rows = _fetch(db, sql, params)
+    series, totals = {}, {}
+    for w, k, b, p, f in rows:
+        k = _traffic_key(by, k)
+        series.setdefault(k, {})[int(w)] = (int(b or 0), int(p or 0), int(f or 0))
+        totals[k] = totals.get(k, 0) + int(b or 0)
+    if by == "none":
+        series.setdefault("", {})
+        totals.setdefault("", 0)
+    points = []
+    for k in sorted(series, key=lambda k: (-totals[k], k)):
+        values = series[k]
+        for w in range(int(start), int(end), period.window):
+            b, p, f = values.get(w, (0, 0, 0))
+            point = {"t": iso(w), "bytes": b, "packets": p, "flows": f}
+            if by != "none":
+                point["key"] = k
+            points.append(point)
+    return {"period": period.name, "resolution": period.resolution, "window": period.window,
+            "start": iso(start), "end": iso(end), "points": points}
+
+
+def _traffic_key(by, k):
+    if by == "proto":
+        return proto_name(k)
+    if by == "direction":
+        return k or "unknown"
+    return ""
+
+
+def top(db, dimension, period, now=None, limit=10, agent=None) -> dict:
+    """The `limit` keys of `dimension` with most bytes over `period`, from the rollup tables."""
+    if dimension not in TOP_DIMENSIONS:
+        raise ValueError("unknown dimension %r (known: %s)" % (dimension, ", ".join(TOP_DIMENSIONS)))
+    now = time.time() if now is None else now
+    d = db.dialect
+    start, end = period.windows(now)
+    dims = TOP_DIMENSIONS[dimension]
+    if dims is None:
+        params = [float(start), float(end)]
+        where = ["bucket >= %s" % d.time_param(), "bucket < %s" % d.time_param()]
+        if agent:
+            where.append("agent = %s" % d.p)
+            params.append(agent)
+        sql = ("SELECT proto AS key, sum(bytes) AS b, sum(packets), sum(flows) FROM rollup_%s WHERE %s"
+               " GROUP BY proto ORDER BY b DESC, proto LIMIT %s" % (period.resolution, " AND ".join(where), d.p))
+    else:
+        parts, params = [], []
+        for table, lo, hi in _top_sources(period, start, end, now):
+            parts.append("SELECT key, bytes, packets, flows FROM %s WHERE bucket >= %s AND bucket < %s"
+                         " AND agent = %s AND dimension IN (%s)" % (table, d.time_param(), d.time_param(), d.p,
+                                                                    ", ".join([d.p] * len(dims))))
+            params += [lo, hi, agent or "*"] + list(dims)
+        sql = ("SELECT key, sum(bytes) AS b, sum(packets), sum(flows) FROM (%s) t"
+               " GROUP BY key ORDER BY b DESC, key LIMIT %s" % (" UNION ALL ".join(parts), d.p))
+    params.append(limit)
+    _, rows = _fetch(db, sql, params)
+    out = [{"key": proto_name(k) if dims is None else str(k), "bytes": int(b or 0), "packets": int(p or 0),
+            "flows": int(f or 0)} for k, b, p, f in rows]
+    return {"dimension": dimension, "period": period.name, "resolution": period.resolution,
+            "start": iso(start), "end": iso(end), "rows": out}
+
+
+def _top_sources(period, start, end, now):
+    # A coarse bucket's top-N is computed only once the bucket is closed and settled
+    # (myason.store.rollup.SETTLE); the recent tail comes from the 1m tops meanwhile.
+    from myason.store.rollup import RESOLUTIONS, SETTLE
+    res = period.resolution
+    if res == "1m":
+        return [("rollup_top_1m", float(start), float(end))]
+    step = RESOLUTIONS[res]
+    cutoff = min(max(math.floor((now - SETTLE[res]) / step) * step, start), end)
+    return [("rollup_top_%s" % res, float(start), float(cutoff)), ("rollup_top_1m", float(cutoff), float(end))]
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+def events(db, since, category=None, source=None, limit=100, now=None) -> list:
+    """IDEA events detected in the last `since` seconds, newest first, at most `limit`."""
+    from myason.store.query import fetch_events
+    now = time.time() if now is None else now
+    try:
+        evs = fetch_events(db.writer_config(), now - since, category or None, source or None)
+    except OSError as exc:
+        raise DatabaseError(str(exc)) from None
+    evs.reverse()
+    return evs[:limit]
+
+
+def greylist(db, since, now=None) -> list:
+    """Greylist rows (myason.store.query.greylist) of the events of the last `since` seconds."""
+    from myason.store.query import greylist as build
+    return build(events(db, since, limit=None, now=now))
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+_COLLECTOR_COLS = ("node", "updated", "started", "datagrams", "flows", "rejects", "queue_dropped",
+                   "kernel_drops", "spool_files", "spool_bytes", "writer_lag", "disk_free")
+_AGENT_COLS = ("node", "agent", "updated", "last_datagram", "datagrams", "flows", "gaps", "restarts", "rejects")
+_TIMES = ("updated", "started", "last_datagram")
+
+
+def _rows_as_dicts(db, table, cols):
+    d = db.dialect
+    sel = ", ".join(d.epoch(c) if c in _TIMES else c for c in cols)
+    _, rows = _fetch(db, "SELECT %s FROM %s ORDER BY 1, 2" % (sel, table), ())
+    return [dict(zip(cols, r)) for r in rows]
+
+
+def stats(db, now=None) -> dict:
+    """Ingest and storage health: collectors, agents, totals, rejects by reason, database size, disk."""
+    now = time.time() if now is None else now
+    d = db.dialect
+    collectors = _rows_as_dicts(db, "health_collectors", _COLLECTOR_COLS)
+    agents = _rows_as_dicts(db, "health_agents", _AGENT_COLS)
+    for row in collectors + agents:
+        row["age"] = round(now - row["updated"], 3) if row.get("updated") is not None else None
+        for c in _TIMES:
+            if c in row:
+                row[c] = iso(row[c])
+    _, reasons = _fetch(db, (
+        "SELECT s.metric, sum(s.value) FROM health_samples s JOIN (SELECT node, agent, metric, max(ts) AS ts"
+        " FROM health_samples WHERE metric LIKE {p} AND ts >= {t} GROUP BY node, agent, metric) m"
+        " ON s.node = m.node AND s.agent = m.agent AND s.metric = m.metric AND s.ts = m.ts"
+        " GROUP BY s.metric ORDER BY 1").format(p=d.p, t=d.time_param()), ("reject:%", now - 86400.0))
+    last = [a["last_datagram"] for a in agents if a["last_datagram"]]
+    totals = {
+        "agents_seen": len({a["agent"] for a in agents}),
+        "last_datagram": max(last) if last else None,
+        "datagrams": sum(c["datagrams"] or 0 for c in collectors),
+        "flows": sum(c["flows"] or 0 for c in collectors),
+        "gaps": sum(a["gaps"] or 0 for a in agents),
+        "rejects": sum(c["rejects"] or 0 for c in collectors),
+        "queue_dropped": sum(c["queue_dropped"] or 0 for c in collectors),
+        "kernel_drops": sum(c["kernel_drops"] or 0 for c in collectors),
+        "spool_files": sum(c["spool_files"] or 0 for c in collectors),
+        "spool_bytes": sum(c["spool_bytes"] or 0 for c in collectors),
+        "writer_lag": max((c["writer_lag"] for c in collectors if c["writer_lag"] is not None), default=None),
+        "disk_free": min((c["disk_free"] for c in collectors if c["disk_free"] is not None), default=None),
+    }
+    return {"time": iso(now), "totals": totals, "collectors": collectors, "agents": agents,
+            "rejects_by_reason": {m.split(":", 1)[1]: int(v) for m, v in reasons},
+            "database": _database_stats(db)}
+
+
+def _database_stats(db):
+    out = {"type": db.kind, "size_bytes": db.size(), "flows_estimate": None, "disk_free": None}
+    if db.kind == "sqlite":
+        _, rows = _fetch(db, "SELECT max(rowid) FROM flows", ())
+        try:
+            out["disk_free"] = shutil.disk_usage(os.path.dirname(os.path.abspath(db.path))).free
+        except OSError:
+            pass
+    else:
+        _, rows = _fetch(db, "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits i"
+                             " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'flows'::regclass", ())
+    if rows and rows[0][0] is not None:
+        out["flows_estimate"] = int(rows[0][0])
+    return out
