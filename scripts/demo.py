@@ -1,31 +1,71 @@
 #!/usr/bin/env python3
 """The quick start's main job: a collector with the embedded store (SQLite) and an agent replaying
-the bundled capture into it over encrypted UDP; then print what was stored.
+the bundled capture into it over encrypted UDP; print what was stored, then serve it on the
+built-in web page (`myason api`) until Ctrl-C or SIGTERM.
 
-usage: scripts/demo.py [--pcap FILE]
-Everything lives in a fresh temp dir (keys, configs, spool, flows.db), left for a look afterwards.
+usage: scripts/demo.py [--pcap FILE] [--keep-time] [--no-serve] [--bind HOST:PORT]
+The capture is replayed shifted in time so that it ends just now (the page shows recent periods);
+--keep-time replays it with its own timestamps. --no-serve (or MYASON_DEMO_SERVE=0) stops after
+the report. Everything lives in a fresh temp dir (keys, configs, spool, flows.db, token), left
+for a look afterwards.
 """
 import argparse
 import os
+import secrets
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MYASON = [sys.executable, str(ROOT / "myason.py")]
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
+def free_port(kind=socket.SOCK_DGRAM, port=0, host="127.0.0.1"):
+    """`port` on `host` when it is free, else a free one."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    try:
+        s.bind((host, port))
+    except OSError:
+        s.bind((host, 0))
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+# Classic pcap magic numbers (as read little-endian) -> (struct byte order, ticks per second).
+_PCAP_MAGIC = {0xa1b2c3d4: ("<", 1000000), 0xd4c3b2a1: (">", 1000000),
+               0xa1b23c4d: ("<", 1000000000), 0x4d3cb2a1: (">", 1000000000)}
+
+
+def retime_pcap(src, dst, end):
+    """Copy classic pcap `src` to `dst` shifted so its last packet is at Unix time `end`.
+
+    Returns False (and writes nothing) when `src` is not a classic pcap (e.g. pcapng)."""
+    data = bytearray(Path(src).read_bytes())
+    if len(data) < 24 or struct.unpack_from("<I", data)[0] not in _PCAP_MAGIC:
+        return False
+    order, ticks = _PCAP_MAGIC[struct.unpack_from("<I", data)[0]]
+    hdr = struct.Struct(order + "IIII")
+    offsets, last, off = [], 0, 24
+    while off + 16 <= len(data):
+        sec, frac, incl, _ = hdr.unpack_from(data, off)
+        offsets.append(off)
+        last = max(last, sec * ticks + frac)
+        off += 16 + incl
+    shift = int(end * ticks) - last
+    for off in offsets:
+        sec, frac, incl, orig = hdr.unpack_from(data, off)
+        t = sec * ticks + frac + shift
+        hdr.pack_into(data, off, t // ticks, t % ticks, incl, orig)
+    Path(dst).write_bytes(bytes(data))
+    return True
 
 
 def private(path, text):
@@ -51,6 +91,15 @@ def wait_for(pred, timeout, what):
     raise SystemExit("demo: timed out waiting for %s" % what)
 
 
+def eval_list(text):
+    """A JSON array column of the SQLite store as a list."""
+    import json
+    try:
+        return [str(v) for v in json.loads(text)]
+    except ValueError:
+        return [text]
+
+
 def report(db, work):
     conn = sqlite3.connect(str(db))
     n, packets, nbytes, agents = conn.execute(
@@ -67,25 +116,135 @@ def report(db, work):
     for r in conn.execute("SELECT src_ip, src_port, dst_ip, dst_port, proto, packets, bytes, end_reason "
                           "FROM flows ORDER BY bytes DESC LIMIT 10"):
         print(fmt % ("%s:%s" % r[:2], "%s:%s" % r[2:4], names.get(r[4], r[4]), r[5], r[6], r[7]))
+    events = conn.execute("SELECT detecttime, category, description FROM events ORDER BY detecttime").fetchall()
+    print("\nIDEA events: %d" % len(events))
+    for t, category, description in events[:10]:
+        print("  %s  %s  %s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)), ",".join(eval_list(category)),
+                                description))
     print("\nfiles (keys, configs, spool, database): %s" % work)
+
+
+# The demo's collector config: its own keystore and spool, SQLite, "our" networks for the
+# direction column, and a blocklist naming the capture's ping target so the page has an event.
+COLLECTOR_YAML = """bind_address: 127.0.0.1
+bind_port: {port}
+keystore: {work}/keystore
+spool_dir: {work}/spool
+stats_interval: 0
+batch_interval: 0.2
+writers:
+  - type: sqlite
+    path: {db}
+enrich:
+  local_networks: [10.0.0.0/8, 2001:db8::/32]
+detect:
+  detectors:
+    blocklist:
+      lists:
+        - {{name: demo-blocklist, cidrs: [198.51.100.0/24], category: Anomaly.Traffic}}
+"""
+
+
+def maintain_rollups(db):
+    """Bring the rollup tables up to date now (the writer's housekeeping would, later), so the
+    page's charts need no wait."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from myason.store import rollup
+    from myason.store.sqlite import SqliteWriter
+    writer = SqliteWriter(path=str(db))
+    writer.open()
+    try:
+        rollup.maintain(writer)
+    finally:
+        writer.close()
+
+
+class Stop(Exception):
+    """SIGTERM, turned into an exception so serving ends through the same path as Ctrl-C."""
+
+
+def _raise_stop(signum, frame):
+    raise Stop()
+
+
+def http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def serve(work, bind):
+    """Run `myason api` on the demo's database until Ctrl-C or SIGTERM; returns its exit code."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    port = free_port(socket.SOCK_STREAM, int(port or 8080), host)
+    token = secrets.token_urlsafe(18)
+    private(work / "api.token", token + "\n")
+    (work / "api.yaml").write_text("bind: \"%s:%d\"\ntoken_file: %s\ncollector_conf: %s\n"
+                                   % ("[%s]" % host if ":" in host else host, port, work / "api.token",
+                                      work / "collector.yaml"))
+    log = open(work / "api.log", "w")
+    api = subprocess.Popen(MYASON + ["api", "-ac", str(work / "api.yaml")], stdout=log, stderr=log, cwd=str(ROOT))
+    address = "http://%s:%d/" % (host if ":" not in host else "[%s]" % host, port)
+    try:
+        wait_for(lambda: http_ok(address + "healthz") or api.poll() is not None, 60, "the API to start")
+        if api.poll() is not None:
+            raise SystemExit("demo: myason api failed:\n" + (work / "api.log").read_text()[-3000:])
+        print("\nthe web page serves the demo data at:\n\n    %s#token=%s\n" % (address, token))
+        print("(API log: %s; Ctrl-C or SIGTERM stops it)" % (work / "api.log"), flush=True)
+        while api.poll() is None:
+            time.sleep(0.5)
+        if api.returncode == 0:
+            return 0            # stopped by the terminal's Ctrl-C, which reaches it too
+        print("demo: myason api exited with %d:\n%s" % (api.returncode, (work / "api.log").read_text()[-3000:]),
+              file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Stop):
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if api.poll() is None:
+            api.send_signal(signal.SIGTERM)
+            try:
+                api.wait(30)
+            except subprocess.TimeoutExpired:
+                api.kill()
+                api.wait()
+        log.close()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pcap", default=str(ROOT / "data" / "demo.pcap"))
+    ap.add_argument("--keep-time", action="store_true", help="replay with the capture's own timestamps")
+    ap.add_argument("--no-serve", action="store_true",
+                    help="stop after the report (also MYASON_DEMO_SERVE=0), do not serve the web page")
+    ap.add_argument("--bind", default="127.0.0.1:8080",
+                    help="address of the web page (another free port when this one is taken)")
     args = ap.parse_args()
+    serving = not args.no_serve and os.environ.get("MYASON_DEMO_SERVE", "1") != "0"
+    # Ctrl-C and SIGTERM both end the demo; during the replay they abort it, while serving they stop the page.
+    signal.signal(signal.SIGTERM, _raise_stop)
     work = Path(tempfile.mkdtemp(prefix="myason-demo."))
     key = subprocess.run(MYASON + ["keygen"], capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
     private(work / "agent.key", key + "\n")
     private(work / "keystore", "demo-agent %s 127.0.0.0/8\n" % key)
     db = work / "flows.db"
-    (work / "collector.yaml").write_text(
-        "bind_address: 127.0.0.1\nbind_port: %d\nkeystore: %s\nspool_dir: %s\nstats_interval: 0\n"
-        "batch_interval: 0.2\nwriters:\n  - type: sqlite\n    path: %s\n" % (port, work / "keystore", work / "spool", db))
+    (work / "collector.yaml").write_text(COLLECTOR_YAML.format(port=port, work=work, db=db))
     (work / "agent.yaml").write_text(
         "agent_id: demo-agent\nkey_file: %s\ncollectors: [\"127.0.0.1:%d\"]\nstats_interval: 0\n"
         % (work / "agent.key", port))
+    pcap = args.pcap
+    # Ends a little in the past, so the newest flows fall in closed 1-minute rollup buckets.
+    if not args.keep_time:
+        if retime_pcap(args.pcap, work / "replay.pcap", time.time() - 90):
+            pcap = str(work / "replay.pcap")
+        else:
+            print("(%s is not a classic pcap: replayed with its own timestamps)" % args.pcap)
     log = open(work / "collector.log", "w")
     coll = subprocess.Popen(MYASON + ["collector", "-cc", str(work / "collector.yaml")], stderr=log, cwd=str(ROOT))
     try:
@@ -94,7 +253,7 @@ def main():
         if coll.poll() is not None:
             raise SystemExit("demo: the collector failed:\n" + (work / "collector.log").read_text())
         print("collector listening on 127.0.0.1:%d (log: %s)" % (port, work / "collector.log"))
-        agent = subprocess.run(MYASON + ["agent", "-ac", str(work / "agent.yaml"), "--read", args.pcap,
+        agent = subprocess.run(MYASON + ["agent", "-ac", str(work / "agent.yaml"), "--read", pcap,
                                          "--no-progress", "--output", str(work / "agent.csv")], cwd=str(ROOT))
         if agent.returncode != 0:
             raise SystemExit("demo: the agent failed")
@@ -105,8 +264,17 @@ def main():
         coll.wait(60)
         log.close()
     report(db, work)
+    if not serving:
+        print("(remove it with: rm -r %s)" % work)
+        return 0
+    maintain_rollups(db)
+    rc = serve(work, args.bind)
     print("(remove it with: rm -r %s)" % work)
+    return rc
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        sys.exit(main())
+    except Stop:
+        sys.exit("demo: stopped (SIGTERM)")

@@ -7,7 +7,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 
 from tests.integration.collector import Collector, sqlite_count
 
@@ -67,9 +66,6 @@ def test_agent_and_collector_log_json_lines(tmp_path):
     assert sqlite_count(tmp_path / "flows.db") > 0
 
 
-@pytest.mark.xfail(strict=True, reason="the collector validates its `enrich` section (building the "
-                   "pipeline, which warns e.g. 'geoip enrichment off') before cli._collector sets up "
-                   "logging: Python's last-resort handler prints that warning as plain text")
 def test_collector_start_up_warnings_are_json_too(tmp_path):
     col = Collector(tmp_path / "collector", [{"type": "sqlite", "path": str(tmp_path / "flows.db")}])
     col.start(extra_args=("--log-json", "-q"))
