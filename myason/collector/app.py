@@ -21,7 +21,7 @@ import orjson
 from myason import wire
 from myason.collector.listener import Listener
 from myason.collector.sink import WriterThread
-from myason.collector.spool import Spool, SpoolFull
+from myason.collector.spool import SpoolFull, writer_spool
 from myason.collector.workers import LIVE_KEYS, make_reloader, tune_gc
 from myason.errors import WireError
 from myason.store.base import encode_batch, writer_class
@@ -319,9 +319,7 @@ class CollectorApp:
             opts = dict(wcfg)
             kind = opts.pop("type")
             name = opts.pop("name", kind)
-            spool = Spool(os.path.join(self.cfg.spool_dir, name), self.cfg.spool_max_bytes,
-                          self.cfg.spool_policy, fsync=self.cfg.fsync,
-                          shared=self.cfg.processors_mode == "process")
+            spool = writer_spool(self.cfg, wcfg, shared=self.cfg.processors_mode == "process")
             moved = spool.recover()
             if moved:
                 log.info("spool %s: %d batches from the last run are delivered again", name, moved)

@@ -190,3 +190,10 @@ class Spool:
     def depth(self):
         """(batches waiting in incoming/, batches claimed in pending/, batches in errors/)."""
         return tuple(len(os.listdir(self._dir(sub))) for sub in ("incoming", "pending", "errors"))
+
+
+def writer_spool(cfg, wcfg, shared):
+    """The spool of writer config `wcfg` under cfg.spool_dir (named by its `name`, else its type)."""
+    name = wcfg.get("name", wcfg["type"])
+    return Spool(os.path.join(cfg.spool_dir, name), cfg.spool_max_bytes, cfg.spool_policy,
+                 fsync=cfg.fsync, shared=shared)

@@ -17,12 +17,11 @@ import ctypes
 import logging
 import logging.handlers
 import multiprocessing as mp
-import os
 import signal
 import threading
 import time
 
-from myason.collector.spool import Spool
+from myason.collector.spool import writer_spool
 
 log = logging.getLogger("myason.collector")
 
@@ -51,15 +50,6 @@ def _die_with_parent():
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):       # not Linux: the child outlives a killed parent
         pass
-
-
-def _spools(cfg):
-    out = []
-    for wcfg in cfg.writers:
-        name = wcfg.get("name", wcfg["type"])
-        out.append(Spool(os.path.join(cfg.spool_dir, name), cfg.spool_max_bytes, cfg.spool_policy,
-                         fsync=cfg.fsync, shared=True))
-    return out
 
 
 class _PipeHandler(logging.handlers.QueueHandler):
@@ -97,7 +87,7 @@ def child_main(index, cfg, inbox, conn, log_level, state):
             with lock:
                 conn.send(("stats", snapshot))
 
-        worker = ProcessorThread(name, dp, inbox, _spools(cfg), cfg.batch_rows, cfg.batch_interval,
+        worker = ProcessorThread(name, dp, inbox, [writer_spool(cfg, w, True) for w in cfg.writers], cfg.batch_rows, cfg.batch_interval,
                                  sequence_file(cfg.spool_dir, index), cfg.fsync, pipeline=pipeline,
                                  detectors=detectors, detect_clock=cfg.detect_clock,
                                  reload=make_reloader(cfg), report=report, encoders=spool_encoders(cfg))

@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 
-from myason.config import check_float, check_int, check_str
+from myason.config import check_int, check_str
 from myason.enrich.base import ENRICH_FIELDS, ENRICH_INT_FIELDS
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
@@ -255,20 +255,14 @@ class PostgresWriter(Writer):
         "copy": ("binary", check_str(pattern=re.compile(r"^(binary|text)\Z"), expected="'binary' or 'text'")),
         "batch_keep_days": (7, check_int(lo=1)),
         "connect_timeout": (10, check_int(lo=1)),
-        "retention": ({}, rollup.check_retention),
-        "rollup_top": (25, check_int(lo=1, hi=1000)),
-        "maintain_interval": (60.0, check_float(lo=0)),
+        **rollup.option_spec(),
     }
 
     def __init__(self, **options):
         super().__init__(**options)
         opts = parse_options(self.name, options, self.SPEC)
         self.dsn = opts["dsn"]
-        ro = rollup.rollup_options(self.name, opts)
-        self.retention = ro["retention"]
-        self.retention_days = rollup.raw_days(self.retention)
-        self.rollup_top = ro["top"]
-        self.maintain_interval = ro["interval"]
+        rollup.apply_options(self, opts)
         self.copy_format = opts["copy"]
         self.batch_keep_days = opts["batch_keep_days"]
         self.connect_timeout = opts["connect_timeout"]

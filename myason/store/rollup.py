@@ -15,6 +15,7 @@ import re
 import time
 from operator import itemgetter
 
+from myason.config import check_float, check_int
 from myason.errors import ConfigError
 
 log = logging.getLogger("myason.store.rollup")
@@ -104,6 +105,21 @@ def check_retention(key, value) -> dict:
         raise ConfigError("%s.raw" % key, "raw flows are kept in whole UTC days: must be 0 or at least 1d, "
                           "whole days (the 1d rollups are computed from raw after the day ends)")
     return out
+
+
+def option_spec():
+    """The rollup options every SQL writer takes (parse_options spec entries)."""
+    return {"retention": ({}, check_retention), "rollup_top": (25, check_int(lo=1, hi=1000)),
+            "maintain_interval": (60.0, check_float(lo=0))}
+
+
+def apply_options(writer, opts):
+    """Set a SQL writer's retention, retention_days, rollup_top and maintain_interval from opts."""
+    ro = rollup_options(writer.name, opts)
+    writer.retention = ro["retention"]
+    writer.retention_days = raw_days(writer.retention)
+    writer.rollup_top = ro["top"]
+    writer.maintain_interval = ro["interval"]
 
 
 def rollup_options(writer, opts) -> dict:

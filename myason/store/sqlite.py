@@ -69,20 +69,14 @@ class SqliteWriter(Writer):
         "retention_days": (0, check_int(lo=0)),
         "batch_keep_days": (7, check_int(lo=1)),
         "busy_timeout": (30.0, check_float(lo=0)),
-        "retention": ({}, rollup.check_retention),
-        "rollup_top": (25, check_int(lo=1, hi=1000)),
-        "maintain_interval": (60.0, check_float(lo=0)),
+        **rollup.option_spec(),
     }
 
     def __init__(self, **options):
         super().__init__(**options)
         opts = parse_options(self.name, options, self.SPEC)
         self.path = opts["path"]
-        ro = rollup.rollup_options(self.name, opts)
-        self.retention = ro["retention"]
-        self.retention_days = rollup.raw_days(self.retention)
-        self.rollup_top = ro["top"]
-        self.maintain_interval = ro["interval"]
+        rollup.apply_options(self, opts)
         self.batch_keep_days = opts["batch_keep_days"]
         self.busy_timeout = opts["busy_timeout"]
         self.clock = time.time
