@@ -182,4 +182,6 @@ def test_mentat_queue_never_holds_a_partial_file_after_kill(tmp_path):
         check_idea(ev)
     ids = [e["ID"] for e in events]
     assert len(ids) == len(set(ids))
-    assert 200 <= len(ids) <= 600, seen
+    # Each run can emit at most 201 events: the 200 blocklist hits and the horizontal scan that
+    # the 200 SYNs to port 443 also are (closed by the shutdown flush when it gets that far).
+    assert 200 <= len(ids) <= 3 * 201, seen
