@@ -1,6 +1,7 @@
 """Compiled kernels of the fast path: built once by numba ahead of time, then only imported.
 
-The kernels of fastdecode and fasttable are plain Python functions registered with @kernel
+The kernels of fastdecode, fasttable (the agent) and store.copykernel (the collector's COPY
+encoder) are plain Python functions registered with @kernel
 (exported, with a signature) and @helper (called by kernels). load() returns them compiled:
 
 1. from the extension module numba's AOT compiler (pycc) built into the cache directory on
@@ -26,7 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger("myason.agent.fastjit")
 
-MODULES = ("myason.agent.fastdecode", "myason.agent.fasttable")
+MODULES = ("myason.agent.fastdecode", "myason.agent.fasttable", "myason.store.copykernel")
 _KERNELS = {}     # name -> (module name, function, signature)
 _HELPERS = {}     # name -> (module name, function, inline)
 _loaded = []      # [namespace or None] once load() ran

@@ -7,25 +7,24 @@ it is skipped. Day partitions of `flows` are created on demand, in their own sho
 for the days a batch touches; retention drops whole partitions. The schema is the project's own
 (myason/store/schema/postgresql/), migrated by open().
 
-Binary COPY is built here directly (struct + inet_pton), not through psycopg's per-value
-adapters: that is what makes it faster than text COPY (see bench figures in the report).
+Binary COPY data is built by myason.store.pgcopy, not through psycopg's per-value adapters:
+that is what makes it faster than text COPY (docs/performance.md).
 """
 import contextlib
 import datetime as dt
 import logging
 import re
-import socket
-import struct
 import time
 
 from myason.config import check_int, check_str
-from myason.enrich.base import ENRICH_FIELDS, ENRICH_INT_FIELDS
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
 from myason.store import rollup
+from myason.store.pgcopy import (_ENCODE_ERRORS, COPY_COLUMNS, ENRICH_COPY_COLUMNS,  # noqa: F401 - re-exported
+                                 encode_binary, encode_binary_enriched, encode_text, encode_text_enriched)
 
 log = logging.getLogger("myason.store.postgresql")
 
@@ -38,33 +37,7 @@ CLOSED_INDEXES = (("src_ip", "src_ip"), ("dst_ip", "dst_ip"), ("agent_first", 'a
 
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
 _NCOLS = len(ROW_FIELDS)
-# COPY column order: fixed-size columns first, so one struct.pack writes them all.
-_FIXED_COLS = (("src_port", "i", 4), ("dst_port", "i", 4), ("proto", "h", 2), ("tos", "h", 2),
-               ("packets", "q", 8), ("bytes", "q", 8), ("first", "q", 8), ("last", "q", 8),
-               ("tcp_flags", "h", 2), ("in_if", "q", 8), ("out_if", "q", 8),
-               ("ip_version", "h", 2), ("vlan", "h", 2), ("src_mask", "h", 2),
-               ("dst_mask", "h", 2), ("src_as", "q", 8), ("dst_as", "q", 8), ("received", "q", 8))
-_INET_COLS = ("src_ip", "dst_ip", "exporter", "next_hop")
-_TEXT_COLS = ("agent", "if_name", "end_reason")
-COPY_COLUMNS = tuple(c for c, _, _ in _FIXED_COLS) + _INET_COLS + _TEXT_COLS
-_FIXED = struct.Struct(">h" + "".join("i" + code for _, code, _ in _FIXED_COLS))
-
-_PG_EPOCH_US = 946684800 * 1000000          # 2000-01-01 UTC, PostgreSQL's timestamp origin
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
-_TRAILER = b"\xff\xff"
-_NULL = b"\xff\xff\xff\xff"
-# inet binary: length, family (PGSQL_AF_INET 2 / PGSQL_AF_INET6 3), bits, is_cidr, address size
-_INET4 = struct.pack(">i4B", 8, 2, 32, 0, 4)
-_INET6 = struct.pack(">i4B", 20, 3, 128, 0, 16)
-_ENCODE_ERRORS = (struct.error, TypeError, ValueError, OverflowError, OSError, AttributeError,
-                  UnicodeError, IndexError)
-
-
-# Enriched rows (ENRICHED_ROW_FIELDS) add these COPY columns after COPY_COLUMNS.
-ENRICH_COPY_COLUMNS = ENRICH_FIELDS
 _NCOLS_ENRICHED = len(ENRICHED_ROW_FIELDS)
-_ENRICH_KINDS = tuple(f in ENRICH_INT_FIELDS for f in ENRICH_FIELDS)
-_INT8 = struct.Struct(">iq").pack
 _CASTS = {"id": "::uuid", "detecttime": "", "category": "::text[]", "source_ip": "::inet[]",
           "target_ip": "::inet[]", "source_port": "::integer[]", "target_port": "::integer[]",
           "protocol": "::text[]", "node_name": "::text[]", "description": ""}
@@ -78,132 +51,10 @@ def _copy_sql(fmt, enriched=False):
     return "COPY flows (%s) FROM STDIN%s" % (cols, " (FORMAT BINARY)" if fmt == "binary" else "")
 
 
-def encode_binary_enriched(rows):
-    """Binary COPY data for ENRICHED_ROW_FIELDS rows (COPY_COLUMNS + ENRICH_COPY_COLUMNS)."""
-    return encode_binary(rows, enriched=True)
-
-
-def encode_text_enriched(rows):
-    """Text COPY data for ENRICHED_ROW_FIELDS rows (COPY_COLUMNS + ENRICH_COPY_COLUMNS)."""
-    lines = encode_text([r[:_NCOLS] for r in rows]).decode("utf-8").split("\n")
-    out = []
-    for line, r in zip(lines, rows):
-        extra = "\t".join(("%d" % v) if is_int else _escape(v) for is_int, v in zip(_ENRICH_KINDS, r[_NCOLS:]))
-        out.append(line + "\t" + extra + "\n")
-    return "".join(out).encode("utf-8")
-
-
 def event_params(event):
     """Parameters of INSERT_EVENT_SQL for one IDEA event."""
     cols = event_columns(event)
     return tuple(cols[c] for c in EVENT_COLUMNS) + (dumps(event).decode(),)
-
-
-def _pack_fixed(r, _pack=_FIXED.pack, _e=_PG_EPOCH_US, _n=len(COPY_COLUMNS)):
-    # Field count, then (length, value) for each of _FIXED_COLS in order; r follows ROW_FIELDS.
-    # Times become microseconds since 2000-01-01 UTC.
-    return _pack(_n, 4, r[2], 4, r[3], 2, r[4], 2, r[5], 8, r[6], 8, r[7],
-                 8, round(r[8] * 1e6) - _e, 8, round(r[9] * 1e6) - _e, 2, r[10], 8, r[13], 8, r[14],
-                 2, r[15], 2, r[16], 2, r[18], 2, r[19], 8, r[20], 8, r[21], 8, round(r[23] * 1e6) - _e)
-
-
-def encode_binary(rows, enriched=False):
-    """COPY ... (FORMAT BINARY) data for rows in ROW_FIELDS order (columns in COPY_COLUMNS order).
-
-    enriched: rows are in ENRICHED_ROW_FIELDS order and ENRICH_COPY_COLUMNS follow.
-
-    Raises ValueError/TypeError/struct.error/OSError for a value PostgreSQL could not take
-    (an empty src/dst/exporter address becomes NULL, which the NOT NULL columns refuse).
-    """
-    inet_pton, af4, af6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
-    pack_len = struct.Struct(">i").pack
-    inets = {"": _NULL}     # per batch: addresses and names repeat a lot
-    texts = {}
-    iget, tget = inets.get, texts.get
-
-    def inet(a):
-        enc = inets[a] = _INET6 + inet_pton(af6, a) if ":" in a else _INET4 + inet_pton(af4, a)
-        return enc
-
-    def text(s):
-        b = s.encode("utf-8")
-        enc = texts[s] = pack_len(len(b)) + b
-        return enc
-
-    def tail(key):
-        # exporter, next_hop, agent, if_name, end_reason[, ENRICH_FIELDS]: the columns after
-        # src/dst, which repeat across rows; encoded once per distinct combination per batch.
-        exp, nh, agent, ifn, end = key[:5]
-        parts = [iget(exp) or inet(exp), iget(nh) or inet(nh), tget(agent) or text(agent),
-                 tget(ifn) or text(ifn), tget(end) or text(end)]
-        if len(key) > 5:
-            # ENRICH_FIELDS: direction, service, 2 countries (text), 2 ASNs (int8), 4 texts.
-            d, sv, sc, dc, sa, da, so, do, sh, dh = key[5:]
-            parts += [text(d), text(sv), text(sc), text(dc), int8(8, sa), int8(8, da), text(so), text(do),
-                      text(sh), text(dh)]
-        enc = tails[key] = b"".join(parts)
-        return enc
-
-    tails = {}
-    uget = tails.get
-    out = [_SIGNATURE]
-    extend = out.extend
-    fixed = _pack_fixed
-    n = len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0)
-    int8 = _INT8
-    # The writer's (or processor's) hot path: per row one struct.pack for the fixed-size columns,
-    # the two addresses, and the cached encoding of the repetitive columns (indexes: ROW_FIELDS).
-    if enriched:
-        for r in rows:
-            src, dst = r[0], r[1]
-            key = (r[24], r[17], r[11], r[12], r[22], *r[25:35])
-            extend((fixed(r, _n=n), iget(src) or inet(src), iget(dst) or inet(dst), uget(key) or tail(key)))
-    else:
-        for r in rows:
-            src, dst = r[0], r[1]
-            key = (r[24], r[17], r[11], r[12], r[22])
-            extend((fixed(r, _n=n), iget(src) or inet(src), iget(dst) or inet(dst), uget(key) or tail(key)))
-    out.append(_TRAILER)
-    return b"".join(out)
-
-
-def _escape(s):
-    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def encode_text(rows):
-    """COPY ... FROM STDIN (text format) data for rows, columns in COPY_COLUMNS order.
-
-    Integers are written with %s, so a float or bool in an integer column reaches PostgreSQL
-    as "1.5" or "True" and is refused rather than silently truncated.
-    """
-    seconds, strings = {}, {}
-    sget = strings.get
-
-    def ts(x):
-        sec, us = divmod(round(x * 1e6), 1000000)
-        base = seconds.get(sec)
-        if base is None:
-            base = seconds[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-        return "%s.%06d+00" % (base, us)
-
-    def esc(s):
-        e = strings[s] = _escape(s)
-        return e
-
-    line = "\t".join(["%s"] * len(COPY_COLUMNS)) + "\n"
-    out = []
-    append = out.append
-    # Unrolled like encode_binary; the tuple follows COPY_COLUMNS.
-    for r in rows:
-        src, dst, nh, exp = r[0], r[1], r[17], r[24]
-        agent, ifn, end = r[11], r[12], r[22]
-        append(line % (r[2], r[3], r[4], r[5], r[6], r[7], ts(r[8]), ts(r[9]), r[10], r[13], r[14],
-                       r[15], r[16], r[18], r[19], r[20], r[21], ts(r[23]),
-                       sget(src) or esc(src), sget(dst) or esc(dst), sget(exp) or esc(exp),
-                       (sget(nh) or esc(nh)) if nh else "\\N",
-                       sget(agent) or esc(agent), sget(ifn) or esc(ifn), sget(end) or esc(end)))
-    return "".join(out).encode("utf-8")
 
 
 def prepare_batch(rows, events=()):

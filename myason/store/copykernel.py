@@ -1,0 +1,57 @@
+"""Compiled kernel of PostgreSQL's binary COPY encoder (myason.store.pgcopy): rows into bytes.
+
+Registered with the agent's fast-path compiler (myason.agent.fastjit), which builds it ahead
+of time with the agent's kernels. Everything that needs Python objects (type checks, address
+parsing, the per-batch encoding of the repetitive text columns) is done by pgcopy before the
+call; the kernel only lays the bytes out, row after row, in the COPY column order.
+"""
+from myason.agent.fastjit import helper, kernel
+
+
+@helper(inline=True)
+def _put(out, pos, value, width):
+    # Big-endian two's complement, like struct's ">h", ">i", ">q".
+    for b in range(width):
+        out[pos + b] = (value >> (8 * (width - 1 - b))) & 0xFF
+    return pos + width
+
+
+@helper(inline=True)
+def _inet(out, pos, addr, fam, i):
+    # inet binary: length, family (2 = AF_INET, 3 = AF_INET6), bits, is_cidr, size, address.
+    size = 4 if fam == 4 else 16
+    pos = _put(out, pos, size + 4, 4)
+    out[pos] = 2 if fam == 4 else 3
+    out[pos + 1] = size * 8
+    out[pos + 2] = 0
+    out[pos + 3] = size
+    pos += 4
+    for b in range(size):
+        out[pos + b] = addr[i, b]
+    return pos + size
+
+
+@kernel("int64(int64, int64[:, ::1], int64[::1], uint8[:, ::1], uint8[::1], uint8[:, ::1], uint8[::1], "
+        "uint8[::1], int64[::1], int64[::1], int64[::1], uint8[::1], int64)")
+def copy_rows(ncols, vals, widths, src, sfam, dst, dfam, tails, tstart, tlen, tid, out, pos):
+    """Write each row (field count, fixed columns, src, dst, tail bytes) into out from pos; returns the end.
+
+    vals (fields, rows): fixed-size column values, written with `widths` bytes each; src/dst
+    (rows, 16) packed addresses of family sfam/dfam (4 or 6); row i's remaining columns are
+    the bytes tails[tstart[tid[i]]:][:tlen[tid[i]]], already encoded.
+    """
+    nf = vals.shape[0]
+    for i in range(vals.shape[1]):
+        pos = _put(out, pos, ncols, 2)
+        for f in range(nf):
+            w = widths[f]
+            pos = _put(out, pos, w, 4)
+            pos = _put(out, pos, vals[f, i], w)
+        pos = _inet(out, pos, src, sfam[i], i)
+        pos = _inet(out, pos, dst, dfam[i], i)
+        k = tid[i]
+        start = tstart[k]
+        for b in range(tlen[k]):
+            out[pos + b] = tails[start + b]
+        pos += tlen[k]
+    return pos
