@@ -34,6 +34,8 @@ window (before the collector started listening) were never counted and are never
 import logging
 import threading
 import time
+from collections import deque
+from itertools import repeat
 from dataclasses import dataclass, replace
 
 from myason import wire
@@ -241,8 +243,9 @@ class DatagramProcessor:
                 return self._log(agent, addr, "replay")
             if restarted:
                 log.info("agent %s restarted (sequence back to %d)", agent, seq)
-            tail = [now, addr]
-            return [row + tail for row in rows]
+            # In place: the rows are this datagram's own fresh lists (C-level, no copy).
+            deque(map(list.extend, rows, repeat((now, addr))), maxlen=0)
+            return rows
         except WireError as exc:
             return self._reject(exc.reason, agent, addr)
         except ValidationError as exc:

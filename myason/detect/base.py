@@ -181,6 +181,16 @@ class Detector:
         """Account one flow that passed the allowlist; t is its start time."""
         raise NotImplementedError
 
+    def _select(self, rows):
+        """The rows worth a _feed call (subclasses: a C-level pre-filter; the default keeps all)."""
+        return rows
+
+    def _feed_rows(self, rows) -> None:
+        """_feed() every row that passed the allowlist, in order (DetectorSet's batch path)."""
+        feed = self._feed
+        for row in self._select(rows):
+            feed(row, row[FIRST])
+
     def window_for(self, key, t) -> Window:
         """The open window of key for a flow at t; closes an elapsed one, evicts when full."""
         windows = self._windows

@@ -8,6 +8,9 @@ spraying many hosts is one event listing them.
 """
 from __future__ import annotations
 
+from itertools import compress
+from operator import itemgetter
+
 from myason.detect.base import ACK, DPORT, DST, FLAGS, PACKETS, PROTO, SRC, TCP, Detector
 from myason.errors import ConfigError
 
@@ -37,6 +40,10 @@ class BruteForceDetector(Detector):
         self.ports = frozenset(ports)
         self.services = dict(LOGIN_SERVICES)
         self.services.update({int(k): str(v) for k, v in (opts["services"] or {}).items()})
+
+    def _select(self, rows, _dport=itemgetter(DPORT)):
+        # Only the login services' ports matter: tested for the whole batch in C.
+        return compress(rows, map(self.ports.__contains__, map(_dport, rows)))
 
     def _feed(self, row, t):
         if (row[DPORT] not in self.ports or row[PROTO] != TCP or not row[FLAGS] & ACK

@@ -12,7 +12,7 @@ one from a few hundred.
 """
 from __future__ import annotations
 
-from myason.detect.base import (ACK, BYTES, DPORT, DST, FLAGS, LAST, PACKETS, PROTO, SRC, SYN, TCP,
+from myason.detect.base import (ACK, BYTES, DPORT, DST, FIRST, FLAGS, LAST, PACKETS, PROTO, SRC, SYN, TCP,
                                 Detector, proto_name)
 
 DOS, DDOS = "Availability.DoS", "Availability.DDoS"
@@ -37,44 +37,52 @@ class DosDetector(Detector):
         self.hot = rate_packets / 10 if rate_packets > 0 else float("inf")
 
     def _feed(self, row, t):
-        # Every flow reaches this detector (the others filter early), so the hot path is inlined.
-        target = row[DST]
-        win = self._windows.get(target)
-        if win is None or t >= win.start + self.window:
-            win = self.window_for(target, t)
-        packets = row[PACKETS]
-        win.flows += 1
-        win.packets += packets
-        win.bytes += row[BYTES]
-        if t < win.first:
-            win.first = t
-        last = row[LAST]
-        if last > win.last:
-            win.last = last
-        proto = row[PROTO]
-        if proto == TCP and row[FLAGS] & (SYN | ACK) == SYN:
-            win.extra += packets
-        elif win.packets < self.hot:
-            # Sources and ports are only worth their cost for flows that may be the attack.
-            return
-        src = row[SRC]
-        sources = win.distinct
-        if type(sources) is set:
-            if src not in sources:
-                if len(sources) < self.cap:
-                    sources.add(src)
-                else:
-                    win.capped = True
-        else:
-            win.add(src, self.cap)
-        key = (proto, row[DPORT])
-        ports = win.extra_set
-        if ports is None:
-            win.extra_set = {key: packets}
-        elif key in ports:
-            ports[key] += packets
-        elif len(ports) < _MAX_PORTS:
-            ports[key] = packets
+        self._feed_rows((row,))
+
+    def _feed_rows(self, rows):
+        # Every flow reaches this detector (the others filter early), so the loop is inlined,
+        # with the attributes it reads held in locals.
+        windows, span, hot, cap = self._windows, self.window, self.hot, self.cap
+        get = windows.get
+        for row in rows:
+            t = row[FIRST]
+            target = row[DST]
+            win = get(target)
+            if win is None or t >= win.start + span:
+                win = self.window_for(target, t)
+            packets = row[PACKETS]
+            win.flows += 1
+            win.packets += packets
+            win.bytes += row[BYTES]
+            if t < win.first:
+                win.first = t
+            last = row[LAST]
+            if last > win.last:
+                win.last = last
+            proto = row[PROTO]
+            if proto == TCP and row[FLAGS] & (SYN | ACK) == SYN:
+                win.extra += packets
+            elif win.packets < hot:
+                # Sources and ports are only worth their cost for flows that may be the attack.
+                continue
+            src = row[SRC]
+            sources = win.distinct
+            if type(sources) is set:
+                if src not in sources:
+                    if len(sources) < cap:
+                        sources.add(src)
+                    else:
+                        win.capped = True
+            else:
+                win.add(src, cap)
+            key = (proto, row[DPORT])
+            ports = win.extra_set
+            if ports is None:
+                win.extra_set = {key: packets}
+            elif key in ports:
+                ports[key] += packets
+            elif len(ports) < _MAX_PORTS:
+                ports[key] = packets
 
     def _event(self, key, win, detect_time):
         syn = win.extra

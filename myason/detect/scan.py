@@ -11,6 +11,9 @@ free, and the cap bounds memory).
 """
 from __future__ import annotations
 
+from itertools import compress, repeat
+from operator import ge, itemgetter
+
 from myason.detect.base import (ACK, DPORT, DST, ICMP, ICMP6, PROTO, SCTP, SPORT, SRC, TCP, UDP,
                                 PACKETS, FLAGS, Detector, proto_name)
 
@@ -41,6 +44,10 @@ class _ScanDetector(Detector):
         self.probe_max_packets = int(opts["probe_max_packets"])
         # Counting beyond the threshold only sharpens the report; never cap below it.
         self.cap = max(self.max_distinct, self.threshold)
+
+    def _select(self, rows, _packets=itemgetter(PACKETS)):
+        # Probes are short: the packet test for the whole batch in C, before any Python call.
+        return compress(rows, map(ge, repeat(self.probe_max_packets), map(_packets, rows)))
 
 
 class HorizontalScanDetector(_ScanDetector):
