@@ -319,7 +319,7 @@ class CollectorApp:
             opts = dict(wcfg)
             kind = opts.pop("type")
             name = opts.pop("name", kind)
-            spool = writer_spool(self.cfg, wcfg, shared=self.cfg.processors_mode == "process")
+            spool = writer_spool(self.cfg, wcfg, shared=self.cfg.process_mode)
             moved = spool.recover()
             if moved:
                 log.info("spool %s: %d batches from the last run are delivered again", name, moved)
@@ -348,7 +348,7 @@ class CollectorApp:
         writers, spools = self._writers()
         state = load_sequences(self.cfg.spool_dir)
         group = None
-        if self.cfg.processors_mode == "process":
+        if self.cfg.process_mode:
             from myason.collector.workers import ProcessGroup
             group = ProcessGroup(self.cfg, self.cfg.packet_queue, state)
             queues = group.queues
@@ -374,7 +374,7 @@ class CollectorApp:
             t.start()
         log.info("collector listening on %s (%d processor %ss)",
                  ", ".join("%s:%d" % a for a in self.listener.addresses()), self.cfg.processors_number,
-                 self.cfg.processors_mode)
+                 "process" if self.cfg.process_mode else "thread")
 
         def stats():
             return self.stats(group.procs if group else procs, writers)

@@ -89,8 +89,8 @@ class CollectorConfig:
     rcvbuf: int = field(default=16 << 20, metadata=_meta(check_int(65536, 1 << 30)))
     max_datagram: int = field(default=16384, metadata=_meta(check_int(512, 65535)))
     processors_number: int = field(default=1, metadata=_meta(check_int(1, 64)))
-    processors_mode: str = field(default="thread", metadata=_meta(
-        check_str(pattern=re.compile(r"^(thread|process)$"), expected="'thread' or 'process'")))
+    processors_mode: str = field(default="auto", metadata=_meta(
+        check_str(pattern=re.compile(r"^(auto|thread|process)$"), expected="'auto', 'thread' or 'process'")))
     reuseport: bool = field(default=False, metadata=_meta(check_bool()))
     writers_number: int = field(default=1, metadata=_meta(check_int(1, 16)))
     packet_queue: int = field(default=4096, metadata=_meta(check_int(lo=1)))
@@ -120,6 +120,13 @@ class CollectorConfig:
 
     def __post_init__(self):
         _validate_fields(self)
+
+    @property
+    def process_mode(self) -> bool:
+        """True when processors run as child processes ('auto': whenever there is more than one)."""
+        if self.processors_mode == "auto":
+            return self.processors_number > 1
+        return self.processors_mode == "process"
 
     def detect_config(self) -> dict:
         """The `detect` mapping with `node_name` filled in from the top-level key when unset."""

@@ -24,7 +24,16 @@ def test_seed_keys_keep_working():
     assert cfg.bind_address == ("127.0.0.1",) and cfg.processors_number == 2 and cfg.token_ttl == 10.0
 
 
+@pytest.mark.parametrize("mode, number, processes", [
+    ("auto", 1, False), ("auto", 2, True), ("thread", 2, False), ("process", 1, True)])
+def test_processors_mode_auto_means_processes_when_there_are_several(mode, number, processes):
+    cfg = load_collector_config(None, {"processors_mode": mode, "processors_number": number})
+    assert cfg.process_mode is processes
+    assert load_collector_config(None).process_mode is False      # the default: one thread
+
+
 @pytest.mark.parametrize("overrides, key", [
+    ({"processors_mode": "threads"}, "processors_mode"),
     ({"bind_port": 0}, "bind_port"),
     ({"bind_port": "x"}, "bind_port"),
     ({"token_ttl": -1}, "token_ttl"),
