@@ -229,10 +229,10 @@ def _tree(pid):
     return out
 
 
-def cpu_seconds(pid):
-    """User+system CPU seconds of pid and its live descendants."""
+def cpu_seconds(pid, tree=True):
+    """User+system CPU seconds of pid and (tree) its live descendants."""
     total = 0.0
-    for p in _tree(pid):
+    for p in (_tree(pid) if tree else [pid]):
         try:
             st = open("/proc/%d/stat" % p).read().rsplit(")", 1)[1].split()
             total += (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
@@ -354,12 +354,18 @@ class Bench:
             snd = start_sender(col.port, rate, a.duration, str(self.load_file(size, a.gen_flows)))
             time.sleep(0.3)
             cpu0, rcv0 = cpu_seconds(pid), udp_rcvbuf_errors()
+            main0 = cpu_seconds(pid, tree=False)
+            pg0 = self.pg_cpu()
+            spy = self.start_profile(pid, rate, size)
             t0 = time.time()
             rep = go(snd)
             t_end = time.time()
             sent = rep["flows"]
             stored, t_done = self._wait_stored(sent, t_end, influx, metrics)
             cpu = cpu_seconds(pid) - cpu0
+            main_cpu = cpu_seconds(pid, tree=False) - main0
+            pg_cpu = self.pg_cpu() - pg0
+            self.stop_profile(spy)
             rss = peak_rss_mib(pid)
             m = scrape(metrics)
             pg_rows = self.pg_sql("SELECT count(*) FROM flows")[0]
@@ -376,7 +382,43 @@ class Bench:
                     kernel_drops=int(m.get("kernel_drops", -1)), queue_drops=int(m.get("queue_dropped", -1)),
                     rejects=int(m.get("rejects", 0)), spool_rejected=int(m.get("spool_rejected_flows", 0)),
                     rcvbuf_errors=udp_rcvbuf_errors() - rcv0, cpu_s=round(cpu, 2), rss_mib=round(rss, 1),
-                    send_errors=rep["send_errors"], ok=ok)
+                    pg_cpu_s=round(pg_cpu, 2), main_cpu_s=round(main_cpu, 2), send_errors=rep["send_errors"], ok=ok)
+
+    def pg_cpu(self):
+        """CPU seconds used so far by the PostgreSQL server's process tree (postmaster and backends)."""
+        pid = getattr(self.servers, "pg_pid", None)
+        if pid is None:
+            pidfile = Path(self.servers.pg_data) / "postmaster.pid" if getattr(self.servers, "pg_data", None) else None
+            if pidfile is None or not pidfile.exists():
+                return 0.0
+            pid = int(pidfile.read_text().split()[0])
+        return cpu_seconds(pid)
+
+    def start_profile(self, pid, rate, size):
+        """py-spy over the collector's process tree while the sender runs (--profile)."""
+        if not self.args.profile or not shutil.which("py-spy"):
+            return None
+        out = Path(self.args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / ("collector-%d-%d.txt" % (size, rate))
+        p = subprocess.Popen(["py-spy", "record", "--subprocesses", "--nonblocking", "-r", "200", "-f", "raw",
+                              "-o", str(path), "-p", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return p, path
+
+    def stop_profile(self, spy):
+        if spy is None:
+            return
+        p, path = spy
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        if path.exists():
+            summary = path.with_suffix(".summary")
+            summary.write_text(profile_summary(path.read_text()))
+            print("# profile: %s (summary %s)" % (path, summary), flush=True)
 
     def _wait_stored(self, sent, t_end, influx, metrics):
         # Polls what the writers committed: PostgreSQL's batch ledger (cheap), and the influx
@@ -401,6 +443,27 @@ class Bench:
         return last, t_done
 
 
+def profile_summary(raw, top=40):
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) stacks."""
+    self_n, incl_n, total = {}, {}, 0
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        n = int(n)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
+                  for f in stack.split(";")]
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + n
+    out = ["# %d samples" % total, "## self"]
+    out += ["%6.2f%%  %s" % (100.0 * v / total, k) for k, v in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]]
+    out.append("## inclusive")
+    out += ["%6.2f%%  %s" % (100.0 * v / total, k) for k, v in sorted(incl_n.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(out) + "\n"
+
+
 def _free_tcp_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -413,19 +476,19 @@ def ladder(name, rates, runs, trial):
     """Rising steps of `runs` trials each, until a step fails; returns (best rate, steps)."""
     best, steps = None, []
     print("\n## %s" % name, flush=True)
-    print("%9s %9s %9s %7s %7s %6s %6s %6s %6s %7s %7s %s" % (
+    print("%9s %9s %9s %7s %7s %6s %6s %6s %6s %7s %7s %7s %7s %s" % (
         "offered", "stored/s", "sent", "loss", "drain_s", "kdrop", "qdrop", "reject", "rcverr", "cpu_s",
-        "rss_MiB", "ok"), flush=True)
+        "cpu_main", "pg_cpu", "rss_MiB", "ok"), flush=True)
     for rate in rates:
         reps = []
         for _ in range(runs):
             r = trial(rate)
             reps.append(r)
-            print("%9s %9s %9s %7s %7s %6s %6s %6s %6s %7s %7s %s" % (
+            print("%9s %9s %9s %7s %7s %6s %6s %6s %6s %7s %7s %7s %7s %s" % (
                 r["offered"], r["stored_rate"], r["sent"], r["loss"],
                 "-" if r.get("drain_s") is None else "%.2f" % r["drain_s"], r.get("kernel_drops", "-"),
                 r.get("queue_drops", "-"), r.get("rejects", "-"), r["rcvbuf_errors"], r["cpu_s"],
-                r.get("rss_mib", "-"), "ok" if r["ok"] else "FAIL"), flush=True)
+                r.get("main_cpu_s", "-"), r.get("pg_cpu_s", "-"), r.get("rss_mib", "-"), "ok" if r["ok"] else "FAIL"), flush=True)
             if not r["ok"]:
                 break
         ok = all(r["ok"] for r in reps)
@@ -492,6 +555,8 @@ def parse_args(argv=None):
     ap.add_argument("--drain-deadline", type=float, default=1.5, help="seconds after the sender to store all")
     ap.add_argument("--max-wait", type=float, default=30.0, help="seconds to wait for stragglers")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="py-spy every trial's collector tree (raw stacks + a per-function summary in DIR)")
     # Internal: the sender subprocess.
     ap.add_argument("--send", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
