@@ -4,12 +4,16 @@ A key file holds one or more url-safe base64 Fernet keys, one per line; '#' star
 and blank lines are ignored. The first key encrypts, every key decrypts, so a key is rotated
 by putting the new key first and removing the old one once every agent uses the new one.
 """
+import base64
+import hmac
 import os
 import re
 import stat
 import tempfile
 
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from myason.errors import KeyFileError
 
@@ -130,4 +134,39 @@ def load_keys(path):
 
 def load_key_file(path):
     """A MultiFernet from a key file: the first key encrypts, all keys decrypt."""
-    return MultiFernet([Fernet(k) for k in load_keys(path)])
+    return FernetKeys(load_keys(path))
+
+
+class FernetKeys(MultiFernet):
+    """A MultiFernet that also decrypts raw (not base64) tokens: decrypt_raw.
+
+    The collector receives tokens as raw bytes; MultiFernet.decrypt wants them in base64, which
+    it then decodes again, and that round trip cost more than the cryptography itself (about
+    70 -> 20 µs per 8 KB datagram here). decrypt_raw does what Fernet does (HMAC-SHA256 check,
+    AES-128-CBC, PKCS7), with each key in turn, and raises InvalidToken the same way.
+    """
+
+    def __init__(self, keys):
+        """keys: Fernet keys (url-safe base64, bytes or str), the first one encrypting."""
+        keys = [k.encode("ascii") if isinstance(k, str) else k for k in keys]
+        super().__init__([Fernet(k) for k in keys])
+        self._raw = []
+        for k in keys:
+            raw = base64.urlsafe_b64decode(k)
+            self._raw.append((raw[:16], algorithms.AES(raw[16:])))
+
+    def decrypt_raw(self, token: bytes) -> bytes:
+        """The plaintext of a raw Fernet token (no ttl check: the caller checks the timestamp)."""
+        if len(token) < 57 or token[0] != 0x80 or (len(token) - 57) % 16:
+            raise InvalidToken
+        body, mac = token[:-32], token[-32:]
+        for signing, aes in self._raw:
+            if hmac.compare_digest(hmac.digest(signing, body, "sha256"), mac):
+                dec = Cipher(aes, modes.CBC(token[9:25])).decryptor()
+                plain = dec.update(token[25:-32]) + dec.finalize()
+                unpadder = padding.PKCS7(128).unpadder()
+                try:
+                    return unpadder.update(plain) + unpadder.finalize()
+                except ValueError:
+                    raise InvalidToken from None
+        raise InvalidToken

@@ -24,7 +24,6 @@ the line number but never quote the line, since it may hold key material.
 import ipaddress
 import os
 
-from cryptography.fernet import Fernet, MultiFernet
 
 from myason import keys as _keys
 from myason.errors import KeyFileError
@@ -114,7 +113,7 @@ class Keystore:
             check_agent_id(agent)
             if not agent_keys:
                 raise ValueError("agent %r has no keys" % agent)
-            self._fernets[agent] = MultiFernet([Fernet(k) for k in agent_keys])
+            self._fernets[agent] = _keys.FernetKeys(agent_keys)
             self._networks[agent] = (None if nets is None
                                      else tuple(ipaddress.ip_network(n, strict=False) for n in nets))
         self._cache = {}

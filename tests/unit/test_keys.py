@@ -1,4 +1,5 @@
 """Tests for myason.keys: key generation, safe key files, rotation order, error messages."""
+import base64
 import os
 import stat
 
@@ -118,3 +119,51 @@ def test_directory_is_not_a_key_file(tmp_path):
     d.mkdir(mode=0o700)
     with pytest.raises(KeyFileError, match="dir.key"):
         keys.load_keys(d)
+
+
+def _raw(token):
+    return base64.urlsafe_b64decode(token)
+
+
+def test_decrypt_raw_matches_fernet_for_every_key_of_a_rotation():
+    new, old = keys.generate_key(), keys.generate_key()
+    fk = keys.FernetKeys([new, old.decode()])
+    for key in (new, old):
+        for plain in (b"", b"x", os.urandom(15), os.urandom(16), os.urandom(7777)):
+            token = Fernet(key).encrypt(plain)
+            assert fk.decrypt_raw(_raw(token)) == plain == fk.decrypt(token)
+    assert fk.decrypt_raw(_raw(fk.encrypt(b"abc"))) == b"abc"       # the first key encrypts
+
+
+@pytest.mark.parametrize("damage", [
+    lambda t: t[:-1], lambda t: t[:56], lambda t: b"\x81" + t[1:], lambda t: t + b"\x00" * 16,
+    lambda t: t[:30] + bytes([t[30] ^ 1]) + t[31:],          # ciphertext
+    lambda t: t[:12] + bytes([t[12] ^ 1]) + t[13:],          # IV
+    lambda t: t[:-1] + bytes([t[-1] ^ 1]),                   # HMAC
+    lambda t: t[:3] + bytes([t[3] ^ 1]) + t[4:]])            # timestamp
+def test_decrypt_raw_refuses_what_fernet_refuses(damage):
+    key = keys.generate_key()
+    token = damage(_raw(Fernet(key).encrypt(b"payload" * 9)))
+    fk = keys.FernetKeys([key])
+    with pytest.raises(InvalidToken):
+        fk.decrypt_raw(token)
+    with pytest.raises(InvalidToken):
+        fk.decrypt(base64.urlsafe_b64encode(token))
+    with pytest.raises(InvalidToken):
+        keys.FernetKeys([keys.generate_key()]).decrypt_raw(_raw(Fernet(key).encrypt(b"x")))
+
+
+def test_decrypt_raw_refuses_bad_padding_under_a_valid_mac():
+    import hashlib
+    import hmac
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    key = keys.generate_key()
+    raw = base64.urlsafe_b64decode(key)
+    iv = os.urandom(16)
+    enc = Cipher(algorithms.AES(raw[16:]), modes.CBC(iv)).encryptor()
+    body = b"\x80" + b"\x00" * 8 + iv + enc.update(b"A" * 16) + enc.finalize()     # no padding block
+    token = body + hmac.new(raw[:16], body, hashlib.sha256).digest()
+    with pytest.raises(InvalidToken):
+        keys.FernetKeys([key]).decrypt_raw(token)
+    with pytest.raises(InvalidToken):
+        Fernet(key).decrypt(base64.urlsafe_b64encode(token))
