@@ -146,3 +146,20 @@ def test_refuses_short_rows(encoder):
     rows[2] = rows[2][:-2]
     with pytest.raises(_ENCODE_ERRORS):
         encoder(rows, True)
+
+
+@compiled
+@pytest.mark.parametrize("address", [
+    "0.0.0.0", "255.255.255.255", "10.0.0.1", "1.22.133.4", "::ffff:1.2.3.4", "2001:db8::1", "::",
+    "01.2.3.4", "1.2.3.04", "1.2.3.00", "256.1.1.1", "1.2.3", "1.2.3.4.5", "", " 1.2.3.4", "1.2.3.4 ", "1..2.3",
+    "1.2.3.4\n5.6.7.8", "1.2.3.é", "1.2.3.1000", "9999999999999999999999.1.1.1"])
+def test_address_parsing_matches_inet_pton(address):
+    rows = rows_of(4, v6_share=0.5)
+    rows[1][0] = address
+    try:
+        want = encode_binary_python(rows)
+    except _ENCODE_ERRORS:
+        with pytest.raises(_ENCODE_ERRORS):
+            encode_binary(rows)
+    else:
+        assert encode_binary(rows) == want
