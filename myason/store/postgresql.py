@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import re
 import time
+from operator import itemgetter
 
 from myason.config import check_int, check_str
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
@@ -66,7 +67,7 @@ def prepare_batch(rows, events=()):
     """
     enriched = bool(rows) and len(rows[0]) == _NCOLS_ENRICHED
     ncols = _NCOLS_ENRICHED if enriched else _NCOLS
-    if any(len(r) != ncols for r in rows):
+    if set(map(len, rows)) - {ncols}:
         raise ValueError("a row does not have %d values" % ncols)
     header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days_of(rows)],
               "minutes": sorted(rollup.minutes_postgresql(rows)), "events": list(events)}
@@ -78,11 +79,16 @@ def partition_name(day):
     return "flows_p%s" % day.strftime("%Y%m%d")
 
 
-def days_of(rows):
-    """The UTC days (datetime.date) of the rows' `first` values."""
-    i = _I["first"]
+def days_of(rows, _first=itemgetter(_I["first"])):
+    """The UTC days (datetime.date) of the rows' `first` values, as PostgreSQL stores them.
+
+    A time in the last second of a day may round up into the next one (COPY keeps microseconds):
+    that day is included too, so its partition exists (an empty one is harmless).
+    """
+    secs = set(map(int, map(_first, rows)))
+    days = {s // 86400 for s in secs} | {s // 86400 + 1 for s in secs if s % 86400 == 86399}
     epoch = dt.date(1970, 1, 1)
-    return sorted(epoch + dt.timedelta(days=d) for d in {int(r[i] // 86400) for r in rows})
+    return sorted(epoch + dt.timedelta(days=d) for d in days)
 
 
 @register

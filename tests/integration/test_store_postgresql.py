@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
-from myason.store.base import ROW_FIELDS, WriterError, encode_batch, writer_class
-from myason.store.postgresql import _ENCODE_ERRORS, COPY_COLUMNS, PostgresWriter, encode_binary, encode_text, partition_name
+from myason.store.base import ROW_FIELDS, WriterError, decode_prepared, encode_batch, writer_class
+from myason.store.postgresql import (_ENCODE_ERRORS, COPY_COLUMNS, PostgresWriter, encode_binary, encode_text,
+                                     partition_name, prepare_batch)
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -106,6 +107,19 @@ def test_encoders_refuse_values_postgresql_cannot_take():
         with pytest.raises(_ENCODE_ERRORS):
             encode_binary([row])
     assert encode_text([good]).count(b"\t") == len(COPY_COLUMNS) - 1
+
+
+def test_a_flow_rounding_into_the_next_day_finds_its_partition(writer, pg):
+    # COPY keeps microseconds: 0.4 us before midnight is stored as midnight, in the next day's partition.
+    midnight = (int(T0) // 86400 + 1) * 86400
+    rows = make_rows(2, t=midnight - 0.0000004)
+    rows[1][8], rows[1][9] = midnight - 7200.0, midnight - 7100.0
+    for write in (lambda: writer.write("b-late-1", rows[:1]), lambda: writer.write_prepared(
+            "b-late-2", *decode_prepared(prepare_batch(rows[1:] + [make_rows(1, t=midnight - 0.0000004)[0]])))):
+        write()
+    got = query(pg, "SELECT tableoid::regclass::text, extract(epoch FROM first) FROM flows ORDER BY 2")
+    assert [t for t, _ in got] == [partition_name(dt.datetime.fromtimestamp(midnight - 7200.0, dt.timezone.utc).date())] + [
+        partition_name(dt.datetime.fromtimestamp(midnight, dt.timezone.utc).date())] * 2
 
 
 def test_migrate_twice_is_a_no_op(writer, pg):

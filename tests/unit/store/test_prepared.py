@@ -56,3 +56,12 @@ def test_write_prepared_rejects_a_damaged_header_permanently():
         w.write_prepared("b1", {"rows": 1, "days": ["not a day"], "minutes": [], "enriched": False}, b"")
     assert err.value.permanent
     assert dt.date.fromisoformat("2026-11-23")
+
+
+def test_days_include_the_next_one_when_a_time_may_round_into_it():
+    midnight = time.mktime((2026, 11, 23, 0, 0, 0, 0, 0, 0)) - time.timezone
+    rows = [row(0, midnight - 0.0000004), row(1, midnight - 3600)]
+    header, _ = decode_prepared(prepare_batch(rows))
+    assert header["days"] == ["2026-11-22", "2026-11-23"]
+    header, _ = decode_prepared(prepare_batch([row(1, midnight - 3600)]))
+    assert header["days"] == ["2026-11-22"]
