@@ -5,7 +5,8 @@ Every batch a SQL writer stores also inserts, in the same transaction, one `roll
 raw flows (DELETE + INSERT ... SELECT ... GROUP BY), sums them into the enclosing 15m/1h/1d
 totals, and deletes exactly the dirty ids it read, in one transaction: a flow committed later
 leaves a dirty row for the next run, so nothing is missed or counted twice. Coarse top-N lists
-come from raw flows once the bucket is closed (`rollup_pending`). See docs/rollups.md.
+are summed from the next finer resolution's lists once the bucket is closed (`rollup_pending`):
+cheap, with a bounded error documented in docs/rollups.md.
 """
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ RETENTION_KEYS = ("raw",) + tuple(RESOLUTIONS)
 # Seconds after a coarse bucket ends before its top-N is computed: flows arrive late (up to the
 # agent's active timeout), and each late flow would otherwise recompute a whole bucket again.
 SETTLE = {"15m": 300, "1h": 900, "1d": 1800}
+# Coarse top-N lists are summed from the stored lists of the next finer resolution.
+FINER = {"15m": "1m", "1h": "15m", "1d": "1h"}
+# Seconds of raw flows per 1m statement in PostgreSQL (bounds the memory of one GROUP BY).
+RAW_CHUNK = 900
+# PostgreSQL work_mem and hash_mem_multiplier during maintenance (hash tables up to 256 MB).
+PG_MEMORY = ("64MB", 4)
 HEALTH_KEEP = 7 * 86400
 DIRTY_CHUNK = 20000
 # Serialises maintainers sharing a PostgreSQL database (any constant of our own).
@@ -148,7 +155,7 @@ def day_floor(t) -> int:
 
 
 def horizon(retention, now) -> int:
-    """Earliest time whose raw flows and 1m rollups are all still kept (0 = everything).
+    """Earliest time whose raw flows and 1m, 15m and 1h rollups are all still kept (0 = everything).
 
     A bucket before it can no longer be recomputed: doing so would replace good rollups with
     the few flows that happen to be left.
@@ -156,8 +163,10 @@ def horizon(retention, now) -> int:
     h = 0
     if retention.get("raw"):
         h = day_floor(now) - raw_days(retention) * 86400
-    if retention.get("1m"):
-        h = max(h, day_floor(now - retention["1m"]) + 86400)
+    # 15m and 1h too: the 1h and 1d top-N lists are summed from them.
+    for res in ("1m", "15m", "1h"):
+        if retention.get(res):
+            h = max(h, day_floor(now - retention[res]) + 86400)
     return h
 
 

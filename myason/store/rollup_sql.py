@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 
-from myason.store.rollup import DIMENSIONS, RESOLUTIONS, partition_of, period_of_partition
+from myason.store.rollup import DIMENSIONS, FINER, PG_MEMORY, RAW_CHUNK, RESOLUTIONS, partition_of, period_of_partition
 
 log = logging.getLogger("myason.store.rollup")
 
@@ -61,10 +61,10 @@ class _Dialect:
                 " SUM(flows) FROM rollup_1m WHERE bucket >= %s AND bucket < %s GROUP BY 1, 2, 3, 4, 5"
                 % (res, _TOTAL_COLS, self.bucket("bucket", RESOLUTIONS[res]), self.t, self.t))
 
-    def tops(self, res):
-        # One scan of the raw flows, crossed with the dimensions; per-agent sums, then '*' from those.
+    def tops_raw(self):
+        # 1m top-N from raw flows: one scan crossed with the dimensions; per-agent sums, then '*'.
         return (
-            "INSERT INTO rollup_top_%(res)s (%(cols)s)"
+            "INSERT INTO rollup_top_1m (%(cols)s)"
             " WITH k AS (SELECT %(bucket)s AS bucket, f.agent AS agent, d.dimension AS dimension,"
             " %(key)s AS key, f.bytes AS bytes, f.packets AS packets"
             " FROM flows f CROSS JOIN (%(dims)s) d WHERE f.\"first\" >= %(t)s AND f.\"first\" < %(t)s),"
@@ -73,11 +73,23 @@ class _Dialect:
             " u AS (SELECT bucket, agent, dimension, key, bytes, packets, flows FROM a UNION ALL"
             " SELECT bucket, '*', dimension, key, SUM(bytes), SUM(packets), SUM(flows) FROM a"
             " GROUP BY bucket, dimension, key),"
-            " r AS (SELECT bucket, agent, dimension, key, bytes, packets, flows, ROW_NUMBER() OVER"
-            " (PARTITION BY bucket, agent, dimension ORDER BY bytes DESC, key%(collate)s) AS rank FROM u)"
-            " SELECT %(cols)s FROM r WHERE rank <= %%s"
-            % {"res": res, "cols": _TOP_COLS, "bucket": self.bucket('f."first"', RESOLUTIONS[res]),
-               "key": _key_case(self.ip), "dims": _DIMS, "t": self.t, "collate": self.collate})
+            " %(rank)s"
+            % {"cols": _TOP_COLS, "bucket": self.bucket('f."first"', 60), "key": _key_case(self.ip),
+               "dims": _DIMS, "t": self.t, "rank": self._rank("u")})
+
+    def _rank(self, source, into=""):
+        # The last CTE and the SELECT: rank 1 = most bytes, ties by key (byte order); keep rank <= top.
+        return ("r AS (SELECT bucket, agent, dimension, key, bytes, packets, flows, ROW_NUMBER() OVER"
+                " (PARTITION BY bucket, agent, dimension ORDER BY bytes DESC, key%s) AS rank FROM %s)"
+                " %sSELECT %s FROM r WHERE rank <= %%s" % (self.collate, source, into, _TOP_COLS))
+
+    def tops_from(self, res, finer):
+        # A coarse top-N from the finer level's stored lists (see docs/rollups.md for the bound).
+        return ("INSERT INTO rollup_top_%s (%s) WITH s AS (SELECT %s AS bucket, agent, dimension, key,"
+                " SUM(bytes) AS bytes, SUM(packets) AS packets, SUM(flows) AS flows FROM rollup_top_%s"
+                " WHERE bucket >= %s AND bucket < %s GROUP BY 1, 2, 3, 4), %s"
+                % (res, _TOP_COLS, self.bucket("bucket", RESOLUTIONS[res]), finer, self.t, self.t,
+                   self._rank("s")))
 
     def delete_range(self, table):
         return "DELETE FROM %s WHERE bucket >= %s AND bucket < %s" % (table, self.t, self.t)
@@ -106,7 +118,7 @@ class _Backend:
         ex(self.sql("delete_range", "rollup_1m"), (lo, hi))
         ex(self.sql("delete_range", "rollup_top_1m"), (lo, hi))
         ex(self.sql("totals_raw"), (lo, hi))
-        ex(self.sql("tops", "1m"), (lo, hi, top))
+        ex(self.sql("tops_raw"), (lo, hi, top))
 
     def recompute_coarse_totals(self, res, lo, hi):
         """Recompute `res` totals of [lo, hi) by summing 1m rows."""
@@ -114,9 +126,9 @@ class _Backend:
         self.conn.execute(self.sql("totals_coarse", res), (lo, hi))
 
     def recompute_tops(self, res, lo, hi, top):
-        """Recompute `res` top-N of [lo, hi) from raw flows."""
+        """Recompute `res` top-N of [lo, hi) from the stored lists of the next finer resolution."""
         self.conn.execute(self.sql("delete_range", "rollup_top_%s" % res), (lo, hi))
-        self.conn.execute(self.sql("tops", res), (lo, hi, top))
+        self.conn.execute(self.sql("tops_from", res, FINER[res]), (lo, hi, top))
 
 
 class SqliteDialect(_Dialect):
@@ -140,6 +152,38 @@ class PostgresDialect(_Dialect):
 
     def bucket(self, col, step):
         return "date_bin(interval '%d seconds', %s, timestamptz '1970-01-01 00:00:00+00')" % (step, col)
+
+    def raw_1m(self):
+        # 1m totals and tops in one scan of the raw flows: GROUPING SETS hashes each row once per
+        # set (totals + one per dimension); GROUPING() tells the sets apart. Typed keys are
+        # grouped, text is made only for the groups; '*' is summed from the per-agent groups.
+        args = ("if_name", "proto", "direction") + DIMENSIONS
+        def mask(grouped):
+            return sum(1 << (len(args) - 1 - i) for i, a in enumerate(args) if a not in grouped)
+        typed = {d: ("NULLIF(%s, '')" % d if d.endswith("_country") else "NULLIF(%s, 0)" % d if d.endswith("_asn")
+                     else d) for d in DIMENSIONS}
+        text = {d: (self.ip % d if d.endswith("_ip") else d if d.endswith("_country") else "CAST(%s AS TEXT)" % d)
+                for d in DIMENSIONS}
+        sets = ["(bucket, agent, if_name, proto, direction)"] + ["(bucket, agent, %s)" % d for d in DIMENSIONS]
+        tmask = mask(("if_name", "proto", "direction"))
+        return (
+            "WITH a AS (SELECT bucket, agent, GROUPING(%(args)s) AS g, %(args)s, SUM(bytes) AS bytes,"
+            " SUM(packets) AS packets, COUNT(*) AS flows FROM (SELECT %(bucket)s AS bucket, agent, if_name, proto,"
+            " direction, %(typed)s, bytes, packets FROM flows WHERE \"first\" >= %(t)s AND \"first\" < %(t)s) f"
+            " GROUP BY GROUPING SETS (%(sets)s)),"
+            " t AS (INSERT INTO rollup_1m (%(tcols)s) SELECT bucket, agent, if_name, proto, direction, bytes, packets,"
+            " flows FROM a WHERE g = %(tmask)d),"
+            " k AS (SELECT bucket, agent, CASE g %(dimcase)s END AS dimension, CASE g %(keycase)s END AS key, bytes,"
+            " packets, flows FROM a WHERE g <> %(tmask)d),"
+            " u AS (SELECT * FROM k WHERE key IS NOT NULL UNION ALL SELECT bucket, '*', dimension, key, SUM(bytes),"
+            " SUM(packets), SUM(flows) FROM k WHERE key IS NOT NULL GROUP BY bucket, dimension, key),"
+            " %(rank)s"
+            % {"args": ", ".join(args), "bucket": self.bucket('"first"', 60),
+               "typed": ", ".join("%s AS %s" % (typed[d], d) for d in DIMENSIONS), "t": self.t,
+               "sets": ", ".join(sets), "tcols": _TOTAL_COLS, "tmask": tmask,
+               "dimcase": " ".join("WHEN %d THEN '%s'" % (mask((d,)), d) for d in DIMENSIONS),
+               "keycase": " ".join("WHEN %d THEN %s" % (mask((d,)), text[d]) for d in DIMENSIONS),
+               "rank": self._rank("u", "INSERT INTO rollup_top_1m (%s) " % _TOP_COLS)})
 
 
 class SqliteBackend(_Backend):
@@ -220,6 +264,15 @@ class PostgresBackend(_Backend):
         super().__init__(conn, PostgresDialect())
         self._known = None
 
+    def recompute_raw(self, lo, hi, top):
+        """Recompute 1m totals and tops of [lo, hi) from raw flows, RAW_CHUNK seconds per statement."""
+        ex = self.conn.execute
+        ex(self.sql("delete_range", "rollup_1m"), (lo, hi))
+        ex(self.sql("delete_range", "rollup_top_1m"), (lo, hi))
+        # Bounded chunks keep the hash tables of one statement small (a backfill is one long range).
+        for a in range(lo, hi, RAW_CHUNK):
+            ex(self.sql("raw_1m"), (a, min(a + RAW_CHUNK, hi), top))
+
     def lock(self, wait):
         """Take the session advisory lock of maintainers; False when busy and not waiting."""
         fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
@@ -241,6 +294,11 @@ class PostgresBackend(_Backend):
     def transaction(self):
         """The statements inside, then COMMIT (ROLLBACK on error)."""
         try:
+            # JIT compiles each of our many short statements for longer than they run; hashed
+            # GROUPING SETS are planned only when their estimate fits the hash memory, else
+            # one sort per set; the 1m ranking sorts ~5 groups per flow.
+            self.conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '%s'; SET LOCAL hash_mem_multiplier = %d"
+                              % PG_MEMORY)
             yield
         except BaseException:
             if not self.conn.closed:

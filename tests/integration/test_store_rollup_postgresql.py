@@ -6,7 +6,7 @@ import pytest
 
 from myason.store import rollup
 from myason.store.postgresql import PostgresWriter
-from tests.unit.store.test_rollup import I, RES, make_rows, ref_tops, ref_totals
+from tests.unit.store.test_rollup import I, RES, assert_bounded, expected_tops, make_rows, ref_tops, ref_totals
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -44,7 +44,8 @@ def pg_tops(dsn, res):
 def assert_rollups(dsn, rows, top):
     for res in RES:
         assert pg_totals(dsn, res) == ref_totals(rows, res), res
-        assert pg_tops(dsn, res) == ref_tops(rows, res, top), res
+        assert pg_tops(dsn, res) == expected_tops(rows, res, top), res
+    assert_bounded({res: pg_tops(dsn, res) for res in RES}, rows, top)
 
 
 def partitions(dsn):
@@ -67,7 +68,7 @@ def pg(servers):
 
 
 def open_writer(dsn, **options):
-    w = PostgresWriter(dsn=dsn, maintain_interval=0, rollup_top=5, **options)
+    w = PostgresWriter(dsn=dsn, **{"maintain_interval": 0, "rollup_top": 5, **options})
     w.clock = lambda: T0
     w.open()
     return w
@@ -90,6 +91,16 @@ def test_rollups_match_a_group_by_in_python(pg):
     w.maintain(now=T0 + 5 * DAY)
     assert_rollups(pg, rows, 5)
     w.close()
+
+
+def test_coarse_tops_are_exact_when_the_finer_lists_hold_every_key(pg):
+    w = open_writer(pg, rollup_top=1000)
+    rows = rows_ms(2000, span=DAY + 3600)
+    w.write("a", rows)
+    w.maintain(now=T0 + 3 * DAY)
+    w.close()
+    for res in RES:
+        assert pg_tops(pg, res) == ref_tops(rows, res, 1000), res
 
 
 def test_late_flows_and_batches_between_runs(pg):
@@ -207,7 +218,7 @@ def test_retention_drops_rollup_partitions(pg):
     assert "flows_p20231120" in s["dropped"]
     parts = partitions(pg)
     assert not any(p.startswith(("rollup_1m_", "rollup_top_1m_", "rollup_15m_", "rollup_top_15m_")) for p in parts)
-    assert pg_totals(pg, "1h") == ref_totals(kept, "1h") and pg_tops(pg, "1d") == ref_tops(kept, "1d", 5)
+    assert pg_totals(pg, "1h") == ref_totals(kept, "1h") and pg_tops(pg, "1d") == expected_tops(kept, "1d", 5)
     w.close()
 
 
