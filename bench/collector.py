@@ -430,7 +430,7 @@ class Bench:
             if influx:
                 m = scrape(metrics)
                 # One series per influxdb writer thread (influxdb, or influxdb-0, influxdb-1...).
-                got = min(got, int(sum(v for k, v in m.items() if k.startswith('writers_rows_total{key="influxdb'))))
+                got = min(got, int(sum(v for k, v in m.items() if k.startswith('writers_rows{key="influxdb'))))
             now = time.time()
             if got != last:
                 last, last_t = got, now
