@@ -1,7 +1,7 @@
 """Compiled kernels of the fast path: built once by numba ahead of time, then only imported.
 
-The kernels of fastdecode, fasttable (the agent) and store.copykernel (the collector's COPY
-encoder) are plain Python functions registered with @kernel
+The kernels of fastdecode, fasttable (the agent), store.copykernel and store.influxkernel (the
+collector's writers' encoders) are plain Python functions registered with @kernel
 (exported, with a signature) and @helper (called by kernels). load() returns them compiled:
 
 1. from the extension module numba's AOT compiler (pycc) built into the cache directory on
@@ -27,10 +27,12 @@ from pathlib import Path
 
 log = logging.getLogger("myason.agent.fastjit")
 
-MODULES = ("myason.agent.fastdecode", "myason.agent.fasttable", "myason.store.copykernel")
+MODULES = ("myason.agent.fastdecode", "myason.agent.fasttable", "myason.store.copykernel",
+           "myason.store.influxkernel")
 _KERNELS = {}     # name -> (module name, function, signature)
 _HELPERS = {}     # name -> (module name, function, inline)
 _loaded = []      # [namespace or None] once load() ran
+_fallback = []    # [namespace or None] once load_or_none() ran
 _lock = threading.Lock()
 # In signatures: a read-only byte buffer (np.frombuffer of a mmap or bytes).
 RO_BYTES = "Array(uint8, 1, 'C', readonly=True)"
@@ -92,6 +94,21 @@ def load():
                 result = _load_jit()
             _loaded.append(result)
     return _loaded[0]
+
+
+def load_or_none():
+    """load(), or None (logged once) when the kernels cannot be had for any reason.
+
+    For optional users (the collector's encoders have pure-Python equivalents): numba's JIT
+    can fail at run time, e.g. with no writable cache directory.
+    """
+    if not _fallback:
+        try:
+            _fallback.append(load())
+        except Exception as exc:  # noqa: BLE001 - the caller falls back to Python
+            log.warning("compiled kernels unavailable (%s): using the Python code paths", exc)
+            _fallback.append(None)
+    return _fallback[0]
 
 
 def _load_aot():

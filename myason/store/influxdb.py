@@ -16,10 +16,11 @@ import socket
 import time
 import urllib.parse
 from collections import OrderedDict
+from itertools import count, repeat
 
 from myason.errors import ConfigError
 from myason.store import influx_retention
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
+from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
 from myason.store.events import detector_of, parse_time
 
 log = logging.getLogger("myason.store.influxdb")
@@ -137,6 +138,57 @@ def aggregate(rows, interval, extra=()):
         else:
             cell[2] += 1
     return totals, skipped
+
+
+def aggregate_fast(rows, interval, extra_cols):
+    """aggregate() with the compiled kernel, for extra tags that are plain columns (row indexes).
+
+    The same totals (tested); None when the kernels are missing or a value does not fit the
+    arrays (odd types, huge counters), and the caller then uses aggregate().
+    """
+    from myason.agent import fastjit
+    kernels = fastjit.load_or_none()
+    if kernels is None or not rows:
+        return None
+    import numpy as np
+    n = len(rows)
+    try:
+        cols = list(zip(*rows))
+        iface = [a or b for a, b in zip(cols[I_IF_NAME], cols[I_IN_IF])]
+        extras = zip(*(cols[i] for i in extra_cols)) if extra_cols else repeat(())
+        series = {}         # ident -> index of its first row
+        ident = np.fromiter(map(series.setdefault, zip(cols[I_AGENT], iface, cols[I_PROTO], cols[I_IPV], extras),
+                                count()), dtype=np.int64, count=n)
+        first = np.array(cols[I_FIRST], dtype=np.float64)
+        last = np.array(cols[I_LAST], dtype=np.float64)
+        nbytes = np.array(cols[I_BYTES])
+        npackets = np.array(cols[I_PACKETS])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if (nbytes.dtype.kind != "i" or npackets.dtype.kind != "i" or not np.isfinite(first).all()
+            or not np.isfinite(last).all() or (first < 0).any() or (last < 0).any()
+            or max(int(nbytes.max()), int(npackets.max())) > (1 << 62) // n or min(nbytes.min(), npackets.min()) < 0):
+        return None
+    b0 = first // interval
+    span = np.clip(last // interval - b0, 0, MAX_SPREAD + 1)
+    cap = 2 * n + int(span.sum()) + 16
+    out = [np.empty(cap, dtype=np.int64) for _ in range(5)]
+    m = kernels.spread_rows(ident, first, last, nbytes.astype(np.int64), npackets.astype(np.int64), interval,
+                            MAX_SPREAD, *out)
+    if m < 0:
+        return None
+    o_ident, o_bucket, o_bytes, o_packets, o_flows = (a[:m] for a in out)
+    # One int64 key per (bucket, series): buckets of one batch are close together.
+    lo = int(o_bucket.min())
+    uniq, inv = np.unique((o_bucket - lo) * (n + 1) + o_ident, return_inverse=True)
+    sums = np.zeros((3, len(uniq)), dtype=np.int64)
+    for j, col in enumerate((o_bytes, o_packets, o_flows)):
+        np.add.at(sums[j], inv, col)
+    by_row = {i: key for key, i in series.items()}
+    buckets, idents = divmod(uniq, n + 1)
+    totals = {(b + lo,) + by_row[i]: [nb, npk, nf] for b, i, nb, npk, nf in zip(
+        buckets.tolist(), idents.tolist(), *(x.tolist() for x in sums))}
+    return totals, 0
 
 
 def tag_set(ident, static_tags=(), extra_names=()):
@@ -445,13 +497,13 @@ class InfluxDBWriter(Writer):
             except OSError as exc:
                 raise ConfigError("token_file", str(exc)) from None
         self.static_tags = (("collector", instance or socket.gethostname()),)
-        self.extra_names = tuple(extra) + tuple(name for name, _ in self.tag_functions)
-        self.extra_fns = tuple((lambda row, i=ROW_FIELDS.index(f): row[i]) for f in extra) + tuple(
-            fn for _, fn in self.tag_functions)
-        # Enriched rows (batch format v2) add the enrich_tags; plain rows keep the tags above.
-        self.enriched_names = self.extra_names + tuple(enrich_tags)
-        self.enriched_fns = self.extra_fns + tuple(
-            (lambda row, i=ENRICHED_ROW_FIELDS.index(f): row[i]) for f in enrich_tags)
+        (self.extra_names, self.extra_fns, self.enriched_names,
+         self.enriched_fns) = self._tag_columns(extra, enrich_tags)
+        # The same tags as row indexes, for aggregate_fast (None: a tag_functions hook is set).
+        self.extra_cols = self.enriched_cols = None
+        if not self.tag_functions:
+            self.extra_cols = tuple(ROW_FIELDS.index(f) for f in extra)
+            self.enriched_cols = self.extra_cols + tuple(ENRICHED_ROW_FIELDS.index(f) for f in enrich_tags)
         self.retention_plan = influx_retention.parse_options(opt, self.measurement, self.events_measurement)
         self.retention_changes = []     # statements the last open() ran (docs/influxdb.md, Retention)
         if self.api == "v1":
@@ -482,20 +534,69 @@ class InfluxDBWriter(Writer):
                         "on InfluxDB 2.x set the bucket's retention (docs/influxdb.md)")
         self.opened = True
 
+    @classmethod
+    def _tag_columns(cls, extra, enrich_tags):
+        # (plain names, plain functions, enriched names, enriched functions) of the extra tags;
+        # enriched rows (batch format v2) add the enrich_tags.
+        names = tuple(extra) + tuple(name for name, _ in cls.tag_functions)
+        fns = tuple((lambda row, i=ROW_FIELDS.index(f): row[i]) for f in extra) + tuple(
+            fn for _, fn in cls.tag_functions)
+        enriched_fns = fns + tuple((lambda row, i=ENRICHED_ROW_FIELDS.index(f): row[i]) for f in enrich_tags)
+        return names, fns, names + tuple(enrich_tags), enriched_fns
+
+    @classmethod
+    def spool_encoder(cls, options):
+        """Aggregation in the processors: the spool batch holds this batch's totals, not its rows.
+
+        The totals are what write() would compute (same interval and tags); the writer then only
+        numbers the batch, formats the lines and sends them (write_prepared).
+        """
+        w = cls(**dict(options, fsync=False, state_file=None))     # parses and checks the options
+        interval = w.interval
+
+        def prepare(rows, events=()):
+            is_enriched, totals, skipped = w.totals(rows)
+            header = {"rows": len(rows), "enriched": is_enriched, "skipped": skipped, "interval": interval,
+                      "totals": [[*k[:5], list(k[5]), *v] for k, v in totals.items()], "events": list(events)}
+            return encode_prepared(header, b"")
+        return prepare
+
     def write(self, batch_id, rows, events=()):
         """Aggregate the batch (flows, and events by category and detector) and write its points.
 
         A retry writes the very same points again.
         """
+        is_enriched, totals, skipped = self.totals(rows)
+        self._send(batch_id, totals, self.enriched_names if is_enriched else self.extra_names, events, skipped)
+
+    def totals(self, rows):
+        """(enriched?, totals, skipped) of a batch: aggregate_fast when it can, else aggregate."""
+        is_enriched = bool(rows) and len(rows[0]) == len(ENRICHED_ROW_FIELDS)
+        cols = self.enriched_cols if is_enriched else self.extra_cols
+        got = aggregate_fast(rows, self.interval, cols) if cols is not None else None
+        if got is None:
+            got = aggregate(rows, self.interval, self.enriched_fns if is_enriched else self.extra_fns)
+        return (is_enriched,) + got
+
+    def write_prepared(self, batch_id, header, payload):
+        """Store a batch aggregated by spool_encoder's function: only numbering, lines and sending."""
+        try:
+            if header["interval"] != self.interval:
+                raise ValueError("aggregated over %r s, the writer's interval is %r s" % (
+                    header["interval"], self.interval))
+            totals = {(t[0], t[1], t[2], t[3], t[4], tuple(t[5])): t[6:9] for t in header["totals"]}
+            names = self.enriched_names if header["enriched"] else self.extra_names
+            events, skipped = header.get("events", ()), int(header["skipped"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise WriterError("influxdb: prepared batch %s is damaged: %s" % (batch_id, exc),
+                              permanent=True) from None
+        self._send(batch_id, totals, names, events, skipped)
+
+    def _send(self, batch_id, totals, names, events, skipped):
         if not self.opened:
             self.open()
         seq = self.state.seq_for(batch_id)
         offset = point_offset(seq, self.interval, self.precision)
-        if rows and len(rows[0]) == len(ENRICHED_ROW_FIELDS):
-            fns, names = self.enriched_fns, self.enriched_names
-        else:
-            fns, names = self.extra_fns, self.extra_names
-        totals, skipped = aggregate(rows, self.interval, fns)
         lines = format_lines(totals, self.interval, offset, self.measurement, self.static_tags, names)
         lines += event_lines(events, self.interval, offset, self.events_measurement, self.static_tags)
         for i in range(0, len(lines), self.batch_lines):

@@ -9,18 +9,14 @@ compiled kernel (myason.store.copykernel, built with the agent's fast path) lays
 Without numba the same columns go through struct and bytes.join instead (encode_binary_python);
 both give the same bytes. Figures: docs/performance.md, "COPY encoding".
 """
-import logging
 import socket
 import struct
-import threading
 import time
 from itertools import chain, count, repeat
 from operator import mul, sub
 
 from myason.enrich.base import ENRICH_FIELDS, ENRICH_INT_FIELDS
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS
-
-log = logging.getLogger("myason.store.pgcopy")
 
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
 _NCOLS = len(ROW_FIELDS)
@@ -179,22 +175,9 @@ def _addresses(np, kernels, col):
     return packed, fam
 
 
-_kernel_state = []
-_kernel_lock = threading.Lock()
-
-
 def _kernels():
-    # The compiled kernels (None without numba); loaded once per process, on first use.
-    if not _kernel_state:
-        with _kernel_lock:
-            if not _kernel_state:
-                try:
-                    from myason.agent import fastjit      # its MODULES include myason.store.copykernel
-                    _kernel_state.append(fastjit.load())
-                except Exception as exc:  # noqa: BLE001 - e.g. numba's JIT with no writable cache
-                    log.warning("compiled COPY encoder unavailable (%s): using the Python one", exc)
-                    _kernel_state.append(None)
-    return _kernel_state[0]
+    from myason.agent import fastjit          # its MODULES include myason.store.copykernel
+    return fastjit.load_or_none()
 
 
 def _WIDTHS_NP(np, _cache=[]):

@@ -83,6 +83,56 @@ def test_v1_sums_match_rows_and_retries_count_once(servers, influx_db, tmp_path)
     assert not any("10." in s["key"] for s in series)
 
 
+def points(url, db):
+    # Every point, its time cut to the interval (the offset inside it is each writer's batch number).
+    rows = influx_rows(influx_query(url, "SELECT * FROM flows GROUP BY *", db=db))
+    return sorted((dict(r, time=r["time"] // 10**10) for r in rows), key=lambda r: sorted(map(str, r.items())))
+
+
+def test_prepared_batches_give_the_same_points_as_write(servers, influx_db, tmp_path):
+    # The processors aggregate (spool_encoder), the writer numbers, formats and sends
+    # (write_prepared): the points must be those write() makes, retries included.
+    from myason.enrich import build_pipeline
+    from myason.store.base import decode_prepared
+    batches = [make_rows(2000, seed) for seed in range(3)]
+    enriched = [list(r) for r in batches[2]]
+    build_pipeline({"local_networks": ["10.0.0.0/8"]}).enrich(enriched)
+    batches[2] = enriched
+    other = influx_db + "_p"
+    opts = dict(url=servers.influx_url, api="v1", instance="itest", enrich_tags=["direction", "service"])
+    direct = writer_class("influxdb")(database=influx_db, state_file=str(tmp_path / "a.state"), **opts)
+    prepared = writer_class("influxdb")(database=other, state_file=str(tmp_path / "b.state"), **opts)
+    prepare = writer_class("influxdb").spool_encoder(dict(opts, database=other))
+    events = [{"ID": "e1", "Category": ["Recon.Scanning"], "DetectTime": "2023-11-14T22:15:00Z",
+               "Node": [{"Name": "org.example.myason", "Type": ["Flow"], "SW": ["myason"]}]}]
+    for n, rows in enumerate(batches):
+        direct.write("batch-%d" % n, rows, events=events if n == 1 else ())
+        header, payload = decode_prepared(prepare(rows, events if n == 1 else ()))
+        prepared.write_prepared("batch-%d" % n, header, payload)
+        if n == 1:
+            prepared.write_prepared("batch-%d" % n, header, payload)       # a retry: same points
+    direct.close()
+    prepared.close()
+    got, want = points(servers.influx_url, other), points(servers.influx_url, influx_db)
+    assert got == want and len(want) > 10
+    assert influx_sums(servers.influx_url, other) == totals([r for b in batches for r in b])
+    q = "SELECT count(*) FROM events"
+    assert influx_rows(influx_query(servers.influx_url, q, db=other)) == influx_rows(
+        influx_query(servers.influx_url, q, db=influx_db))
+
+
+def test_damaged_or_mismatched_prepared_batch_is_permanent(servers, influx_db, tmp_path):
+    w = v1_writer(servers, influx_db, tmp_path, interval=10)
+    prepare = writer_class("influxdb").spool_encoder(dict(url=servers.influx_url, interval=60))
+    from myason.store.base import decode_prepared
+    header, payload = decode_prepared(prepare(make_rows(10, 1)))
+    for bad in (header, dict(header, totals=[[1, 2]]), {"rows": 1}):
+        with pytest.raises(WriterError) as err:
+            w.write_prepared("b", bad, payload)
+        assert err.value.permanent
+    w.close()
+
+
 def test_v1_tag_values_read_back(servers, influx_db, tmp_path):
     w = v1_writer(servers, influx_db, tmp_path)
     w.write("b", make_rows(500, 9))
