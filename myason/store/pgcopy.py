@@ -7,7 +7,7 @@ packed by C-level maps, the repetitive columns after them (exporter, next hop, a
 end reason, enrichment) are encoded once per distinct combination and cached across batches, and a
 compiled kernel (myason.store.copykernel, built with the agent's fast path) lays the rows out.
 Without numba the same columns go through struct and bytes.join instead (encode_binary_python);
-both give the same bytes. Figures: docs/performance.md, "COPY encoding".
+both give the same bytes. Figures: docs/performance.md, "Collector: columnar encoders and kernels".
 """
 import socket
 import struct
@@ -48,6 +48,7 @@ _NCOLS_ENRICHED = len(ENRICHED_ROW_FIELDS)
 _ENRICH_KINDS = tuple(f in ENRICH_INT_FIELDS for f in ENRICH_FIELDS)
 _INT8 = struct.Struct(">iq").pack
 
+
 def encode_binary_enriched(rows):
     """Binary COPY data for ENRICHED_ROW_FIELDS rows (COPY_COLUMNS + ENRICH_COPY_COLUMNS)."""
     return encode_binary(rows, enriched=True)
@@ -79,7 +80,6 @@ _INT_IDX = tuple(i for (c, _, _), i in zip(_FIXED_COLS, _FIXED_IDX) if c not in 
 _TIME_IDX = tuple(i for (c, _, _), i in zip(_FIXED_COLS, _FIXED_IDX) if c in _TIME_COLS)
 _INT_ROWS = [p for p, (c, _, _) in enumerate(_FIXED_COLS) if c not in _TIME_COLS]
 _TIME_ROWS = [p for p, (c, _, _) in enumerate(_FIXED_COLS) if c in _TIME_COLS]
-_FIXED_POS = _INT_ROWS
 _WIDTHS = tuple(w for _, _, w in _FIXED_COLS)
 _FIXED_BYTES = 2 + sum(4 + w for w in _WIDTHS)
 _INT_LO = [-(1 << (8 * _WIDTHS[p] - 1)) for p in _INT_ROWS]
@@ -89,6 +89,15 @@ _pton, _AF4, _AF6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
 _TAIL_CACHE = {}
 _TAIL_CACHE_MAX = 65536
 
+
+def _columns(rows, enriched):
+    # (columns, tail keys, COPY field count) of a non-empty batch; both encoders start here.
+    ncols = _NCOLS_ENRICHED if enriched else _NCOLS
+    cols = list(zip(*rows))
+    if len(cols) < ncols:
+        raise ValueError("a row has fewer than %d values" % ncols)
+    keys = list(zip(*(cols[i] for i in _TAIL_IDX), *cols[_NCOLS:ncols]))
+    return cols, keys, len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0)
 
 
 def encode_binary(rows, enriched=False):
@@ -103,18 +112,15 @@ def encode_binary(rows, enriched=False):
     if kernels is None or not rows:
         return encode_binary_python(rows, enriched)
     import numpy as np
-    ncols = _NCOLS_ENRICHED if enriched else _NCOLS
-    cols = list(zip(*rows))
+    cols, keys, ncopy = _columns(rows, enriched)
     n = len(rows)
-    if len(cols) < ncols:
-        raise ValueError("a row has fewer than %d values" % ncols)
     # Integers: inferred, so a float, a string or a bool-free overflow shows up as another dtype.
     ints = np.array([cols[i] for i in _INT_IDX])
     if ints.dtype.kind != "i":
         raise TypeError("a non-integer value in an integer column (%s)" % ints.dtype)
     lo, hi = ints.min(axis=1), ints.max(axis=1)
     if (lo < _INT_LO).any() or (hi > _INT_HI).any():
-        bad = [COPY_COLUMNS[_FIXED_POS[i]] for i in range(len(_INT_IDX)) if lo[i] < _INT_LO[i] or hi[i] > _INT_HI[i]]
+        bad = [COPY_COLUMNS[_INT_ROWS[i]] for i in range(len(_INT_IDX)) if lo[i] < _INT_LO[i] or hi[i] > _INT_HI[i]]
         raise struct.error("value out of range for column %s" % bad[0])
     times = np.array([cols[i] for i in _TIME_IDX])
     if times.dtype.kind not in "if" or not np.isfinite(times).all():
@@ -127,7 +133,6 @@ def encode_binary(rows, enriched=False):
     dst, dfam = _addresses(np, kernels, cols[_I["dst_ip"]])
     # Tails: row i uses the encoding of the first row with the same combination.
     first = {}
-    keys = list(zip(*(cols[i] for i in _TAIL_IDX), *cols[_NCOLS:ncols]))
     tid = np.fromiter(map(first.setdefault, keys, count()), dtype=np.int64, count=n)
     tstart = np.zeros(n, dtype=np.int64)
     tlen = np.zeros(n, dtype=np.int64)
@@ -143,8 +148,7 @@ def encode_binary(rows, enriched=False):
         size += 4 * n + 8 * int(np.count_nonzero(fam == 4)) + 20 * int(np.count_nonzero(fam == 6))
     out = np.empty(size, dtype=np.uint8)
     out[:len(_SIGNATURE)] = np.frombuffer(_SIGNATURE, dtype=np.uint8)
-    ncopy = len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0)
-    end = kernels.copy_rows(ncopy, vals, _WIDTHS_NP(np), src, sfam, dst, dfam, tails, tstart, tlen, tid, out,
+    end = kernels.copy_rows(ncopy, vals, np.array(_WIDTHS, dtype=np.int64), src, sfam, dst, dfam, tails, tstart, tlen, tid, out,
                             len(_SIGNATURE))
     out[end:end + 2] = 0xFF
     if end + 2 != size:
@@ -180,22 +184,13 @@ def _kernels():
     return fastjit.load_or_none()
 
 
-def _WIDTHS_NP(np, _cache=[]):
-    if not _cache:
-        _cache.append(np.array(_WIDTHS, dtype=np.int64))
-    return _cache[0]
-
-
 def encode_binary_python(rows, enriched=False):
     """encode_binary without numba: struct.pack per row through C-level maps, then bytes.join."""
     if not rows:
         return _SIGNATURE + _TRAILER
     # Every per-row step is a C-level map; only distinct addresses and tails run Python code.
-    ncols = _NCOLS_ENRICHED if enriched else _NCOLS
-    cols = list(zip(*rows))
-    if len(cols) < ncols:
-        raise ValueError("a row has fewer than %d values" % ncols)
-    args = [repeat(len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0))]
+    cols, keys, ncopy = _columns(rows, enriched)
+    args = [repeat(ncopy)]
     for (name, _code, size), i in zip(_FIXED_COLS, _FIXED_IDX):
         args.append(repeat(size))
         args.append(_microseconds(cols[i]) if name in _TIME_COLS else cols[i])
@@ -205,7 +200,6 @@ def encode_binary_python(rows, enriched=False):
     for a in set(src).union(dst).difference(inets):
         inets[a] = _inet(a)
     get = inets.__getitem__
-    keys = list(zip(*(cols[i] for i in _TAIL_IDX), *cols[_NCOLS:ncols]))
     tails = {}
     for key in set(keys):
         tails[key] = _tail_cached(key)
@@ -228,18 +222,15 @@ def _tail_cached(key):
     if b is None:
         if len(_TAIL_CACHE) >= _TAIL_CACHE_MAX:
             _TAIL_CACHE.clear()
-        b = _TAIL_CACHE[key] = _tail(key, {"": _NULL})
+        b = _TAIL_CACHE[key] = _tail(key)
     return b
 
 
-def _tail(key, inets):
+def _tail(key):
     # exporter, next_hop, agent, if_name, end_reason[, ENRICH_FIELDS]: the columns after
-    # src/dst, which repeat across rows; encoded once per distinct combination per batch.
+    # src/dst, which repeat across rows; encoded once per distinct combination (_tail_cached).
     exp, nh, agent, ifn, end = key[:5]
-    for a in (exp, nh):
-        if a not in inets:
-            inets[a] = _inet(a)
-    parts = [inets[exp], inets[nh], _text(agent), _text(ifn), _text(end)]
+    parts = [_inet(exp) if exp else _NULL, _inet(nh) if nh else _NULL, _text(agent), _text(ifn), _text(end)]
     if len(key) > 5:
         # ENRICH_FIELDS: direction, service, 2 countries (text), 2 ASNs (int8), 4 texts.
         d, sv, sc, dc, sa, da, so, do, sh, dh = key[5:]
