@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 import re
 import time
-from operator import itemgetter
 
 from myason.config import check_int, check_str
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
@@ -69,8 +68,9 @@ def prepare_batch(rows, events=()):
     ncols = _NCOLS_ENRICHED if enriched else _NCOLS
     if set(map(len, rows)) - {ncols}:
         raise ValueError("a row does not have %d values" % ncols)
-    header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days_of(rows)],
-              "minutes": sorted(rollup.minutes_postgresql(rows)), "events": list(events)}
+    days, minutes = batch_buckets(rows)
+    header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days],
+              "minutes": minutes, "events": list(events)}
     return encode_prepared(header, encode_binary(rows, enriched) if rows else b"")
 
 
@@ -79,16 +79,16 @@ def partition_name(day):
     return "flows_p%s" % day.strftime("%Y%m%d")
 
 
-def days_of(rows, _first=itemgetter(_I["first"])):
-    """The UTC days (datetime.date) of the rows' `first` values, as PostgreSQL stores them.
+def batch_buckets(rows):
+    """(UTC days as datetime.date, 1m bucket starts) of the rows' `first`, both sorted.
 
-    A time in the last second of a day may round up into the next one (COPY keeps microseconds):
-    that day is included too, so its partition exists (an empty one is harmless).
+    As PostgreSQL stores the times (rollup.rounded_buckets): the day after is included for a time
+    in the last second of a day, so its partition exists.
     """
-    secs = set(map(int, map(_first, rows)))
-    days = {s // 86400 for s in secs} | {s // 86400 + 1 for s in secs if s % 86400 == 86399}
+    secs = rollup.first_seconds(rows, _I["first"])
     epoch = dt.date(1970, 1, 1)
-    return sorted(epoch + dt.timedelta(days=d) for d in days)
+    days = sorted(epoch + dt.timedelta(days=b // 86400) for b in rollup.rounded_buckets(secs, 86400))
+    return days, sorted(rollup.rounded_buckets(secs, 60))
 
 
 @register
@@ -216,8 +216,7 @@ class PostgresWriter(Writer):
                 data = encode_binary_enriched(rows) if self.copy_format == "binary" else encode_text_enriched(rows)
             else:
                 data = self._encode(rows)
-            days = days_of(rows)
-            minutes = list(rollup.minutes_postgresql(rows))
+            days, minutes = batch_buckets(rows)
             params = [event_params(e) for e in events]
         except _ENCODE_ERRORS + (KeyError,) as exc:
             raise WriterError("postgresql: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
