@@ -173,7 +173,8 @@ def aggregate_fast(rows, interval, extra_cols):
     span = np.clip(last // interval - b0, 0, MAX_SPREAD + 1)
     cap = 2 * n + int(span.sum()) + 16
     out = [np.empty(cap, dtype=np.int64) for _ in range(5)]
-    m = kernels.spread_rows(ident, first, last, nbytes.astype(np.int64), npackets.astype(np.int64), interval,
+    m = kernels.spread_rows(ident, first, last, nbytes.astype(np.int64, copy=False),
+                            npackets.astype(np.int64, copy=False), interval,
                             MAX_SPREAD, *out)
     if m < 0:
         return None
