@@ -14,14 +14,12 @@ request executes). Host searches ask for a different busy host each time. Prints
 p95 in milliseconds.
 """
 import argparse
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,50 +136,30 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
     ap.add_argument("--db", help="measure an existing database (kept by --keep) instead of filling a new one")
     args = ap.parse_args()
-    import psycopg
-    servers = None
-    if args.dsn:
-        admin = args.dsn
-    else:
-        from tests.integration.services import start_services
-        servers = start_services(["pg"], watch_pid=os.getpid())
-        admin = servers.pg_dsn
-    name = args.db or "bench_api_%s" % uuid.uuid4().hex[:8]
-    if not args.db:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE %s" % name)
-    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    from bench.pgdb import bench_database
     apis = []
-    try:
-        if not args.db:
+    with bench_database("bench_api", args.dsn, args.db, args.keep) as (dsn, created):
+        if created:
             fill(dsn, args.flows, time.time())
         hosts = busy_hosts(2 * args.requests + 2)
         with tempfile.TemporaryDirectory() as tmp:
-            cached, uncached = start_api(dsn, tmp, True), start_api(dsn, tmp, False)
-            apis = [cached, uncached]
-            n = args.requests
-            timed(cached, "top/talkers?period=1d")             # fill the cache
-            figures("top talkers 1d, cached", [timed(cached, "top/talkers?period=1d") for _ in range(n)])
-            figures("top talkers 1d, uncached", [timed(uncached, "top/talkers?period=1d") for _ in range(n)])
-            timed(cached, "q/host/%s" % hosts[0])
-            figures("host search (limit 100), cached", [timed(cached, "q/host/%s" % hosts[0]) for _ in range(n)])
-            figures("host search (limit 100), uncached, distinct hosts",
-                    [timed(uncached, "q/host/%s" % h) for h in hosts[1:n + 1]])
-            figures("host search after/1h, uncached, distinct hosts",
-                    [timed(uncached, "q/host/%s/after/1h" % h) for h in hosts[n + 1:2 * n + 1]])
-            figures("traffic 1d by proto, uncached", [timed(uncached, "traffic?period=1d&by=proto") for _ in range(n)])
-            for api in apis:
-                api.stop()
-            apis = []
-    finally:
-        for api in apis:
-            api.stop()
-        if not args.keep and not args.db:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-        if servers is not None:
-            from tests.integration.services import stop_services
-            stop_services(servers)
+            try:
+                cached, uncached = start_api(dsn, tmp, True), start_api(dsn, tmp, False)
+                apis = [cached, uncached]
+                n = args.requests
+                timed(cached, "top/talkers?period=1d")             # fill the cache
+                figures("top talkers 1d, cached", [timed(cached, "top/talkers?period=1d") for _ in range(n)])
+                figures("top talkers 1d, uncached", [timed(uncached, "top/talkers?period=1d") for _ in range(n)])
+                timed(cached, "q/host/%s" % hosts[0])
+                figures("host search (limit 100), cached", [timed(cached, "q/host/%s" % hosts[0]) for _ in range(n)])
+                figures("host search (limit 100), uncached, distinct hosts",
+                        [timed(uncached, "q/host/%s" % h) for h in hosts[1:n + 1]])
+                figures("host search after/1h, uncached, distinct hosts",
+                        [timed(uncached, "q/host/%s/after/1h" % h) for h in hosts[n + 1:2 * n + 1]])
+                figures("traffic 1d by proto, uncached", [timed(uncached, "traffic?period=1d&by=proto") for _ in range(n)])
+            finally:
+                for api in apis:
+                    api.stop()
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ the day per dimension. --sqlite-flows N (default 200k; 0 = skip) does the same o
 import argparse
 import collections
 import functools
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,25 +143,13 @@ def per_dimension(conn, t0):
 
 
 def bench_pg(args, t0, now):
-    import psycopg
+    from bench.pgdb import bench_database
     from myason.store.postgresql import PostgresWriter
-    servers = None
-    if args.dsn:
-        admin = args.dsn
-    else:
-        from tests.integration.services import start_services
-        servers = start_services(["pg"], watch_pid=os.getpid())
-        admin = servers.pg_dsn
-    name = args.db or "bench_rollup_%s" % uuid.uuid4().hex[:8]
-    try:
-        if not args.db:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute("CREATE DATABASE %s" % name)
-        dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    with bench_database("bench_rollup", args.dsn, args.db, args.keep) as (dsn, created):
         w = PostgresWriter(dsn=dsn, maintain_interval=0)
         w.open()
         try:
-            if not args.db:
+            if created:
                 load_s = load(w, args.flows, t0)
                 print("stored %d flows in %.0f s" % (args.flows, load_s), flush=True)
                 w.index_closed_partitions()
@@ -176,15 +162,6 @@ def bench_pg(args, t0, now):
             measure("postgresql", w._conn, reset_pg, flows, now, args.repeat, args.top)
         finally:
             w.close()
-    finally:
-        if not args.keep and not args.db:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-        elif not args.db:
-            print("kept database %s (--db %s)" % (name, name))
-        if servers is not None:
-            from tests.integration.services import stop_services
-            stop_services(servers)
 
 
 def bench_sqlite(args, t0, now):

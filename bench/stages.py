@@ -140,17 +140,13 @@ def main(argv=None):
                     help="the processors' garbage collector: tuned thresholds, or off (periodic collections)")
     ap.add_argument("--pg", metavar="DSN", help="also time write_prepared into this PostgreSQL ('auto': start one)")
     args = ap.parse_args(argv)
-    servers = None
     if args.pg == "auto":
-        from tests.integration.services import start_services
-        servers = start_services(["pg"], watch_pid=os.getpid())
-        args.pg = servers.pg_dsn
-    try:
+        from bench.pgdb import bench_database
+        with bench_database("bench_stages") as (dsn, _):
+            args.pg = dsn
+            nflows, ndgrams, out = measure(args)
+    else:
         nflows, ndgrams, out = measure(args)
-    finally:
-        if servers is not None:
-            from tests.integration.services import stop_services
-            stop_services(servers)
     med = {k: statistics.median(v) for k, v in out.items()}
     proc = sum(med[k] for k in ("decode", "validate", "append", "enrich", "detect", "prepare", "spool"))
     print("# %d flows in %d datagrams of <= %d B, median of %d runs, µs per flow" % (nflows, ndgrams, args.size, args.runs))
