@@ -133,12 +133,16 @@ def load_keys(path):
 
 
 def load_key_file(path):
-    """A MultiFernet from a key file: the first key encrypts, all keys decrypt."""
+    """FernetKeys from a key file: the first key encrypts, all keys decrypt."""
     return FernetKeys(load_keys(path))
 
 
-class FernetKeys(MultiFernet):
-    """A MultiFernet that also decrypts raw (not base64) tokens: decrypt_raw.
+class FernetKeys:
+    """A key ring with MultiFernet's behaviour, plus decrypt_raw for raw (not base64) tokens.
+
+    It wraps cryptography's MultiFernet instead of subclassing it: MultiFernet became a Rust
+    type in cryptography 51 that cannot be subclassed, and its implementation is not ours to
+    depend on. Only what myason uses is exposed.
 
     The collector receives tokens as raw bytes; MultiFernet.decrypt wants them in base64, which
     it then decodes again, and that round trip cost more than the cryptography itself (about
@@ -146,14 +150,37 @@ class FernetKeys(MultiFernet):
     AES-128-CBC, PKCS7), with each key in turn, and raises InvalidToken the same way.
     """
 
+    __slots__ = ("_multi", "_raw")
+
     def __init__(self, keys):
         """keys: Fernet keys (url-safe base64, bytes or str), the first one encrypting."""
         keys = [k.encode("ascii") if isinstance(k, str) else k for k in keys]
-        super().__init__([Fernet(k) for k in keys])
+        if not keys:
+            raise ValueError("at least one Fernet key is needed")
+        self._multi = MultiFernet([Fernet(k) for k in keys])
         self._raw = []
         for k in keys:
             raw = base64.urlsafe_b64decode(k)
             self._raw.append((raw[:16], algorithms.AES(raw[16:])))
+
+    def __len__(self):
+        return len(self._raw)
+
+    def encrypt(self, data: bytes) -> bytes:
+        """A base64 Fernet token of data under the first key."""
+        return self._multi.encrypt(data)
+
+    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        """As encrypt, with the token's timestamp set to current_time (epoch seconds)."""
+        return self._multi.encrypt_at_time(data, current_time)
+
+    def decrypt(self, token, ttl=None) -> bytes:
+        """The plaintext of a base64 token under any key; InvalidToken otherwise."""
+        return self._multi.decrypt(token, ttl)
+
+    def decrypt_at_time(self, token, ttl: int, current_time: int) -> bytes:
+        """As decrypt, judging the ttl at current_time."""
+        return self._multi.decrypt_at_time(token, ttl, current_time)
 
     def decrypt_raw(self, token: bytes) -> bytes:
         """The plaintext of a raw Fernet token (no ttl check: the caller checks the timestamp)."""

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
+from myason import keys
 from myason.errors import CaptureError, ConfigError, KeyFileError
 
 log = logging.getLogger("myason.agent")
@@ -111,7 +112,6 @@ def load_new_config(path, export=True, live=True):
     Raises ConfigError naming the key at fault, as at start-up (a key file problem is
     reported under `key_file`).
     """
-    from myason import keys
     from myason.config import load_agent_config
     cfg = load_agent_config(path)
     raw = ()
@@ -207,8 +207,7 @@ class LiveReload:
         cfg, opened = plan.cfg, {"sources": {}}
         try:
             if self.export and plan.export:
-                from cryptography.fernet import Fernet, MultiFernet
-                opened["key"] = MultiFernet([Fernet(k) for k in raw_keys])
+                opened["key"] = keys.FernetKeys(raw_keys)
                 if plan.sender:
                     try:
                         from myason.agent.export import UdpSender

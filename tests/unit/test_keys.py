@@ -4,7 +4,7 @@ import os
 import stat
 
 import pytest
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import Fernet, InvalidToken
 
 from myason import keys
 from myason.errors import KeyFileError
@@ -37,7 +37,7 @@ def test_write_then_load_round_trip(tmp_path):
     assert mode(path) == 0o600
     assert keys.load_keys(path) == [key]
     mf = keys.load_key_file(str(path))
-    assert isinstance(mf, MultiFernet)
+    assert isinstance(mf, keys.FernetKeys) and len(mf) == 1
     assert Fernet(key).decrypt(mf.encrypt(b"flows")) == b"flows"
 
 
