@@ -94,7 +94,8 @@ def build_parser():
     i.set_defaults(command="ifconfig")
 
     k = sub.add_parser("keygen", help="create a new Fernet key")
-    k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600, never overwrites)")
+    k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600, never overwrites); "
+                   "missing parent directories are created with mode 0700")
     k.add_argument("--agent", metavar="ID", help="also print the collector keystore line for agent ID")
     return p
 
@@ -146,7 +147,8 @@ def _keygen(args):
             raise ConfigError("--agent", str(exc)) from None
     key = keys.generate_key()
     if args.out:
-        keys.write_key_file(args.out, key)
+        for directory in keys.write_key_file(args.out, key, make_dirs=True):
+            print("created %s (mode 0700)" % directory, file=sys.stderr)
         print("wrote a new key to %s (mode 0600)" % args.out, file=sys.stderr)
     else:
         print(key.decode())

@@ -36,10 +36,15 @@ def _key_bytes(key):
     return key
 
 
-def write_key_file(path, key, overwrite=False):
-    """Write one key to path with mode 0600; KeyFileError if it exists and not overwrite."""
+def write_key_file(path, key, overwrite=False, make_dirs=False):
+    """Write one key to path with mode 0600; KeyFileError if it exists and not overwrite.
+
+    make_dirs: create the missing parent directories first, each with mode 0700 whatever the
+    umask. Returns the directories created, outermost first.
+    """
     data = _FILE_HEADER + _key_bytes(key).strip() + b"\n"
     path = os.fspath(path)
+    created = _make_parents(path) if make_dirs else []
     if not overwrite:
         # O_EXCL makes creation atomic and the file is never readable by others, not even briefly.
         try:
@@ -54,7 +59,7 @@ def write_key_file(path, key, overwrite=False):
         except OSError as exc:
             os.unlink(path)
             raise KeyFileError("%s: cannot write: %s" % (path, exc.strerror)) from None
-        return
+        return created
     # Replacing: write a private temporary file next to the target, then rename over it so
     # readers see either the old or the new key file, never a partial one.
     directory = os.path.dirname(os.path.abspath(path))
@@ -71,6 +76,34 @@ def write_key_file(path, key, overwrite=False):
         except OSError:
             pass
         raise KeyFileError("%s: cannot write: %s" % (path, exc.strerror)) from None
+    return created
+
+
+def _make_parents(path):
+    """Create the missing ancestors of path, outermost first, mode 0700; returns them."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise KeyFileError("%s: cannot create: %s is not a directory" % (path, parent))
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    created = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if os.path.isdir(directory):
+                continue            # made meanwhile by someone else: theirs, left as it is
+            raise KeyFileError("%s: cannot create: %s is not a directory" % (path, directory)) from None
+        except OSError as exc:
+            raise KeyFileError("%s: cannot create directory %s: %s"
+                               % (path, directory, exc.strerror)) from None
+        # mkdir's mode is cut by the umask: a umask such as 0277 would leave a directory the
+        # key cannot be written into, so the mode is set outright.
+        os.chmod(directory, 0o700)
+        created.append(directory)
+    return created
 
 
 def _write_all(fd, data):

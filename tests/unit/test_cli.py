@@ -33,6 +33,27 @@ def test_keygen_out_writes_0600_and_refuses_to_overwrite(tmp_path, capsys):
     assert "agent.key" in capsys.readouterr().err
 
 
+def test_keygen_out_creates_missing_parent_directories_0700(tmp_path, capsys):
+    # The README's first agent command, on a host where /etc/myason does not exist yet.
+    path = tmp_path / "etc" / "myason" / "agent.key"
+    old_umask = os.umask(0o022)
+    try:
+        assert cli.main(["keygen", "--out", str(path)]) == 0
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "etc").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "etc" / "myason").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and len(keys.load_keys(str(path))) == 1
+    err = capsys.readouterr().err
+    assert "created %s (mode 0700)" % (tmp_path / "etc") in err
+
+
+def test_keygen_help_says_missing_directories_are_created(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["keygen", "--help"])
+    assert "0700" in " ".join(capsys.readouterr().out.split())
+
+
 def test_ifconfig_lists_loopback(capsys):
     assert cli.main(["ifconfig"]) == 0
     out = capsys.readouterr().out

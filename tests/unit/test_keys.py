@@ -57,9 +57,41 @@ def test_write_rejects_bad_key_and_bad_directory(tmp_path):
     with pytest.raises(ValueError):
         keys.write_key_file(tmp_path / "k", b"not a key")
     assert not (tmp_path / "k").exists()
+    # Without make_dirs a missing directory is an error: the library never creates one unasked.
     for overwrite in (False, True):
         with pytest.raises(KeyFileError, match="missing-dir"):
             keys.write_key_file(tmp_path / "missing-dir" / "k", keys.generate_key(), overwrite)
+    assert not (tmp_path / "missing-dir").exists()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_make_dirs_creates_missing_parents_0700_whatever_the_umask(tmp_path, umask, overwrite):
+    path = tmp_path / "etc" / "myason" / "agent.key"
+    key = keys.generate_key()
+    old_umask = os.umask(umask)
+    try:
+        created = keys.write_key_file(path, key, overwrite=overwrite, make_dirs=True)
+    finally:
+        os.umask(old_umask)
+    assert created == [str(tmp_path / "etc"), str(tmp_path / "etc" / "myason")]
+    assert mode(tmp_path / "etc") == mode(tmp_path / "etc" / "myason") == 0o700
+    assert mode(path) == 0o600 and keys.load_keys(path) == [key]
+
+
+def test_make_dirs_leaves_existing_directories_alone(tmp_path):
+    (tmp_path / "etc").mkdir()
+    os.chmod(tmp_path / "etc", 0o755)
+    created = keys.write_key_file(tmp_path / "etc" / "myason" / "k", keys.generate_key(), make_dirs=True)
+    assert created == [str(tmp_path / "etc" / "myason")]
+    assert mode(tmp_path / "etc") == 0o755
+    assert keys.write_key_file(tmp_path / "etc" / "k2", keys.generate_key(), make_dirs=True) == []
+
+
+def test_make_dirs_under_a_file_is_a_key_error(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(KeyFileError, match="plain"):
+        keys.write_key_file(tmp_path / "plain" / "sub" / "k", keys.generate_key(), make_dirs=True)
 
 
 def test_rotation_first_key_encrypts_all_decrypt(tmp_path):
