@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what myason needs on Debian (run as root): system packages, then a virtualenv in
-# .venv with requirements.txt and myason itself. Idempotent: a second run only checks.
+# .venv with the locked dependencies (requirements.lock) and myason itself. Idempotent: a
+# second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -22,17 +23,31 @@ if [ -n "$need_apt" ]; then
 fi
 
 PY=${PYTHON:-python3}
+# The venv holds exactly the locked set (requirements.lock: exact versions, every file's hash),
+# never whatever a resolver would pick today. A changed lock builds a new venv, so nothing of
+# an older set lingers. scripts/lock.sh regenerates the lock; scripts/check-deps.sh tries the
+# newest (and the lowest) releases the ranges allow in a throwaway venv.
 stamp="$VENV/.myason-installed"
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if ! { [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
-  if [ ! -x "$VENV/bin/python" ]; then
-    echo "install.sh: creating $VENV" >&2
-    "$PY" -m venv "$VENV"
+  if [ -e "$VENV" ]; then
+    if [ ! -f "$stamp" ] && [ "$VENV" != "$ROOT/.venv" ]; then
+      echo "install.sh: $VENV exists and was not made by install.sh; remove it or set MYASON_VENV" >&2
+      exit 1
+    fi
+    echo "install.sh: the lock changed: rebuilding $VENV" >&2
+    rm -rf "$VENV"
   fi
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  echo "install.sh: pip install -r requirements.txt" >&2
-  "$VENV/bin/python" -m pip install -q -r requirements.txt
-  "$VENV/bin/python" -m pip install -q --no-deps -e .
+  echo "install.sh: creating $VENV" >&2
+  "$PY" -m venv "$VENV"
+  pip=("$VENV/bin/python" -m pip install -q --require-hashes --no-deps --no-build-isolation)
+  # The build backend first (netifaces has no wheel for current Pythons and is built here),
+  # then everything else; builds use the locked setuptools instead of an unhashed download.
+  "${pip[@]}" -r <(awk '/^setuptools==/ {p = 1} p {print} p && !/\\$/ {exit}' requirements.lock)
+  echo "install.sh: pip install -r requirements.lock" >&2
+  "${pip[@]}" -r requirements.lock
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  "$VENV/bin/python" -m pip check >&2
   echo "$want" > "$stamp"
 fi
 
