@@ -160,25 +160,21 @@ def _keygen(args):
 
 
 def _agent(args):
+    from myason.agent.capture import check_interfaces
     from myason.config import load_agent_config
     from myason.logs import setup_logging
     cfg = load_agent_config(args.agent_conf)
+    live = not args.read
     export = not args.no_export
-    if export:
-        if not cfg.key_file:
-            raise ConfigError("key_file", "required to export (or run with --no-export)")
-        if not cfg.collectors:
-            raise ConfigError("collectors", "at least one host:port is required to export (or run with --no-export)")
-        from myason import keys
-        keys.load_key_file(cfg.key_file)
-    if not args.read and not cfg.interfaces:
-        raise ConfigError("interfaces", "at least one interface is required for live capture (or use --read)")
     if args.output and args.output != "-" and not args.output.endswith((".csv", ".jsonl", ".json")):
         raise ConfigError("--output", "use a .csv or .jsonl file name, or - for stdout")
+    check_interfaces(cfg, live)
     if args.check_config:
-        import yaml
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return EXIT_OK
+        return _check_agent_config(args, cfg)
+    if export:
+        _check_export(cfg)
+    if live and not cfg.interfaces:
+        raise ConfigError("interfaces", "at least one interface is required for live capture (or use --read)")
     handle = setup_logging(args.logger_conf, json_format=args.log_json)
     try:
         from myason.agent.app import AgentApp
@@ -192,6 +188,50 @@ def _agent(args):
     if not args.quiet:
         print(format_summary(app.summary), file=sys.stderr)
     return code
+
+
+def _check_export(cfg):
+    if not cfg.key_file:
+        raise ConfigError("key_file", "required to export (or run with --no-export)")
+    if not cfg.collectors:
+        raise ConfigError("collectors", "at least one host:port is required to export (or run with --no-export)")
+    from myason import keys
+    keys.load_key_file(cfg.key_file)
+
+
+def _check_agent_config(args, cfg):
+    """--check-config: the effective config on stdout, and on stderr what it was checked for.
+
+    One file serves replay and live capture, with or without export, as the command line
+    chooses: what the file is not set up for is reported, not refused. A half-made export setup
+    (collectors without a key file, a key file that cannot be used) is still an error.
+    """
+    from myason.config import format_endpoint
+    exporting = False
+    if not args.no_export and (cfg.key_file or cfg.collectors):
+        _check_export(cfg)
+        exporting = True
+    needs = []
+    if args.read:
+        mode = "replay of %s" % ", ".join(args.read)
+    elif cfg.interfaces:
+        mode = "live capture on %s" % ", ".join(i.name for i in cfg.interfaces)
+    else:
+        mode = "replay (--read FILE)"
+    if not cfg.interfaces:
+        needs.append("live capture needs interfaces")
+    if args.no_export:
+        mode += " without export"
+    elif exporting:
+        mode += ", exporting to %s as agent %s (each collector's keystore needs a line for %s)" % (
+            ", ".join(format_endpoint(h, p) for h, p in cfg.collectors), cfg.agent_id, cfg.agent_id)
+    else:
+        mode += " without export (run it with --no-export)"
+        needs.append("export needs key_file and collectors")
+    import yaml
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print("myason: config checked for %s" % "; ".join([mode] + needs), file=sys.stderr)
+    return EXIT_OK
 
 
 def _collector(args):

@@ -134,6 +134,61 @@ def compile_bpf(expression, linktype, snaplen, name=None):
     return [(c, jt, jf, snaplen if c == _BPF_RET | _BPF_K and k else k) for c, jt, jf, k in insns]
 
 
+def interface_linktype(ifname):
+    """(ifindex, ARPHRD type, pcap LINKTYPE) of a local interface; CaptureError when it has none."""
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except (OSError, ValueError, TypeError):
+        raise CaptureError("no such network interface: %r" % (ifname,)) from None
+    try:
+        arphrd = _arphrd(ifname, ifindex)
+    except OSError as exc:
+        raise CaptureError("cannot read the link type of %r: %s" % (ifname, exc)) from exc
+    return ifindex, arphrd, linktype_for_arphrd(arphrd)
+
+
+def filter_program(expression, ifname, arphrd, snaplen, name=None):
+    """The program attached for `expression` on a device of type arphrd; CaptureError if impossible.
+
+    `name` is how a filter that does not compile is quoted (default: the expression).
+    """
+    linktype = linktype_for_arphrd(arphrd)
+    insns = compile_bpf(expression, linktype, snaplen, name=name)
+    if linktype == LINKTYPE_LINUX_SLL:
+        fixed = cook_program(insns)
+        if fixed is None:
+            raise CaptureError("BPF filter %r reads link-layer fields that %r (ARPHRD %d) does "
+                               "not have" % (expression, ifname, arphrd))
+        insns = fixed
+    if arphrd == ARPHRD_LOOPBACK:
+        # lo hands every frame to packet sockets twice (OUTGOING, then HOST): keep one.
+        insns = drop_outgoing(insns)
+    return insns
+
+
+def check_interfaces(cfg, live=True):
+    """ConfigError naming interfaces[i] or interfaces[i].bpf_filter when capture could not start.
+
+    live: each interface must exist here and its filter compile for its link type. Otherwise
+    (replay) the interfaces are not used and may belong to another host, but a filter must still
+    compile (for Ethernet), since a syntax error is wrong everywhere.
+    """
+    from myason.errors import ConfigError
+    for i, iface in enumerate(cfg.interfaces):
+        key = "interfaces[%d]" % i
+        arphrd = ARPHRD_ETHER
+        if live:
+            try:
+                arphrd = interface_linktype(iface.name)[1]
+            except CaptureError as exc:
+                raise ConfigError(key, "%s (`myason ifconfig` lists them)" % exc) from None
+        if iface.bpf_filter.strip():
+            try:
+                filter_program(iface.bpf_filter, iface.name, arphrd, cfg.snaplen)
+            except CaptureError as exc:
+                raise ConfigError(key + ".bpf_filter", str(exc)) from None
+
+
 def _attach(sock, insns):
     code = ctypes.create_string_buffer(b"".join(_INSN.pack(*i) for i in insns))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
@@ -195,29 +250,12 @@ class LiveSource:
         """Open the socket, attach the filter and start capturing; CaptureError says why it cannot."""
         if self._sock is not None:
             return
-        try:
-            self.ifindex = socket.if_nametoindex(self.ifname)
-        except (OSError, ValueError, TypeError):
-            raise CaptureError("no such network interface: %r" % (self.ifname,)) from None
-        try:
-            self.arphrd = _arphrd(self.ifname, self.ifindex)
-        except OSError as exc:
-            raise CaptureError("cannot read the link type of %r: %s" % (self.ifname, exc)) from exc
-        self.linktype = linktype_for_arphrd(self.arphrd)
+        self.ifindex, self.arphrd, self.linktype = interface_linktype(self.ifname)
         cooked = self.linktype == LINKTYPE_LINUX_SLL
         self.filter_expression = build_filter(self.bpf_filter, self._resolved_exclude())
         # Name the user's filter; scapy's message quotes the whole expression with the exclusions.
-        insns = compile_bpf(self.filter_expression, self.linktype, self.snaplen,
-                            name=self.bpf_filter or self.filter_expression)
-        if cooked:
-            fixed = cook_program(insns)
-            if fixed is None:
-                raise CaptureError("BPF filter %r reads link-layer fields that %r (ARPHRD %d) does "
-                                   "not have" % (self.filter_expression, self.ifname, self.arphrd))
-            insns = fixed
-        if self.arphrd == ARPHRD_LOOPBACK:
-            # lo hands every frame to packet sockets twice (OUTGOING, then HOST): keep one.
-            insns = drop_outgoing(insns)
+        insns = filter_program(self.filter_expression, self.ifname, self.arphrd, self.snaplen,
+                               name=self.bpf_filter or self.filter_expression)
         try:
             # Protocol 0 receives nothing until bind(), so no frame slips in before the filter.
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW, 0)

@@ -99,9 +99,11 @@ def test_replay_of_several_files_and_pcapng(scenario_pcap, tmp_path):
 
 def test_check_config_prints_effective_config(tmp_path):
     conf = tmp_path / "agent.yaml"
-    conf.write_text("cache_limit: 1234\ninterfaces: [eth0]\n")
+    # lo: live capture is checked against this host's interfaces, and lo is on every host.
+    conf.write_text("cache_limit: 1234\ninterfaces: [lo]\n")
     proc = run_agent("-ac", str(conf), "--check-config", "--no-export")
     assert "cache_limit: 1234" in proc.stdout
+    assert "checked for live capture on lo without export" in proc.stderr
 
 
 def test_bad_config_fails_at_start_naming_the_key(tmp_path):

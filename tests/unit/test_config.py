@@ -281,10 +281,9 @@ def test_to_dict_is_plain_and_round_trips(tmp_path):
 # --- conf/agent.yaml --------------------------------------------------------------------------
 
 def test_conf_agent_yaml_validates():
-    cfg = load_agent_config(str(AGENT_YAML))
-    assert cfg.key_file == "/etc/myason/agent.key"
-    assert cfg.collectors == (("127.0.0.1", 9999),)
-    assert dataclasses.replace(cfg, key_file=None, collectors=()) == AgentConfig()
+    # As shipped, every active line holds the default: the file is ready for replay as it is,
+    # and what live capture and export need is commented out for the user to fill in.
+    assert load_agent_config(str(AGENT_YAML)) == AgentConfig()
 
 
 def test_conf_agent_yaml_documents_every_field():
