@@ -32,8 +32,12 @@ def iso(t) -> str | None:
     """Unix seconds -> 'YYYY-MM-DDTHH:MM:SS.mmmZ' (UTC); None stays None."""
     if t is None:
         return None
-    t = float(t)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int(round(t % 1 * 1000) % 1000)
+    # The whole time is rounded before it is split, so 48.9996 s carries into 49.000 (rounding
+    # only the fraction would print 48.000, a second early, and break newest-first order).
+    # Microseconds first: the stores keep no more, and whole numbers make the half-way case
+    # exact (half a millisecond rounds up, also before 1970).
+    seconds, ms = divmod((round(float(t) * 1e6) + 500) // 1000, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % ms
 
 
 def proto_name(n) -> str:
