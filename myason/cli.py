@@ -1,11 +1,14 @@
 """Command line: parse arguments, load and validate config, hand over to the app; owns exit codes.
 
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage, 141 (128 + SIGPIPE,
+as a shell reports other tools killed by a closed pipe) when stdout was closed before everything
+was written, e.g. by `| head`: the command stops there, quietly.
 """
 import argparse
 import logging
 import os
 import platform
+import select
 import sys
 
 from myason import __version__
@@ -13,7 +16,7 @@ from myason.errors import CaptureError, ConfigError, KeyFileError
 
 log = logging.getLogger("myason")
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PIPE = 0, 1, 2, 141
 
 
 def _versions():
@@ -103,6 +106,49 @@ def build_parser():
 def main(argv=None):
     """Entry point of the `myason` console script."""
     args = build_parser().parse_args(argv)
+    code = _run(args)
+    try:
+        # Flushed here rather than at interpreter exit, where a closed pipe could only be
+        # reported as an "Exception ignored" traceback.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed_code(EXIT_FAIL)
+    except (OSError, ValueError):
+        pass
+    return code
+
+
+def _stdout_gone():
+    """True when stdout is a pipe or socket whose reader has gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _discard_stdout():
+    # Whatever is still buffered for stdout, and the interpreter's final flush, go nowhere
+    # instead of raising again (the recipe of Python's signal module documentation).
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _stdout_closed_code(otherwise):
+    if not _stdout_gone():
+        print("myason: error: broken pipe", file=sys.stderr)
+        return otherwise
+    _discard_stdout()
+    return EXIT_PIPE
+
+
+def _run(args):
     try:
         if args.command == "agent":
             return _agent(args)
@@ -129,6 +175,8 @@ def main(argv=None):
     except CaptureError as exc:
         print("myason: capture error: %s" % exc, file=sys.stderr)
         return EXIT_FAIL
+    except BrokenPipeError:
+        return _stdout_closed_code(EXIT_FAIL)
     except OSError as exc:
         # Start-up failures outside the config checks (an --output file that cannot be
         # created, a collector name that does not resolve): a message, not a traceback.
@@ -185,7 +233,12 @@ def _agent(args):
         code = app.run()
     finally:
         handle.stop()
-    if not args.quiet:
+    if app.output_closed:
+        _discard_stdout()
+        code = code or EXIT_PIPE
+    # A run that failed before metering anything (no capture socket, a thread that died at
+    # once) has only zeros to show: its error, already logged, says it all.
+    if not args.quiet and (code != EXIT_FAIL or app.summary.get("frames")):
         print(format_summary(app.summary), file=sys.stderr)
     return code
 
@@ -286,10 +339,13 @@ def _maintain(args):
         try:
             writer.open()
             writer.retention_days = raw_days
-            print("writers[%d] %s: %s" % (i, kind, format_summary(writer.maintain(now))))
+            done = writer.maintain(now)
         except _database_errors() + (WriterError, OSError) as exc:
             print("myason: writers[%d] %s: %s" % (i, kind, " ".join(str(exc).split())[:300]), file=sys.stderr)
             code = EXIT_FAIL
+        else:
+            # Outside the writer's error handling: a closed stdout is not a database failure.
+            print("writers[%d] %s: %s" % (i, kind, format_summary(done)))
         finally:
             writer.close()
     return code

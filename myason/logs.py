@@ -227,13 +227,20 @@ def _install_queue(loggers, json_format):
 
 
 class RateLimiter:
-    """At most one log per key per interval; suppressed(key) tells how many were skipped before."""
+    """At most `burst` logs per key per interval; suppressed(key) tells how many were skipped before.
 
-    def __init__(self, interval=10.0, clock=time.monotonic):
+    max_keys bounds the state for keys that come from the network (agent ids, addresses): when
+    it is full, the key least recently allowed is forgotten to make room.
+    """
+
+    def __init__(self, interval=10.0, clock=time.monotonic, burst=1, max_keys=None):
         self.interval = float(interval)
+        self.burst = max(1, int(burst))
+        self.max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
-        self._state = {}  # key -> [time last allowed, suppressed since then, suppressed before it]
+        # key -> [window start, allowed in it, suppressed since the last allowed, suppressed before it]
+        self._state = {}
 
     def allow(self, key) -> bool:
         """True if a message for `key` may be logged now; otherwise count it as suppressed."""
@@ -241,22 +248,32 @@ class RateLimiter:
         with self._lock:
             state = self._state.get(key)
             if state is None:
-                self._state[key] = [now, 0, 0]
+                if self.max_keys is not None and len(self._state) >= self.max_keys:
+                    del self._state[next(iter(self._state))]
+                self._state[key] = [now, 1, 0, 0]
                 return True
             if now - state[0] >= self.interval:
-                state[0], state[2], state[1] = now, state[1], 0
-                return True
-            state[1] += 1
-            return False
+                state[0], state[1] = now, 1
+            elif state[1] < self.burst:
+                state[1] += 1
+            else:
+                state[2] += 1
+                return False
+            state[3], state[2] = state[2], 0
+            if self.max_keys is not None:
+                # Dicts keep insertion order: re-inserting makes it the last to be forgotten.
+                del self._state[key]
+                self._state[key] = state
+            return True
 
     def suppressed(self, key) -> int:
         """How many messages for `key` were suppressed before the last allowed one."""
         with self._lock:
             state = self._state.get(key)
-            return state[2] if state else 0
+            return state[3] if state else 0
 
     def pending(self, key) -> int:
         """How many messages for `key` have been suppressed since the last allowed one."""
         with self._lock:
             state = self._state.get(key)
-            return state[1] if state else 0
+            return state[2] if state else 0

@@ -245,11 +245,46 @@ class AgentApp(reloading.LiveReload):
     def _sniffers(self):
         return [lane.sniffer for lane in list(self.lanes.values()) + self.retired] + self.readers
 
+    @property
+    def output_closed(self):
+        """True when --output - lost its reader (`| head`): the run was ended early for it."""
+        exporter = self.exporter
+        return bool(exporter and exporter.record_file is not None and exporter.record_file.reader_gone)
+
+    def _check_captures(self):
+        # Each file is opened (header read) before anything starts: one that cannot be read is
+        # then a one-line error, rather than the replay of the files before it followed by a
+        # failure and a summary.
+        from myason.agent.pcapfile import open_capture
+        for path in self.read:
+            open_capture(path).close()
+
+    def _announce(self):
+        """The log line that says who this agent is to its collectors, and what it does."""
+        if self.live:
+            what = "live capture on %s" % ", ".join(i.name for i in self.cfg.interfaces)
+        elif self.export:
+            what = "replay of %d capture file%s" % (len(self.read), "" if len(self.read) == 1 else "s")
+        else:
+            return      # replay to a file or stdout: nothing to tell a collector, and stderr stays quiet
+        if self.export:
+            from myason.config import format_endpoint
+            where = ", ".join(format_endpoint(h, p) for h, p in self.cfg.collectors)
+            # A collector drops every datagram of an id its keystore does not list, and the agent
+            # cannot tell: this line is where a mismatch can be seen from this side.
+            log.info("agent %s: %s, exporting to %s (each collector's keystore needs a line for %s)",
+                     self.cfg.agent_id, what, where, self.cfg.agent_id)
+        else:
+            log.info("agent %s: %s, export off", self.cfg.agent_id, what)
+
     def run(self):
         """Run until the replay ends or a signal arrives; returns the process exit code."""
+        self._optional_lookups()        # a bad asn_database is a config error (exit 2): first
+        if not self.live:
+            self._check_captures()
         batcher, sender, record_file = self._sinks()
+        self._announce()
         self.flow_q = queue.Queue(self.cfg.flow_queue)
-        self._optional_lookups()
         if self.live:
             for iface in self.cfg.interfaces:
                 src = self._make_source(iface, self.cfg)
@@ -277,6 +312,9 @@ class AgentApp(reloading.LiveReload):
         next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
         while exporter.is_alive():
             exporter.join(0.2)
+            if self.output_closed and not self.stop.is_set():
+                # Stop as on SIGTERM: what is cached still goes to the collectors.
+                self.stop.set()
             if self.hangup.is_set() and not self.stop.is_set():
                 self.hangup.clear()
                 if self.reload() and self.cfg.stats_interval:

@@ -9,10 +9,15 @@ from myason.record import FIELDS
 
 
 class RecordFile:
-    """Writes rows (lists in FIELDS order) as CSV (.csv) or JSON lines (.jsonl, or '-' = stdout)."""
+    """Writes rows (lists in FIELDS order) as CSV (.csv) or JSON lines (.jsonl, or '-' = stdout).
+
+    On stdout a reader that went away (`| head`) is not an error: `reader_gone` is set, later
+    rows are dropped, and the app ends the run as a closed pipe ends other Unix tools.
+    """
 
     def __init__(self, path):
         self.path = path
+        self.reader_gone = False
         if path == "-":
             self.format = "jsonl"
             self._fh = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
@@ -43,25 +48,35 @@ class RecordFile:
 
     def write(self, rows):
         """Append rows."""
-        if not rows:
+        if not rows or self.reader_gone:
             return
         self.rows += len(rows)
-        if self.format == "csv":
-            self._csv.writerows(rows)
-            self._drain()
-            return
-        dumps = orjson.dumps
-        data = b"".join(dumps(dict(zip(FIELDS, r))) + b"\n" for r in rows)
-        if self._fh is not None:
-            self._fh.write(data)
-        else:
-            self._text.write(data.decode())
+        try:
+            if self.format == "csv":
+                self._csv.writerows(rows)
+                self._drain()
+                return
+            dumps = orjson.dumps
+            data = b"".join(dumps(dict(zip(FIELDS, r))) + b"\n" for r in rows)
+            if self._fh is not None:
+                self._fh.write(data)
+            else:
+                self._text.write(data.decode())
+        except BrokenPipeError:
+            if self._own:
+                raise
+            self.reader_gone = True
 
     def close(self):
         """Flush and close (stdout is flushed, not closed)."""
-        if self._fh is not None:
-            self._fh.flush()
+        try:
+            if self._fh is not None:
+                self._fh.flush()
+                if self._own:
+                    self._fh.close()
+            elif self._text is not None:
+                self._text.flush()
+        except BrokenPipeError:
             if self._own:
-                self._fh.close()
-        elif self._text is not None:
-            self._text.flush()
+                raise
+            self.reader_gone = True

@@ -154,8 +154,10 @@ class DatagramProcessor:
     """Decrypt, decode, validate one datagram; reject replays, count gaps; counters by reason."""
 
     def __init__(self, keystore, ttl=5.0, window=4096, limits=None, clock=time.time,
-                 max_plain=1 << 20):
+                 max_plain=1 << 20, log_clock=time.monotonic):
         """keystore: Keystore; ttl: token ttl in s (overrides limits.ttl); window: replay slots.
+
+        log_clock: the clock of the rate limits on rejection log lines.
 
         Share one processor between threads (the replay state must be shared); with several
         processes, send each agent's datagrams to the same process.
@@ -171,10 +173,19 @@ class DatagramProcessor:
         self.rejects = {}
         self.agents = {}
         self._seqs = {}
+        # (agent, first seq, its sent time) of each window started since the owner last looked:
+        # the collector saves them before their rows, so a crash cannot hide their loss.
+        self.new_runs = []
         # handle() may run in several threads sharing one processor: the replay state must be
         # shared, or a replay sent to another thread would pass.
         self._lock = threading.Lock()
-        self._limiter = RateLimiter(10.0)
+        self._limiter = RateLimiter(10.0, clock=log_clock)
+        # unknown_agent is what an agent whose agent_id is missing from the keystore gets, and
+        # that agent runs on unaware: each (agent id, source) gets its own line, one per interval
+        # however fast it sends. Both come from the network, so the pairs remembered are bounded
+        # and so are the lines in all (a flood of made-up ids).
+        self._unknown = RateLimiter(10.0, clock=log_clock, max_keys=1024)
+        self._unknown_lines = RateLimiter(10.0, clock=log_clock, burst=10)
 
     def snapshot(self):
         """{agent: {"top", "max_sent"}} of each agent's current run, to persist beside the spool."""
@@ -196,7 +207,7 @@ class DatagramProcessor:
                     top, max_sent = int(st["top"]), float(st["max_sent"])
                 except (KeyError, TypeError, ValueError):
                     continue
-                if top < 0:
+                if top < -1:        # -1: an agent known, nothing of its run accepted yet
                     continue
                 w = _Window(top, max_sent)
                 w.bits = (1 << self.window) - 1
@@ -258,6 +269,8 @@ class DatagramProcessor:
     def _commit(self, agent, state, seq, sent, verdict, kind, rows, now):
         # Called with the lock held.
         gaps, restarted = state.commit(seq, sent, verdict, kind, self.window)
+        if verdict == "init" or verdict == "restart":
+            self.new_runs.append((agent, seq, sent))
         stats = self._stats(agent)
         stats.datagrams += 1
         stats.flows += len(rows)
@@ -287,6 +300,12 @@ class DatagramProcessor:
 
     def _log(self, agent, addr, reason):
         """Log one rejection, rate-limited per reason; returns [] for handle() to pass on."""
+        if reason == "unknown_agent":
+            pair = (agent, addr)
+            if self._unknown.allow(pair) and self._unknown_lines.allow(reason):
+                log.warning("rejected datagrams from %s: unknown_agent: agent id %r is not in the keystore "
+                            "(%d more from it not logged)", _safe(addr), agent, self._unknown.suppressed(pair))
+            return []
         # Keyed by reason only: agent ids and addresses come from the network and would grow
         # the limiter's state without bound.
         if self._limiter.allow(reason):

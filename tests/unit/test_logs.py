@@ -257,6 +257,26 @@ def test_rate_limiter_with_injected_clock():
     assert limiter.suppressed("never") == 0
 
 
+def test_rate_limiter_burst_allows_that_many_per_interval():
+    now = [0.0]
+    limiter = RateLimiter(interval=10.0, clock=lambda: now[0], burst=3)
+    assert [limiter.allow("k") for _ in range(5)] == [True, True, True, False, False]
+    now[0] = 10.0
+    assert limiter.allow("k") is True and limiter.suppressed("k") == 2
+
+
+def test_rate_limiter_max_keys_forgets_the_least_recently_allowed():
+    now = [0.0]
+    limiter = RateLimiter(interval=10.0, clock=lambda: now[0], max_keys=2)
+    assert limiter.allow("a") and limiter.allow("b")
+    now[0] = 10.0
+    assert limiter.allow("a")              # "a" allowed again: "b" is now the oldest
+    assert limiter.allow("c")              # full: "b" is forgotten
+    assert len(limiter._state) == 2
+    assert limiter.allow("b") is True      # unknown again, so allowed
+    assert limiter.allow("c") is False     # still remembered
+
+
 def test_rate_limiter_is_thread_safe():
     limiter = RateLimiter(interval=1e9)
     results = []

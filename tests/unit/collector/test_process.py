@@ -205,6 +205,43 @@ def test_rejections_are_logged_rate_limited_without_secrets(proc, caplog):
     assert proc.rejects == {"bad_token": 50}
 
 
+def test_unknown_agent_is_logged_per_agent_id_and_source(proc, caplog):
+    # An agent whose agent_id is not in the keystore runs on unaware: the collector's log line is
+    # the only place that says which id and which address were refused.
+    caplog.set_level(logging.WARNING, logger="myason.collector.process")
+    stranger = dgram(0, agent="sensor-1", key=Fernet.generate_key())
+    other = dgram(0, agent="vm-17", key=Fernet.generate_key())
+    for _ in range(50):
+        for data, addr in ((stranger, ADDR), (other, ADDR), (stranger, LAB_ADDR)):
+            proc.handle(data, addr, NOW)
+    lines = [r.getMessage() for r in caplog.records if "unknown_agent" in r.getMessage()]
+    assert len(lines) == 3, lines
+    for agent, addr in (("sensor-1", ADDR), ("vm-17", ADDR), ("sensor-1", LAB_ADDR)):
+        assert sum("'%s'" % agent in m and addr in m for m in lines) == 1, (agent, addr, lines)
+    assert all("keystore" in m for m in lines)
+    assert proc.rejects == {"unknown_agent": 150}
+
+
+def test_unknown_agent_lines_say_how_many_were_not_logged_and_stay_bounded(caplog):
+    caplog.set_level(logging.WARNING, logger="myason.collector.process")
+    now = [0.0]
+    p = DatagramProcessor(keystore(), ttl=5.0, window=64, log_clock=lambda: now[0])
+    stranger = dgram(0, agent="sensor-1", key=Fernet.generate_key())
+    for _ in range(20):
+        p.handle(stranger, ADDR, NOW)
+    now[0] = 10.0
+    p.handle(stranger, ADDR, NOW)
+    lines = [r.getMessage() for r in caplog.records if "unknown_agent" in r.getMessage()]
+    assert len(lines) == 2 and "19 more" in lines[1], lines
+    # A flood of made-up ids from made-up addresses: a bounded number of lines, not one each.
+    caplog.clear()
+    for i in range(2000):
+        p.handle(dgram(0, agent="x%d" % i, key=KEY), "198.51.%d.%d" % (i // 250, i % 250), NOW)
+    lines = [r for r in caplog.records if "unknown_agent" in r.getMessage()]
+    assert 0 < len(lines) <= 20
+    assert p.rejects["unknown_agent"] == 2021
+
+
 def test_never_raises_on_odd_arguments(proc):
     for data in (None, 12, "text", b"", bytearray(b"MYAS"), memoryview(b"x" * 10)):
         assert proc.handle(data, ADDR, NOW) == []
