@@ -6,6 +6,7 @@ was written, e.g. by `| head`: the command stops there, quietly.
 """
 import argparse
 import logging
+import math
 import os
 import platform
 import select
@@ -59,6 +60,11 @@ def build_parser():
     a.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
     a.add_argument("--engine", choices=("fast", "python"), default="fast",
                    help="replay engine: fast (numba, default) or python (the reference path)")
+    a.add_argument("--time-shift", metavar="now|SECONDS",
+                   help="replay: add SECONDS (may be negative) to every record's first and last, or with "
+                        "'now' put the capture's newest packet at the moment the replay starts (recent "
+                        "periods of the web page then show it); aging is unchanged. Default: the "
+                        "capture's own times")
 
     c = sub.add_parser("collector", help="receive, validate and store flows from agents")
     c.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config")
@@ -216,6 +222,7 @@ def _agent(args):
     export = not args.no_export
     if args.output and args.output != "-" and not args.output.endswith((".csv", ".jsonl", ".json")):
         raise ConfigError("--output", "use a .csv or .jsonl file name, or - for stdout")
+    time_shift = _time_shift(args)
     check_interfaces(cfg, live)
     if args.check_config:
         return _check_agent_config(args, cfg)
@@ -228,7 +235,7 @@ def _agent(args):
         from myason.agent.app import AgentApp
         app = AgentApp(cfg, read=args.read, output=args.output, export=export,
                        progress=False if args.no_progress else None, engine=args.engine,
-                       config_path=args.agent_conf)
+                       config_path=args.agent_conf, time_shift=time_shift)
         app.install_signals()
         code = app.run()
     finally:
@@ -241,6 +248,24 @@ def _agent(args):
     if not args.quiet and (code != EXIT_FAIL or app.summary.get("frames")):
         print(format_summary(app.summary), file=sys.stderr)
     return code
+
+
+def _time_shift(args):
+    """None, "now" or a finite number of seconds, from --time-shift."""
+    text = args.time_shift
+    if text is None:
+        return None
+    if not args.read:
+        raise ConfigError("--time-shift", "shifts a replay: use it with --read (live capture has the real time)")
+    if text.strip().lower() == "now":
+        return "now"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise ConfigError("--time-shift", "must be 'now' or a number of seconds (may be negative), got %r" % text)
+    return seconds
 
 
 def _check_export(cfg):

@@ -147,6 +147,13 @@ class ReplayReader(threading.Thread):
             self.outbox.put(DONE)
 
 
+def _iso(t):
+    """ISO 8601 UTC with milliseconds, e.g. 2024-01-01T00:30:00.250Z."""
+    import datetime
+    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (stamp.microsecond // 1000)
+
+
 def serve_metrics(endpoint, stats_fn):
     """Start the agent's Prometheus endpoint ('host:port'); returns the HTTP server."""
     from prometheus_client import start_http_server
@@ -165,8 +172,10 @@ class AgentApp(reloading.LiveReload):
     """The agent: live capture on the configured interfaces, or replay of capture files."""
 
     def __init__(self, cfg, read=(), output=None, export=True, progress=None, engine="fast",
-                 config_path=None):
+                 config_path=None, time_shift=None):
         self.cfg = cfg
+        # Replay: None (the capture's own times), seconds to add, or "now" (newest packet at start).
+        self.time_shift = time_shift
         self.config_path = config_path  # re-read on SIGHUP
         self.read = list(read or ())
         self.live = not self.read
@@ -252,12 +261,36 @@ class AgentApp(reloading.LiveReload):
         return bool(exporter and exporter.record_file is not None and exporter.record_file.reader_gone)
 
     def _check_captures(self):
+        """The newest packet time of the capture files when --time-shift now needs it, else None."""
         # Each file is opened (header read) before anything starts: one that cannot be read is
         # then a one-line error, rather than the replay of the files before it followed by a
         # failure and a summary.
         from myason.agent.pcapfile import open_capture
+        newest = None
         for path in self.read:
-            open_capture(path).close()
+            with open_capture(path) as cap:
+                if self.time_shift == "now":
+                    t = cap.newest_timestamp()
+                    if t is not None and (newest is None or t > newest):
+                        newest = t
+        return newest
+
+    def _replay_shift(self, newest):
+        """Seconds --time-shift adds to every record's first and last (microsecond steps)."""
+        if self.time_shift is None:
+            return 0.0
+        if self.time_shift != "now":
+            shift = round(float(self.time_shift), 6)
+            log.info("time shift %+.6f s: every record's first and last", shift)
+            return shift
+        if newest is None:
+            log.warning("time shift now: the capture has no packet, nothing to shift")
+            return 0.0
+        start = time.time()
+        shift = round(start - newest, 6)
+        log.info("time shift %+.6f s: the capture's newest packet (%s) is put at the start of the replay (%s)",
+                 shift, _iso(newest), _iso(start))
+        return shift
 
     def _announce(self):
         """The log line that says who this agent is to its collectors, and what it does."""
@@ -280,8 +313,7 @@ class AgentApp(reloading.LiveReload):
     def run(self):
         """Run until the replay ends or a signal arrives; returns the process exit code."""
         self._optional_lookups()        # a bad asn_database is a config error (exit 2): first
-        if not self.live:
-            self._check_captures()
+        newest = self._check_captures() if not self.live else None
         batcher, sender, record_file = self._sinks()
         self._announce()
         self.flow_q = queue.Queue(self.cfg.flow_queue)
@@ -296,7 +328,7 @@ class AgentApp(reloading.LiveReload):
             # A chunk holds 1e5 packets: a short queue is enough to keep both threads busy.
             pkt_q = queue.Queue(4 if fast else self.cfg.packet_queue)
             proc = PacketProcessor(self.cfg, self.cfg.agent_id, {}, self._routes, self._asn,
-                                   engine="fast" if fast else "python")
+                                   engine="fast" if fast else "python", time_shift=self._replay_shift(newest))
             reader = ReplayReader(self.read, pkt_q, self.stop, self.progress, fast=fast)
             self.readers.append(reader)
             self.procs.append(ProcessorThread("processor", proc, pkt_q, self.flow_q, self.cfg.tick))

@@ -46,7 +46,7 @@ class PacketProcessor:
     """Owns one flow cache; turns batches of frames into flow rows (lists in FIELDS order)."""
 
     def __init__(self, cfg, agent_id, if_names=None, routes=None, asn=None, packet_clock=True,
-                 engine="python"):
+                 engine="python", time_shift=0.0):
         cache_class = FlowCache
         if engine == "fast":
             from myason.agent.fastcache import FastFlowCache as cache_class
@@ -71,6 +71,9 @@ class PacketProcessor:
         self.packet_clock = packet_clock
         self.tick_every = cfg.tick
         self.next_tick = None
+        # Replay --time-shift: added to first/last as rows are made, so aging (which runs on the
+        # packets' own clock) is untouched, and both engines shift the same values the same way.
+        self.time_shift = float(time_shift)
 
     def process(self, batch, default_linktype=dec.LINKTYPE_ETHERNET, ifindex=0):
         """Account a batch of (ts, frame[, linktype, ifindex, ...]) tuples."""
@@ -208,7 +211,10 @@ class PacketProcessor:
         names = self.if_names
         routes, asn = self.routes, self.asn
         ntop = socket.inet_ntop
+        shift = self.time_shift
         for key, packets, nbytes, first, last, flags, vlan, reason in self.cache.take():
+            if shift:
+                first, last = first + shift, last + shift
             src, dst, sport, dport, proto, tos, ifx = unpack_key(key)
             af = _AF[len(src)]
             out_if, next_hop, src_mask, dst_mask = routes.annotate(src, dst) if routes else (0, "", 0, 0)
@@ -235,9 +241,12 @@ class PacketProcessor:
         names = self.if_names
         name = [names.get(x, "") for x in ifx] if names else repeat("", n)
         reason = np.array(END_REASONS, dtype=object)[s >> 24].tolist()
+        first, last = f[:, 0], f[:, 1]
+        if self.time_shift:
+            first, last = first + self.time_shift, last + self.time_shift
         cols = [src, dst, (misc >> 48).tolist(), ((misc >> 32) & 0xFFFF).tolist(),
                 ((misc >> 24) & 0xFF).tolist(), ((misc >> 16) & 0xFF).tolist(),
-                u[:, 0].tolist(), u[:, 1].tolist(), round6(f[:, 0]), round6(f[:, 1]),
+                u[:, 0].tolist(), u[:, 1].tolist(), round6(first), round6(last),
                 (s & 0xFF).tolist(), repeat(self.agent_id, n), name, ifx, repeat(0, n),
                 ver.tolist(), ((s >> 8) & 0xFFFF).tolist(), repeat("", n), repeat(0, n),
                 repeat(0, n), repeat(0, n), repeat(0, n), reason]
