@@ -1,12 +1,14 @@
 """The detector interface: per-key windows, bounded state, allowlist, one event per key and window.
 
 A detector keeps one window per key (a source, a target, ...). A key's window starts with its
-first flow (flow time `first`) and lasts `window` seconds; it closes when poll(now) is called
-with now >= start + window, when a later flow of the same key falls after it, or when the key is
+earliest flow (flow time `first`), in whatever order the flows arrive (a late flow moves it
+back: window_for), and lasts `window` seconds; it closes when poll(now) is called with
+now >= start + window, when a later flow of the same key falls after it, or when the key is
 evicted. A closing window yields at most one event, with the window's aggregated counts, if it
-crossed the detector's threshold. Windows are kept in start order (an OrderedDict), so poll()
-only looks at the windows that are due, and a full table evicts the oldest window first (the one
-nearest to closing; its event, if any, is emitted early rather than lost).
+crossed the detector's threshold. Windows are kept in the order they opened (an OrderedDict),
+which is start order up to the flows' export delay, so poll() only looks at the windows that are
+due, and a full table evicts the oldest window first (the one nearest to closing; its event, if
+any, is emitted early rather than lost).
 
 Times: flow times and `now` share one clock. A live collector polls with time.time(); a replay
 polls with the newest flow time seen (`watermark`) and calls flush() at the end.
@@ -49,7 +51,11 @@ def as_row(flow):
 
 
 class Window:
-    """Aggregates of one key's window: times, counts, a capped distinct set, detector extras."""
+    """Aggregates of one key's window: times, counts, a capped distinct set, detector extras.
+
+    `start` places the window (see Detector.window_for); `first` and `last` are the earliest
+    start and latest end of the flows counted, which the event reports.
+    """
 
     __slots__ = ("start", "first", "last", "flows", "packets", "bytes", "distinct", "capped",
                  "extra", "extra_set")
@@ -197,8 +203,16 @@ class Detector:
         win = windows.get(key)
         if win is not None:
             if t < win.start + self.window:
+                if t < win.start and win.last < t + self.window:
+                    # A flow exported late (an unanswered probe held for the idle timeout while
+                    # later probes, ended by RST, left at once) moves the window back to its own
+                    # start: the window follows the flows' times, not their arrival order. Not
+                    # when that would leave a counted flow past the window's end, as a long flow
+                    # does (started long ago, exported when it ended): it is counted, but moving
+                    # the window back for it would close the window at once.
+                    win.start = t
                 return win
-            # Re-inserted below, so the table stays in window-start order.
+            # Re-inserted below, so the table stays in the order the windows opened.
             del windows[key]
             self._close(key, win, t)
         elif len(windows) >= self.max_keys:
@@ -212,7 +226,7 @@ class Detector:
     # -- closing ---------------------------------------------------------------------------
 
     def _close(self, key, win, detect_time):
-        event = self._event(key, win, max(detect_time, win.last))
+        event = self._event(key, win, detect_time)
         if event is not None:
             if len(self._ready) >= self.max_pending:
                 # Nobody polls (or a storm of keys): memory stays bounded, the loss is counted.
@@ -253,10 +267,24 @@ class Detector:
         return len(self._windows)
 
     def event(self, category, win, detect_time, sources, targets, description, **extra):
-        """build_event() with this detector's node name, the window and its counts."""
-        return build_event(category, detect_time, (win.start, win.start + self.window), sources,
-                           targets, {"conns": win.flows, "flows": win.flows,
-                                     "packets": win.packets, "bytes": win.bytes},
+        """build_event() with this detector's node name, the window, its times and counts.
+
+        The times are those of the counted flows, so they do not depend on the flows' arrival
+        order: EventTime is the earliest flow start and CeaseTime the latest flow end. The
+        window (WinStartTime, WinEndTime) opens with the earliest flow and lasts `window`
+        seconds, but ends at the detection when closed earlier (flush, eviction), and holds
+        every counted flow's end. Hence WinStartTime <= EventTime <= CeaseTime <= WinEndTime <=
+        DetectTime.
+        """
+        # The detection clock can be behind CeaseTime: a window rolled over or evicted by a flow
+        # closes at that flow's start (a flow time, as with the 'flow' clock), which can precede
+        # the end of a counted flow that ran long or was exported late, and a wall clock can lag
+        # an agent's. Nothing is detected before the activity it reports, so the later of the two.
+        detect_time = max(detect_time, win.last)
+        end = max(win.last, min(win.first + self.window, detect_time))
+        return build_event(category, detect_time, (win.first, end), sources, targets,
+                           {"conns": win.flows, "flows": win.flows, "packets": win.packets,
+                            "bytes": win.bytes},
                            description, self.node_name, event_time=win.first,
                            cease_time=win.last, **extra)
 

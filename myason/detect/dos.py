@@ -48,7 +48,8 @@ class DosDetector(Detector):
             t = row[FIRST]
             target = row[DST]
             win = get(target)
-            if win is None or t >= win.start + span:
+            # New keys, rollovers and late flows (before the start) take the general path.
+            if win is None or not win.start <= t < win.start + span:
                 win = self.window_for(target, t)
             packets = row[PACKETS]
             win.flows += 1

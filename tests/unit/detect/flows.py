@@ -10,6 +10,7 @@ T0 = 1_700_000_000.0
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
 DONE = SYN | ACK | PSH | FIN          # a completed TCP conversation, client side
 _TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+TIME_ORDER = ("WinStartTime", "EventTime", "CeaseTime", "WinEndTime", "DetectTime")
 
 
 def flow(src, dst, sport=40000, dport=80, proto=6, packets=1, nbytes=None, first=T0, dur=0.0,
@@ -57,10 +58,9 @@ def check_idea(event):
     valid.Idea(event)
     assert event["Format"] == "IDEA0"
     assert uuid.UUID(event["ID"]).version == 4
-    for key in ("DetectTime", "EventTime", "CeaseTime", "WinStartTime", "WinEndTime"):
+    for key in TIME_ORDER:
         assert _TS.match(event[key]), (key, event[key])
-    assert event["EventTime"] <= event["CeaseTime"]
-    assert event["WinStartTime"] <= event["WinEndTime"]
+    assert_time_order(event)
     for key in ("ConnCount", "FlowCount", "PacketCount", "ByteCount"):
         if key in event:
             assert type(event[key]) is int and event[key] >= 0
@@ -72,6 +72,13 @@ def check_idea(event):
     assert node["SW"] == ["myason"] and node["Type"] == ["Flow", "Statistical"]
     assert orjson.loads(orjson.dumps(event)) == event
     return event
+
+
+def assert_time_order(event):
+    """Assert WinStartTime <= EventTime <= CeaseTime <= WinEndTime <= DetectTime."""
+    # One timestamp format throughout, so the texts sort as the times do.
+    times = [event[key] for key in TIME_ORDER]
+    assert times == sorted(times), dict(zip(TIME_ORDER, times))
 
 
 def addrs(event, side):
