@@ -440,3 +440,29 @@ def test_shared_captures(subset):
     assert not mismatched
     if subset == "real":
         assert len(counts) == len(files)  # every real capture was checked against the index
+
+
+# ---------------------------------------------------------------- newest timestamp (--time-shift now)
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("nano", [False, True])
+def test_newest_timestamp_is_the_latest_packet_a_replay_reads(tmp_path, order, nano):
+    recs = records3(nano)
+    recs = [recs[1], recs[0], recs[2]]            # out of order: the newest is not the last
+    recs[2] = (T0 - 5, 7, frame(3, 42), 42)
+    data = pcap_bytes(recs, order, nano)
+    with open_capture(write(tmp_path, data)) as cap:
+        expected = max(p[0] for p in cap.packets())
+        assert cap.newest_timestamp() == expected == T0 + 1 + (0.999999999 if nano else 0.999999)
+    # A record cut by the end of the file is not replayed, so it is not the newest either.
+    cut = data + struct.pack(order + "IIII", T0 + 99, 0, 60, 60) + frame(4, 30)
+    with open_capture(write(tmp_path, cut, "cut.pcap")) as cap:
+        assert cap.newest_timestamp() == expected == max(p[0] for p in cap.packets())
+
+
+def test_newest_timestamp_of_pcapng_and_of_an_empty_capture(tmp_path):
+    parts, want = two_interface_file()
+    with open_capture(write(tmp_path, b"".join(parts), "two.pcapng")) as cap:
+        assert cap.newest_timestamp() == max(p[0] for p in want) == want[0][0]
+    with open_capture(write(tmp_path, pcap_bytes([]))) as cap:
+        assert cap.newest_timestamp() is None
