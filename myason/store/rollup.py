@@ -23,7 +23,12 @@ log = logging.getLogger("myason.store.rollup")
 
 RESOLUTIONS = {"1m": 60, "15m": 900, "1h": 3600, "1d": 86400}
 COARSE = ("15m", "1h", "1d")
-DIMENSIONS = ("src_ip", "dst_ip", "src_port", "dst_port", "src_country", "dst_country", "src_asn", "dst_asn")
+DIMENSIONS = ("src_ip", "dst_ip", "src_port", "dst_port", "src_country", "dst_country", "src_asn", "dst_asn",
+              "service_port")
+# service_port is the port that names the service of a flow whichever way it went, so a reply's
+# ephemeral destination port does not rank (rule in docs/api.md, "Top lists"). Only these
+# protocols have ports (the ones the service enrichment names); the others are not ranked.
+PORT_PROTOCOLS = (6, 17, 132)
 RETENTION_KEYS = ("raw",) + tuple(RESOLUTIONS)
 # Seconds after a coarse bucket ends before its top-N is computed: flows arrive late (up to the
 # agent's active timeout), and each late flow would otherwise recompute a whole bucket again.
@@ -49,6 +54,15 @@ def bucket_of(t, res) -> int:
     """Start (Unix seconds) of the `res` bucket holding time t, as SQLite computes it."""
     step = RESOLUTIONS[res]
     return int(t) // step * step
+
+
+def service_ports() -> tuple:
+    """Ports from 1024 up that are services: those of the service enrichment's built-in table.
+
+    The built-in table and not /etc/services, so every writer ranks alike, whatever host it runs on.
+    """
+    from myason.enrich.service import builtin_table
+    return tuple(sorted({port for _, port in builtin_table() if port >= 1024}))
 
 
 def minutes_sqlite(rows, i_first=8) -> set:

@@ -11,7 +11,8 @@ import contextlib
 import datetime as dt
 import logging
 
-from myason.store.rollup import DIMENSIONS, FINER, PG_MEMORY, RAW_CHUNK, RESOLUTIONS, partition_of, period_of_partition
+from myason.store.rollup import (DIMENSIONS, FINER, PG_MEMORY, PORT_PROTOCOLS, RAW_CHUNK, RESOLUTIONS, partition_of,
+                                  period_of_partition, service_ports)
 
 log = logging.getLogger("myason.store.rollup")
 
@@ -19,12 +20,29 @@ _TOTAL_COLS = "bucket, agent, if_name, proto, direction, bytes, packets, flows"
 _TOP_COLS = "bucket, agent, dimension, key, bytes, packets, flows, rank"
 
 
+def service_port(proto="proto", src="src_port", dst="dst_port") -> str:
+    """SQL (both dialects) of a flow's service port from its columns; NULL for a protocol without ports.
+
+    The side that is a service port (below 1024, or a registered one of rollup.service_ports())
+    when only one is, else the lower of the two (docs/api.md, "Top lists").
+    """
+    known = ", ".join(str(p) for p in service_ports())
+    src_ok = "(%s < 1024 OR %s IN (%s))" % (src, src, known)
+    dst_ok = "(%s < 1024 OR %s IN (%s))" % (dst, dst, known)
+    return ("CASE WHEN %(proto)s NOT IN (%(protos)s) THEN NULL WHEN %(s_ok)s AND NOT %(d_ok)s THEN %(s)s"
+            " WHEN %(d_ok)s AND NOT %(s_ok)s THEN %(d)s WHEN %(s)s < %(d)s THEN %(s)s ELSE %(d)s END"
+            % {"proto": proto, "protos": ", ".join(str(p) for p in PORT_PROTOCOLS), "s_ok": src_ok,
+               "d_ok": dst_ok, "s": src, "d": dst})
+
+
 def _key_case(ip):
-    # A dimension's key as text; NULL (skipped) for an unknown country or ASN 0.
+    # A dimension's key as text; NULL (skipped) for an unknown country or ASN 0, or no service port.
     parts = []
     for d in DIMENSIONS:
         col = "f.%s" % d
-        if d.endswith("_ip"):
+        if d == "service_port":
+            expr = "CAST(%s AS TEXT)" % service_port("f.proto", "f.src_port", "f.dst_port")
+        elif d.endswith("_ip"):
             expr = ip % col
         elif d.endswith("_country"):
             expr = "NULLIF(%s, '')" % col
@@ -161,7 +179,7 @@ class PostgresDialect(_Dialect):
         def mask(grouped):
             return sum(1 << (len(args) - 1 - i) for i, a in enumerate(args) if a not in grouped)
         typed = {d: ("NULLIF(%s, '')" % d if d.endswith("_country") else "NULLIF(%s, 0)" % d if d.endswith("_asn")
-                     else d) for d in DIMENSIONS}
+                     else service_port() if d == "service_port" else d) for d in DIMENSIONS}
         text = {d: (self.ip % d if d.endswith("_ip") else d if d.endswith("_country") else "CAST(%s AS TEXT)" % d)
                 for d in DIMENSIONS}
         sets = ["(bucket, agent, if_name, proto, direction)"] + ["(bucket, agent, %s)" % d for d in DIMENSIONS]

@@ -6,7 +6,8 @@ import pytest
 
 from myason.store import rollup
 from myason.store.postgresql import PostgresWriter
-from tests.unit.store.test_rollup import I, RES, assert_bounded, expected_tops, make_rows, ref_tops, ref_totals
+from tests.unit.store.test_rollup import (I, RES, SERVICE_CASES, assert_bounded, expected_tops, make_rows, ref_tops,
+                                         ref_totals)
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -234,4 +235,36 @@ def test_housekeeping_maintains_while_writing(pg):
     more = rows_ms(10, t0=T0 + 40, span=5, seed=9)
     w.write("b", more)                                      # committed, then maintenance is due
     assert pg_totals(pg, "1m") == ref_totals(rows + more, "1m")
+    w.close()
+
+
+def test_the_service_port_rule_in_sql(pg):
+    w = open_writer(pg)
+    # One flow per minute, so each 1m list holds the service port of that flow alone.
+    rows = rows_ms(len(SERVICE_CASES), seed=12)
+    for k, (r, (proto, sport, dport, _)) in enumerate(zip(rows, SERVICE_CASES)):
+        r[I["first"]] = T0 + 60 * k
+        r[I["proto"]], r[I["src_port"]], r[I["dst_port"]] = proto, sport, dport
+    w.write("a", rows)
+    w.maintain(now=T0 + DAY)
+    w.close()
+    got = {b: key for (b, agent, dim, key) in pg_tops(pg, "1m") if dim == "service_port" and agent == "*"}
+    assert [got.get(T0 + 60 * k) for k in range(len(SERVICE_CASES))] == [
+        None if x is None else str(x) for _, _, _, x in SERVICE_CASES]
+
+
+def test_service_ports_of_rollups_made_before_migration_5(pg):
+    w = open_writer(pg)
+    rows = rows_ms(600, span=DAY + 3600, seed=13)
+    w.write("a", rows)
+    w.maintain(now=T0 + 3 * DAY)
+    w.close()
+    # As if the rollups had been made before migration 005: no service_port lists anywhere.
+    for res in RES:
+        query(pg, "DELETE FROM rollup_top_%s WHERE dimension = 'service_port'" % res)
+    query(pg, "DELETE FROM schema_migrations WHERE version = 5")
+    w = open_writer(pg)
+    assert query(pg, "SELECT count(*) > 0 FROM rollup_dirty") == [(True,)]
+    w.maintain(now=T0 + 3 * DAY)
+    assert_rollups(pg, rows, 5)
     w.close()

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 import pytest
 
+from myason.enrich.service import builtin_table
 from myason.errors import ConfigError
 from myason.store import rollup
 from myason.store.base import ENRICHED_ROW_FIELDS
@@ -14,6 +15,9 @@ T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC
 DAY = 86400
 I = {f: i for i, f in enumerate(ENRICHED_ROW_FIELDS)}
 RES = tuple(rollup.RESOLUTIONS)
+# The dimensions every top-N level must hold (named here, so a dimension the SQL lacks fails).
+DIMENSIONS = ("src_ip", "dst_ip", "src_port", "dst_port", "src_country", "dst_country", "src_asn", "dst_asn",
+              "service_port")
 
 
 def make_rows(n, t0=T0, span=3 * 3600, seed=1, agents=("edge-1", "edge-2")):
@@ -24,8 +28,12 @@ def make_rows(n, t0=T0, span=3 * 3600, seed=1, agents=("edge-1", "edge-2")):
         first = t0 + rnd.random() * span
         rows.append([
             "10.0.0.%d" % rnd.randrange(40), "2001:db8::%x" % rnd.randrange(1, 30),
-            rnd.choice((0, 53, 443, 1024 + rnd.randrange(50))), rnd.choice((53, 80, 443, 8080)),
-            rnd.choice((6, 17)), 0, rnd.randrange(1, 50), rnd.randrange(40, 150000), first, first + 1.0,
+            # Ports and protocols for every branch of the service port rule: one side a service
+            # (below 1024 or registered, e.g. 3306), both (5353 -> 53), neither (5000 -> 6000),
+            # reply flows from a service to an ephemeral port, and protocols without ports.
+            rnd.choice((0, 53, 443, 3306, 5000, 1024 + rnd.randrange(50), 40000 + rnd.randrange(30))),
+            rnd.choice((53, 80, 443, 8080, 6000, 33000 + rnd.randrange(20))),
+            rnd.choice((6, 17, 6, 17, 1, 132)), 0, rnd.randrange(1, 50), rnd.randrange(40, 150000), first, first + 1.0,
             0x1b, rnd.choice(agents), rnd.choice(("eth0", "eth1")), 2, 3, 4, 0, "", 24, 64, 0, 0, "idle",
             first + 30.0, "127.0.0.1",
             rnd.choice(("in", "out", "")), "", rnd.choice(("", "CZ", "DE", "US")), rnd.choice(("", "CZ", "FR")),
@@ -44,7 +52,26 @@ def ref_totals(rows, res):
     return {k: tuple(v) for k, v in out.items()}
 
 
+# The rule of docs/api.md, restated independently of the SQL: ports below 1024 and the ports of
+# the enrichment's built-in service table qualify; the side that qualifies alone is the service,
+# else the lower port; only TCP, UDP and SCTP have ports.
+KNOWN_PORTS = frozenset(port for _, port in builtin_table())
+
+
+def ref_service_port(proto, src_port, dst_port):
+    if proto not in (6, 17, 132):
+        return None
+    src_ok = src_port < 1024 or src_port in KNOWN_PORTS
+    dst_ok = dst_port < 1024 or dst_port in KNOWN_PORTS
+    if src_ok != dst_ok:
+        return src_port if src_ok else dst_port
+    return min(src_port, dst_port)
+
+
 def ref_key(r, dim):
+    if dim == "service_port":
+        v = ref_service_port(r[I["proto"]], r[I["src_port"]], r[I["dst_port"]])
+        return None if v is None else str(v)
     v = r[I[dim]]
     if dim.endswith("_country") and v == "" or dim.endswith("_asn") and v == 0:
         return None
@@ -56,7 +83,7 @@ def ref_tops(rows, res, top=25):
     sums = defaultdict(lambda: [0, 0, 0])
     for r in rows:
         b = rollup.bucket_of(r[I["first"]], res)
-        for dim in rollup.DIMENSIONS:
+        for dim in DIMENSIONS:
             key = ref_key(r, dim)
             if key is None:
                 continue
@@ -408,6 +435,53 @@ def test_writes_run_maintenance_every_interval(db):
     now[0] += 61
     w.write("b", [])
     assert db_totals(db, "1m") == ref_totals(rows, "1m")
+    w.close()
+
+
+# (proto, src_port, dst_port, service port) of docs/api.md's rule; None: not ranked.
+SERVICE_CASES = [
+    (6, 51000, 443, 443), (6, 443, 51000, 443),           # a client's request and the server's reply
+    (17, 5353, 53, 53),                                   # both sides services (5353 is mdns): the lower
+    (17, 5000, 6000, 5000), (17, 6000, 5000, 5000),       # neither: the lower
+    (6, 45000, 3306, 3306), (6, 3306, 45000, 3306),       # registered service above 1024 (mysql)
+    (6, 8080, 443, 443), (6, 0, 50000, 0), (132, 38412, 2905, 2905),
+    (1, 0, 2048, None), (58, 0, 32768, None), (47, 0, 0, None),     # ICMP, ICMPv6, GRE: no ports
+]
+
+
+def test_the_service_port_rule_in_sql(db):
+    assert [ref_service_port(p, s, d) for p, s, d, _ in SERVICE_CASES] == [x for _, _, _, x in SERVICE_CASES]
+    w = SqliteWriter(path=db, maintain_interval=0)
+    w.open()
+    # One flow per minute, so each 1m list holds the service port of that flow alone.
+    rows = make_rows(len(SERVICE_CASES), seed=12)
+    for k, (r, (proto, sport, dport, _)) in enumerate(zip(rows, SERVICE_CASES)):
+        r[I["first"]] = T0 + 60 * k
+        r[I["proto"]], r[I["src_port"]], r[I["dst_port"]] = proto, sport, dport
+    w.write("a", rows)
+    w.maintain(now=T0 + DAY)
+    w.close()
+    got = {b: key for (b, agent, dim, key) in db_tops(db, "1m") if dim == "service_port" and agent == "*"}
+    assert [got.get(T0 + 60 * k) for k in range(len(SERVICE_CASES))] == [
+        None if x is None else str(x) for _, _, _, x in SERVICE_CASES]
+
+
+def test_service_ports_of_rollups_made_before_migration_4(db):
+    w = SqliteWriter(path=db, maintain_interval=0, rollup_top=5)
+    w.open()
+    rows = make_rows(600, span=DAY + 3600, seed=13)
+    w.write("a", rows)
+    w.maintain(now=T0 + 3 * DAY)
+    # As if the rollups had been made before migration 004: no service_port lists anywhere.
+    with sqlite3.connect(db) as conn:
+        for res in RES:
+            conn.execute("DELETE FROM rollup_top_%s WHERE dimension = 'service_port'" % res)
+        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    w.close()
+    w.open()
+    assert count(db, "rollup_dirty") > 0
+    w.maintain(now=T0 + 3 * DAY)
+    assert_rollups(db, rows, top=5)
     w.close()
 
 
