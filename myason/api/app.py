@@ -22,13 +22,17 @@ from myason.api import models, queries
 from myason.api.cache import Jobs, Memo
 from myason.api.config import ApiConfig, resolve_database, resolve_token
 from myason.api.db import Database, DatabaseError, open_database
-from myason.api.grammar import GrammarError, parse_address, parse_query
+from myason.api.grammar import GrammarError, parse_address, parse_query, parse_time, resolve_time
 from myason.api.periods import PERIODS, get_period
 from myason.errors import ConfigError
 
 log = logging.getLogger("myason.api")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATS_TTL = 10.0    # the collector writes its health rows every 10 s by default
+RANGE_TTL = 30.0    # the rollups move on once per maintenance run (60 s by default)
+LAST_TIME = 253402300800.0      # 10000-01-01: the databases' and ISO 8601's four-digit years
+END_HELP = ("end the period here instead of now: ISO 8601 (2024-05-01T12:00:00Z, no zone = UTC), Unix seconds,"
+            " or a duration ago (2h)")
 PeriodName = Literal["1h", "6h", "1d", "1w", "1m", "3m", "1y"]
 DURATION = r"^[0-9]{1,6}[smhdw]$"
 AGENT = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -77,6 +81,19 @@ def _parse_since(key, text):
         return parse_duration(key, text)
     except ConfigError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def _parse_end(text, now):
+    """Unix seconds of an `end` parameter (None stays None); 400 for a bad one."""
+    if text is None:
+        return None
+    try:
+        t = resolve_time(parse_time(text), now)
+    except GrammarError as exc:
+        raise ApiError(400, "end: %s" % exc) from None
+    if not 0 <= t < LAST_TIME:
+        raise ApiError(400, "end: out of range (1970 to 9999): %r" % text)
+    return t
 
 
 def known_params_only(request: Request):
@@ -212,10 +229,11 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
 
     # -- rollups --------------------------------------------------------------------------------------
 
-    def traffic_answer(request, period, agent, if_name, by, as_csv):
+    def traffic_answer(request, period, agent, if_name, by, end, as_csv):
         p = get_period(period)
-        res = period_cached(("traffic", period, agent, if_name, by), p.ttl,
-                            lambda: queries.traffic(database, p, clock(), agent, if_name, by))
+        until = _parse_end(end, clock())
+        res = period_cached(("traffic", period, agent, if_name, by, end), p.ttl,
+                            lambda: queries.traffic(database, p, clock(), agent, if_name, by, until))
         if as_csv or wants_csv(request):
             return csv_response(["t", "key", "bytes", "packets", "flows"],
                                 [[x["t"], x.get("key", ""), x["bytes"], x["packets"], x["flows"]] for x in res["points"]])
@@ -227,14 +245,16 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
     @app.get("/traffic", summary="Bytes, packets and flows over time from the rollups", **traffic_doc)
     def traffic(request: Request, period: PeriodName = "1h", agent: Optional[str] = Query(None, pattern=AGENT, description="an agent id"),
                 if_name: Optional[str] = Query(None, pattern=IF_NAME, description="an interface name"),
-                by: Literal["none", "proto", "direction"] = "none"):
-        return traffic_answer(request, period, agent, if_name, by, False)
+                by: Literal["none", "proto", "direction"] = "none",
+                end: Optional[str] = Query(None, max_length=40, description=END_HELP)):
+        return traffic_answer(request, period, agent, if_name, by, end, False)
 
     @app.get("/traffic.csv", summary="/traffic as CSV", **traffic_doc)
     def traffic_csv(request: Request, period: PeriodName = "1h", agent: Optional[str] = Query(None, pattern=AGENT, description="an agent id"),
                     if_name: Optional[str] = Query(None, pattern=IF_NAME, description="an interface name"),
-                    by: Literal["none", "proto", "direction"] = "none"):
-        return traffic_answer(request, period, agent, if_name, by, True)
+                    by: Literal["none", "proto", "direction"] = "none",
+                    end: Optional[str] = Query(None, max_length=40, description=END_HELP)):
+        return traffic_answer(request, period, agent, if_name, by, end, True)
 
     @app.get("/top/{dimension}", response_model=models.TopOut, dependencies=auth, tags=["rollups"],
              responses={**models.ERRORS, 200: _CSV}, summary="Top keys of a dimension by bytes over a period")
@@ -242,19 +262,26 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
                 ..., pattern=r"^(%s)(\.csv)?$" % "|".join(queries.TOP_DIMENSIONS),
                 description="one of %s (suffix .csv for CSV)" % ", ".join(queries.TOP_DIMENSIONS)),
             period: PeriodName = "1d", limit: int = Query(10, ge=1, le=1000),
-            agent: Optional[str] = Query(None, pattern=AGENT, description="an agent id")):
+            agent: Optional[str] = Query(None, pattern=AGENT, description="an agent id"),
+            end: Optional[str] = Query(None, max_length=40, description=END_HELP)):
         as_csv = wants_csv(request, dimension)
         if dimension.endswith(".csv"):
             dimension = dimension[:-4]
         if dimension not in queries.TOP_DIMENSIONS:
             raise ApiError(400, "unknown dimension %r (known: %s)" % (dimension, ", ".join(queries.TOP_DIMENSIONS)))
         p = get_period(period)
-        res = period_cached(("top", dimension, period, limit, agent), p.ttl,
-                            lambda: queries.top(database, dimension, p, clock(), limit, agent))
+        until = _parse_end(end, clock())
+        res = period_cached(("top", dimension, period, limit, agent, end), p.ttl,
+                            lambda: queries.top(database, dimension, p, clock(), limit, agent, until))
         if as_csv:
             return csv_response(["key", "bytes", "packets", "flows"],
                                 [[r["key"], r["bytes"], r["packets"], r["flows"]] for r in res["rows"]])
         return res
+
+    @app.get("/range", response_model=models.RangeOut, dependencies=auth, tags=["rollups"], responses=models.ERRORS,
+             summary="Where stored flows are: earliest and latest time, from the rollups")
+    def data_range():
+        return period_cached(("range",), RANGE_TTL, lambda: queries.data_range(database))
 
     # -- events ---------------------------------------------------------------------------------------
 
@@ -263,14 +290,17 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
     def events(since: str = Query("1h", pattern=DURATION, description="how far back: 30m, 1h, 7d, ..."),
                category: Optional[str] = Query(None, max_length=100, description="an IDEA category"),
                source: Optional[str] = Query(None, max_length=64, description="a source address"),
-               limit: int = Query(100, ge=1, le=config.events_limit)):
+               limit: int = Query(100, ge=1, le=config.events_limit),
+               end: Optional[str] = Query(None, max_length=40, description=END_HELP)):
         seconds = _parse_since("since", since)
+        now = clock()
+        until = _parse_end(end, now)
         if source:
             try:
                 source = parse_address(source)
             except GrammarError as exc:
                 raise ApiError(400, "source: %s" % exc) from None
-        return {"events": queries.events(database, seconds, category, source, limit, clock())}
+        return {"events": queries.events(database, seconds, category, source, limit, now, until)}
 
     def greylist_rows(since):
         seconds = _parse_since("since", since)

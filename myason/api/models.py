@@ -84,6 +84,13 @@ class TopOut(BaseModel):
     rows: list[TopRow]
 
 
+class RangeOut(BaseModel):
+    """Where stored flows are: start of the earliest and end of the latest rollup bucket (null: none)."""
+
+    first: Optional[str]
+    last: Optional[str]
+
+
 class EventsOut(BaseModel):
     """IDEA events, newest first."""
 

@@ -28,6 +28,15 @@ class Period:
         end = (math.floor(now / self.window) + 1) * self.window
         return end - self.points * self.window, end
 
+    def windows_until(self, end: float) -> tuple:
+        """(start, end) Unix seconds: `points` whole windows, the last ending at the first boundary at or after `end`.
+
+        For a period that ends at a given time (the end of stored data, say): unlike windows(),
+        a window that would only start at `end` is not part of it.
+        """
+        hi = math.ceil(end / self.window) * self.window
+        return hi - self.points * self.window, hi
+
 
 # Windows are whole multiples of the resolution and give 25-60 points; the TTL is about one
 # rollup bucket of the resolution read (less for the fine ones, which people watch live).

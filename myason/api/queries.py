@@ -20,10 +20,13 @@ FLOW_COLUMNS = ("first", "last", "agent", "if_name", "src_ip", "src_port", "dst_
 _TIME_COLUMNS = ("first", "last")
 _IP_COLUMNS = ("src_ip", "dst_ip")
 # /top/<dimension> -> rollup_top dimensions summed together (None: protocol totals of rollup_<res>).
+# `ports` ranks service ports (myason.store.rollup_sql.service_port): a reply flow's destination is
+# the client's ephemeral port, which would otherwise fill the list; dst_port keeps the raw view.
 TOP_DIMENSIONS = {
     "talkers": ("src_ip", "dst_ip"), "src_ip": ("src_ip",), "dst_ip": ("dst_ip",),
-    "ports": ("dst_port",), "src_port": ("src_port",), "dst_port": ("dst_port",),
-    "protocols": None, "countries": ("src_country", "dst_country"), "as": ("src_asn", "dst_asn"),
+    "ports": ("service_port",), "service_port": ("service_port",), "src_port": ("src_port",),
+    "dst_port": ("dst_port",), "protocols": None, "countries": ("src_country", "dst_country"),
+    "as": ("src_asn", "dst_asn"),
 }
 TRAFFIC_BY = ("none", "proto", "direction")
 
@@ -119,13 +122,18 @@ def flow_search(db, query, now=None) -> dict:
 
 # -- traffic and top ------------------------------------------------------------------------------
 
-def traffic(db, period, now=None, agent=None, if_name=None, by="none") -> dict:
-    """Bytes, packets and flows per window of `period` from rollup_<resolution>, zeros filled in."""
+def span(period, now, until=None) -> tuple:
+    """(start, end) of `period`: its windows up to now, or up to `until` (Unix seconds) when given."""
+    return period.windows(now) if until is None else period.windows_until(until)
+
+
+def traffic(db, period, now=None, agent=None, if_name=None, by="none", until=None) -> dict:
+    """Bytes, packets and flows per window of `period` (ending now, or at `until`) from rollup_<resolution>, zeros filled in."""
     if by not in TRAFFIC_BY:
         raise ValueError("by must be one of %s, got %r" % (", ".join(TRAFFIC_BY), by))
     now = time.time() if now is None else now
     d = db.dialect
-    start, end = period.windows(now)
+    start, end = span(period, now, until)
     key = {"none": "''", "proto": "proto", "direction": "direction"}[by]
     where, params = ["bucket >= %s" % d.time_param(), "bucket < %s" % d.time_param()], [float(start), float(end)]
     if agent:
@@ -167,13 +175,13 @@ def _traffic_key(by, k):
     return ""
 
 
-def top(db, dimension, period, now=None, limit=10, agent=None) -> dict:
-    """The `limit` keys of `dimension` with most bytes over `period`, from the rollup tables."""
+def top(db, dimension, period, now=None, limit=10, agent=None, until=None) -> dict:
+    """The `limit` keys of `dimension` with most bytes over `period` (ending now, or at `until`), from the rollups."""
     if dimension not in TOP_DIMENSIONS:
         raise ValueError("unknown dimension %r (known: %s)" % (dimension, ", ".join(TOP_DIMENSIONS)))
     now = time.time() if now is None else now
     d = db.dialect
-    start, end = period.windows(now)
+    start, end = span(period, now, until)
     dims = TOP_DIMENSIONS[dimension]
     if dims is None:
         params = [float(start), float(end)]
@@ -212,14 +220,43 @@ def _top_sources(period, start, end, now):
     return [("rollup_top_%s" % res, float(start), float(cutoff)), ("rollup_top_1m", float(cutoff), float(end))]
 
 
+def data_range(db) -> dict:
+    """{first, last}: where stored flows are, from the start of the earliest rollup bucket holding
+    some to the end of the latest one (None, None when there is none).
+
+    Each resolution's min and max bucket is one index lookup. The finest resolution that still
+    holds the data gives the edge (a minute); a coarser table only moves it when it holds a bucket
+    wholly outside that, i.e. data whose finer rollups have expired.
+    """
+    from myason.store.rollup import RESOLUTIONS
+    d = db.dialect
+    # One scalar subquery per aggregate: min() or max() alone is what both databases answer from the index.
+    sel = ", ".join("(SELECT %s FROM rollup_%s)" % (d.epoch("%s(bucket)" % agg), res)
+                    for res in RESOLUTIONS for agg in ("min", "max"))
+    _, rows = _fetch(db, "SELECT " + sel, ())
+    first = last = None
+    if rows:
+        values = iter(rows[0])
+        for res, step in RESOLUTIONS.items():
+            lo, hi = next(values), next(values)
+            if lo is None:
+                continue
+            if first is None or lo + step <= first:
+                first = float(lo)
+            if last is None or hi >= last:
+                last = float(hi) + step
+    return {"first": iso(first), "last": iso(last)}
+
+
 # -- events ---------------------------------------------------------------------------------------
 
-def events(db, since, category=None, source=None, limit=100, now=None) -> list:
-    """IDEA events detected in the last `since` seconds, newest first, at most `limit`."""
+def events(db, since, category=None, source=None, limit=100, now=None, until=None) -> list:
+    """IDEA events detected in the `since` seconds before `until` (default now), newest first, at most `limit`."""
     from myason.store.query import fetch_events
-    now = time.time() if now is None else now
+    end = (time.time() if now is None else now) if until is None else until
     try:
-        evs = fetch_events(db.writer_config(), now - since, category or None, source or None)
+        evs = fetch_events(db.writer_config(), end - since, category or None, source or None,
+                           until=None if until is None else end)
     except OSError as exc:
         raise DatabaseError(str(exc)) from None
     evs.reverse()

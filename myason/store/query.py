@@ -34,8 +34,8 @@ def first_sql_writer(writers) -> dict:
     raise ConfigError("writers", "no sqlite or postgresql writer configured: events are not stored")
 
 
-def fetch_events(writer: dict, since: float, category=None, source=None) -> list:
-    """IDEA dicts stored by `writer` (a writer config) with DetectTime >= since, oldest first.
+def fetch_events(writer: dict, since: float, category=None, source=None, until=None) -> list:
+    """IDEA dicts stored by `writer` (a writer config) with since <= DetectTime (< until), oldest first.
 
     `category` matches one of the event's categories exactly; `source` one of its source addresses.
     """
@@ -45,14 +45,17 @@ def fetch_events(writer: dict, since: float, category=None, source=None) -> list
         except ValueError:
             raise ConfigError("--source", "not an IP address: %r" % (source,)) from None
     if writer["type"] == "sqlite":
-        return _fetch_sqlite(writer["path"], since, category, source)
-    return _fetch_postgresql(writer["dsn"], since, category, source)
+        return _fetch_sqlite(writer["path"], since, category, source, until)
+    return _fetch_postgresql(writer["dsn"], since, category, source, until)
 
 
-def _fetch_sqlite(path, since, category, source):
+def _fetch_sqlite(path, since, category, source, until=None):
     import sqlite3
     sql = "SELECT event FROM events WHERE detecttime >= ?"
     args = [since]
+    if until is not None:
+        sql += " AND detecttime < ?"
+        args.append(until)
     if category:
         sql += " AND EXISTS (SELECT 1 FROM json_each(events.category) WHERE value = ?)"
         args.append(category)
@@ -74,10 +77,13 @@ def _fetch_sqlite(path, since, category, source):
         conn.close()
 
 
-def _fetch_postgresql(dsn, since, category, source):
+def _fetch_postgresql(dsn, since, category, source, until=None):
     import psycopg
     sql = "SELECT event FROM events WHERE detecttime >= to_timestamp(%s)"
     args = [since]
+    if until is not None:
+        sql += " AND detecttime < to_timestamp(%s)"
+        args.append(until)
     if category:
         sql += " AND category @> ARRAY[%s]::text[]"
         args.append(category)

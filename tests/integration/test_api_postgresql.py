@@ -24,7 +24,7 @@ from myason.collector.health import _write_postgresql, health_rows
 from myason.store import rollup
 from myason.store.postgresql import PostgresWriter
 from tests.integration.services import wait_until
-from tests.unit.api.test_app_sqlite import A, AUTH, B, C, D, NOW, TOKEN, idea, row
+from tests.unit.api.test_app_sqlite import A, AUTH, B, C, D, NOW, REPLIES, TOKEN, idea, row
 
 psycopg = pytest.importorskip("psycopg")
 REPO = Path(__file__).resolve().parents[2]
@@ -112,6 +112,36 @@ def test_answers_on_known_data(pg):
         assert s["database"]["type"] == "postgresql" and s["database"]["size_bytes"] > 1000000
         r = client.get("/q/net/10.0.0.0/33", headers=AUTH)
         assert r.status_code == 400 and "not a network" in r.json()["error"]
+    finally:
+        db.close()
+
+
+def test_service_ports_range_and_end(pg):
+    """The same answers as over SQLite (tests/unit/api/test_app_sqlite.py) for items of the rollups."""
+    fill(pg, [("a", A, [idea(1, NOW - 600)]), ("r", REPLIES, [])], NOW)
+    db = PostgresDatabase(pg, pool_size=2, timeout=10)
+    client = TestClient(create_app(ApiConfig(database={"type": "postgresql", "dsn": pg}), db, TOKEN,
+                                   clock=lambda: NOW), raise_server_exceptions=False)
+
+    def get(url):
+        r = client.get(url, headers=AUTH)
+        assert r.status_code == 200, (url, r.text)
+        return r.json()
+
+    try:
+        assert [(r["key"], r["bytes"], r["flows"]) for r in get("/top/ports?period=1h")["rows"]] == [
+            ("443", 36394, 8), ("3306", 7300, 2), ("5000", 900, 2), ("53", 50, 1)]
+        assert [r["key"] for r in get("/top/dst_port?period=1h&limit=3")["rows"]] == ["2048", "50000", "50001"]
+        # A's twenty minutes reach 1d buckets only through the 15m/1h lists: service ports there too.
+        assert get("/top/ports?period=1w")["rows"][0] == {"key": "443", "bytes": 56394, "packets": 280, "flows": 28}
+        assert get("/range") == {"first": queries.iso(NOW - 3 * 3600), "last": queries.iso(NOW - 180)}
+        body = get("/traffic?period=1h&end=2h")
+        assert (body["start"], body["end"]) == ("2023-11-15T09:07:00.000Z", "2023-11-15T10:07:00.000Z")
+        assert sum(p["bytes"] for p in body["points"]) == 1000 * sum(
+            1 for r in A if NOW - 3 * 3600 <= r[8] < NOW - 2 * 3600)
+        assert get("/top/talkers?period=1h&end=2h")["rows"][0]["key"] == "10.1.0.1"
+        assert [e["ID"][-1] for e in get("/events?since=1h&end=9m")["events"]] == ["1"]
+        assert get("/events?since=1h&end=11m")["events"] == []
     finally:
         db.close()
 

@@ -300,6 +300,104 @@ def test_top(client):
     assert [r["key"] for r in get(client, "/top/protocols?period=1d&agent=edge-2").json()["rows"]] == ["udp"]
 
 
+# Reply flows: a server's answers go to the clients' ephemeral ports and carry most bytes.
+REPLIES = ([row("10.2.0.%d" % i, "192.0.2.20", 50000 + i, 443, 6, 100, NOW - 600 + i) for i in range(4)]
+           + [row("192.0.2.20", "10.2.0.%d" % i, 443, 50000 + i, 6, 9000 - i, NOW - 599 + i) for i in range(4)]
+           + [row("10.2.0.9", "192.0.2.21", 41000, 3306, 6, 300, NOW - 500),
+              row("192.0.2.21", "10.2.0.9", 3306, 41000, 6, 7000, NOW - 499),
+              row("10.2.0.8", "192.0.2.53", 5353, 53, 17, 50, NOW - 400),
+              row("10.2.0.7", "192.0.2.7", 5000, 6000, 17, 400, NOW - 300),
+              row("192.0.2.7", "10.2.0.7", 6000, 5000, 17, 500, NOW - 299),
+              row("10.2.0.6", "192.0.2.6", 0, 2048, 1, 100000, NOW - 200)])
+
+
+@pytest.fixture(scope="module")
+def replies(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("replies") / "flows.db")
+    w = SqliteWriter(path=path)
+    w.clock = lambda: NOW
+    w.open()
+    assert w.write("r", REPLIES)
+    w.maintain(now=NOW)
+    w.close()
+    return make_client(path)
+
+
+def test_top_ports_rank_service_ports(replies):
+    # 443 (36,386 B both ways), 3306 (7,300), 5000 (5000 <-> 6000: neither a service, the lower), 53.
+    body = get(replies, "/top/ports?period=1h").json()
+    assert body["dimension"] == "ports"
+    assert [(r["key"], r["bytes"], r["flows"]) for r in body["rows"]] == [
+        ("443", 36394, 8), ("3306", 7300, 2), ("5000", 900, 2), ("53", 50, 1)]
+    assert get(replies, "/top/service_port?period=1h").json()["rows"] == body["rows"]
+    assert get(replies, "/top/ports.csv?period=1d").text.splitlines()[:3] == [
+        "key,bytes,packets,flows", "443,36394,80,8", "3306,7300,20,2"]
+    # The raw destination ports stay available: there the replies' ephemeral ports lead.
+    raw = get(replies, "/top/dst_port?period=1h&limit=3").json()["rows"]
+    assert [r["key"] for r in raw] == ["2048", "50000", "50001"]
+
+
+def test_range_of_stored_flows(client, replies, tmp_path):
+    # From the minute of the oldest flow (A: NOW - 3 h) to the end of the newest one's (D: NOW - 180 s).
+    assert get(client, "/range").json() == {"first": queries.iso(NOW - 3 * 3600), "last": queries.iso(NOW - 120)}
+    assert get(replies, "/range").json() == {"first": queries.iso(NOW - 600), "last": queries.iso(NOW - 180)}
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(str(empty)).close()
+    assert get(make_client(str(empty)), "/range").json() == {"first": None, "last": None}
+
+
+def test_range_from_coarse_rollups_when_the_minutes_are_gone(tmp_path):
+    path = str(tmp_path / "flows.db")
+    w = SqliteWriter(path=path)
+    w.open()
+    old = [row("10.3.0.1", "192.0.2.30", 40000, 443, 6, 100, NOW - 40 * 86400 + 3600 * 5 + 7)]
+    recent = [row("10.3.0.1", "192.0.2.30", 40001, 443, 6, 100, NOW - 3600 + 30)]
+    assert w.write("a", old + recent)
+    w.maintain(now=NOW)
+    w.close()
+    # The 1m and 15m rollups of the old flow expired: its hour (17:00) is known from the 1h rollups.
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM rollup_1m WHERE bucket < ?", (NOW - 86400,))
+        conn.execute("DELETE FROM rollup_15m WHERE bucket < ?", (NOW - 86400,))
+    assert get(make_client(path), "/range").json() == {
+        "first": "2023-10-06T17:00:00.000Z", "last": queries.iso(NOW - 3600 + 60)}
+
+
+def test_an_end_moves_the_period(client):
+    # The hour ending 2 h ago holds A's flows of 09:07-10:07 only; `end` takes ISO, Unix seconds or a duration.
+    for end in ("2023-11-15T10:07:00Z", "1700042820", "2h"):
+        body = get(client, "/traffic?period=1h&end=" + end).json()
+        assert (body["start"], body["end"]) == ("2023-11-15T09:07:00.000Z", "2023-11-15T10:07:00.000Z"), end
+        assert sum(p["bytes"] for p in body["points"]) == 1000 * sum(
+            1 for r in A if NOW - 3 * 3600 <= r[8] < NOW - 2 * 3600)
+    # Between window boundaries the period reaches up to the next one.
+    assert get(client, "/traffic?period=1d&end=2023-11-15T10:07:00Z").json()["end"] == "2023-11-15T10:30:00.000Z"
+    top = get(client, "/top/talkers?period=1h&end=2h").json()
+    assert top["end"] == "2023-11-15T10:07:00.000Z" and top["rows"][0]["key"] == "10.1.0.1"
+    assert get(client, "/top/talkers?period=1h&end=2023-11-14T00:00:00Z").json()["rows"] == []
+    assert [e["ID"][-1] for e in get(client, "/events?since=1h&end=6m").json()["events"]] == ["1"]
+    # The end is exclusive: event 2 was detected at 12:02:00.
+    assert [e["ID"][-1] for e in get(client, "/events?since=1h&end=2023-11-15T12:02:00Z").json()["events"]] == ["1"]
+    assert [e["ID"][-1] for e in get(client, "/events?since=1h&end=2023-11-15T12:02:01Z").json()["events"]] == [
+        "2", "1"]
+    csv_rows = list(csv.DictReader(io.StringIO(get(client, "/traffic.csv?period=1h&end=2h").text)))
+    assert sum(int(x["bytes"]) for x in csv_rows) == sum(
+        p["bytes"] for p in get(client, "/traffic?period=1h&end=2h").json()["points"])
+
+
+def test_over_large_limits_are_refused_not_clamped(store):
+    c = make_client(store, max_limit=50, default_limit=10, events_limit=20)
+    assert get(c, "/q/net/0.0.0.0/0/limit/50").json()["count"] == 36 - 5     # IPv4 flows: all, at the maximum
+    for url, message in (("/q/net/0.0.0.0/0/limit/51", "limit must be between 1 and 50, got '51'"),
+                         ("/q/host/10.1.0.1/limit/99999999999", "limit must be between 1 and 50"),
+                         ("/top/talkers?limit=1001", "limit: Input should be less than or equal to 1000"),
+                         ("/events?limit=21", "limit: Input should be less than or equal to 20")):
+        r = get(c, url)
+        assert r.status_code == 400 and message in r.json()["error"], (url, r.text)
+    assert len(get(c, "/top/talkers?limit=1000").json()["rows"]) == 8
+    assert len(get(c, "/events?limit=20").json()["events"]) == 2
+
+
 # -- events, stats, metrics -------------------------------------------------------------------------
 
 def test_events_and_greylist(client):
@@ -358,6 +456,9 @@ def test_metrics(client):
     ("/top/talkers?limit=0", 400, "limit"),
     ("/top/talkers?limit=abc", 400, "limit"),
     ("/top/talkers?period=5y", 400, "period"),
+    ("/top/talkers?end=soon", 400, "end: not a time"),
+    ("/traffic?end=99999999w", 400, "end: out of range"),
+    ("/events?end=2024-13-01", 400, "end: not a time"),
     ("/events?since=forever", 400, "since"),
     ("/events?source=not-an-ip", 400, "source"),
     ("/events?limit=1000000", 400, "limit"),
@@ -393,9 +494,9 @@ def test_openapi_describes_every_route(client):
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     for p in ("/q/{clauses}", "/status/{qid}", "/ids", "/traffic", "/traffic.csv", "/top/{dimension}", "/events",
-              "/greylist", "/greylist.csv", "/stats", "/metrics", "/healthz", "/"):
+              "/greylist", "/greylist.csv", "/stats", "/metrics", "/healthz", "/", "/range"):
         assert p in paths and "get" in paths[p], p
     params = {x["name"] for x in paths["/traffic"]["get"]["parameters"]}
-    assert params == {"period", "agent", "if_name", "by"}
+    assert params == {"period", "agent", "if_name", "by", "end"}
     assert {"400", "401", "503"} <= set(paths["/q/{clauses}"]["get"]["responses"])
     assert "text/csv" in paths["/q/{clauses}"]["get"]["responses"]["200"]["content"]

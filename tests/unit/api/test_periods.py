@@ -31,6 +31,16 @@ def test_windows_are_aligned_and_hold_now(name):
     assert (end - start) // p.window == p.points
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_windows_until_an_end(name):
+    p = get_period(name)
+    for end in (1700049623.5, 1700049600.0 // p.window * p.window):
+        start, hi = p.windows_until(end)
+        # The last window ends at the first boundary at or after `end`: nothing after it is shown.
+        assert hi % p.window == 0 and hi - p.window < end <= hi
+        assert (hi - start) // p.window == p.points
+
+
 @pytest.mark.parametrize("bad", ["2h", "", "1H", None, "month"])
 def test_unknown_period(bad):
     with pytest.raises(ValueError, match="unknown period"):
