@@ -11,6 +11,7 @@ import os
 import platform
 import select
 import sys
+import time
 
 from myason import __version__
 from myason.errors import CaptureError, ConfigError, KeyFileError
@@ -456,10 +457,85 @@ def write_summary_json(path, summary):
 
 
 def format_summary(summary, what="agent"):
-    """A short human-readable summary of an agent run."""
+    """A short human-readable summary of a run (the collector's as tables)."""
+    if what == "collector":
+        return format_collector_summary(summary)
     lines = ["myason %s summary:" % what]
     for k, v in summary.items():
         if isinstance(v, dict):
             v = ", ".join("%s=%s" % kv for kv in sorted(v.items())) or "-"
         lines.append("  %-24s %s" % (k, v))
+    return "\n".join(lines)
+
+
+# Collector counters of what was lost before storage, in this order when present.
+_DROP_KEYS = ("kernel_drops", "queue_dropped", "oversized", "spool_dropped", "spool_rejected_flows")
+_AGENT_COLUMNS = ("datagrams", "flows", "gaps", "replays", "restarts")
+
+
+def _utc(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "%.3f" % value
+    return "-" if value is None else str(value)
+
+
+def _table(first, rows, columns, cell=lambda _col, v: _cell(v)):
+    """Lines of a table: one row per name (sorted), numbers right-aligned under their headers."""
+    grid = [[first] + [c.replace("_", " ") for c in columns]]
+    grid += [[str(name)] + [cell(c, vals.get(c)) for c in columns] for name, vals in sorted(rows.items())]
+    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+    return ["  " + "  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]).rstrip()
+            for r in grid]
+
+
+def _columns(rows, first=(), last=()):
+    seen = list(first)
+    for vals in rows.values():
+        seen += [k for k in vals if k not in seen and k not in last]
+    return seen + list(last)
+
+
+def format_collector_summary(summary):
+    """The collector's counters at exit: totals, a row per agent (last seen in ISO 8601 UTC),
+    rejects by reason, drops, a row per writer and spool, then any other counter."""
+    s = dict(summary)
+    lines = ["myason collector summary:"]
+
+    def line(label, text):
+        lines.append("  %-9s %s" % (label, text))
+
+    line("received", "%s datagrams, %s bytes" % (s.pop("datagrams", 0), s.pop("bytes", 0)))
+    line("spooled", "%s flows, %s events" % (s.pop("flows_spooled", 0), s.pop("events_spooled", 0)))
+    agents = s.pop("agents", None) or {}
+    if agents:
+        lines.append("")
+        # last_seq is bookkeeping for the sequence state, not a figure to read.
+        shown = {a: {k: v for k, v in st.items() if k != "last_seq"} for a, st in agents.items()}
+        lines += _table("agent", shown, _columns(shown, _AGENT_COLUMNS, ("last_seen",)),
+                        lambda col, v: _utc(v) if col == "last_seen" else _cell(v))
+        lines.append("")
+    else:
+        line("agents", "none")
+    rejects = s.pop("rejects", None) or {}
+    line("rejects", ", ".join("%s %s" % kv for kv in sorted(rejects.items(), key=lambda kv: (-kv[1], kv[0])))
+         or "none")
+    drops = [(k, s.pop(k)) for k in _DROP_KEYS if k in s]
+    if drops:
+        line("drops", ", ".join("%s %s" % kv for kv in drops))
+    for key, first in (("writers", "writer"), ("spool", "spool")):
+        rows = s.pop(key, None) or {}
+        if rows:
+            lines.append("")
+            lines += _table(first, rows, _columns(rows))
+    others = [(k, v) for k, v in s.items() if not isinstance(v, dict)]
+    if others:
+        lines.append("")
+        line("other", ", ".join("%s %s" % (k, _cell(v)) for k, v in others))
+    for k, v in s.items():
+        if isinstance(v, dict):
+            line(k, ", ".join("%s=%s" % (kk, _cell(vv)) for kk, vv in sorted(v.items())) or "-")
     return "\n".join(lines)
