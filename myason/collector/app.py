@@ -14,275 +14,32 @@ import signal
 import socket
 import threading
 import time
-import zlib
 
-import orjson
-
-from myason import wire
-from myason.collector.listener import Listener
+from myason.collector import journal
+from myason.collector.journal import load_sequences, sequence_file
+from myason.collector.listener import Listener, RoutingQueue
+from myason.collector.processor import DONE, RELOAD, ProcessorThread, build_processor, spool_encoders
 from myason.collector.sink import WriterThread
-from myason.collector.spool import SpoolFull, writer_spool
+from myason.collector.spool import writer_spool
 from myason.collector.workers import LIVE_KEYS, make_reloader, tune_gc
-from myason.errors import WireError
-from myason.store.base import encode_batch, writer_class
+from myason.store.base import writer_class
 
 log = logging.getLogger("myason.collector")
 
-DONE = None
-# SIGHUP puts (RELOAD, new config) into every processor's queue: the new keystore and live
-# settings apply in order with the datagrams already queued.
-RELOAD = "reload"
 # Metrics that go up and down; everything else in stats() is a counter.
-AGENT_COUNTERS = ("datagrams", "flows", "gaps", "replays", "restarts", "last_seen")
 GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spool_bytes", "spool_errors",
-          "queue_depth", "agents_last_seen", "processors_alive")
+          "queue_depth", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled")
 
 
-class ProcessorThread(threading.Thread):
-    """Runs a DatagramProcessor over its queue and spools rows in batches."""
-
-    def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval, state_path=None, fsync=False,
-                 pipeline=None, detectors=None, detect_clock="wall", reload=None, report=None, encoders=None):
-        super().__init__(name=name, daemon=True)
-        self.proc, self.inbox, self.spools = proc, inbox, spools
-        # reload(worker): what RELOAD does; report(snapshot): called every batch interval and
-        # at the end (processor processes send their counters to the parent this way).
-        self.reload, self.report = reload, report
-        self._carried = []          # events of replaced detectors, spooled with the next batch
-        # Per spool: the writer's spool_encoder (None = the JSON batch every writer reads).
-        self.encoders = list(encoders) if encoders is not None else [None] * len(spools)
-        # Enrichment makes the batches format v2 (enriched rows + events); without it, v1.
-        self.pipeline, self.detectors, self.detect_clock = pipeline, detectors, detect_clock
-        self.events = 0
-        self.state_path, self.fsync = state_path, fsync
-        self.batch_rows, self.batch_interval = batch_rows, batch_interval
-        self.rows = 0
-        self.batches = 0
-        self.spool_rejected_rows = 0
-        self.error = None
-
-    def run(self):
+def _put_while(q, item, alive, step=0.5):
+    """q.put(item), giving up when alive() turns false (a dead consumer never makes room)."""
+    while True:
         try:
-            self._loop()
-        except BaseException as exc:  # noqa: B902
-            self.error = exc
-            log.exception("%s failed", self.name)
-
-    def _loop(self):
-        pending = []
-        deadline = time.monotonic() + self.batch_interval
-        handle = self.proc.handle
-        enrich = self.pipeline.enrich if self.pipeline is not None else None
-        feed = self.detectors.feed_rows if self.detectors is not None else None
-        while True:
-            try:
-                items = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                items = []
-            if items is DONE:
-                break
-            if isinstance(items, tuple):
-                if items[0] == RELOAD and self.reload is not None:
-                    self._reload(items[1])
-                items = []
-            for data, addr, received in items:
-                rows = handle(data, addr, received)
-                if rows:
-                    if enrich is not None:
-                        enrich(rows)
-                    if feed is not None:
-                        feed(rows)
-                    pending.extend(rows)
-            due = time.monotonic() >= deadline
-            events = self._poll() if due else []
-            if self._carried and due:
-                events, self._carried = self._carried + events, []
-            if len(pending) >= self.batch_rows or ((pending or events) and due):
-                self._spool(pending, events)
-                pending = []
-            if due:
-                deadline = time.monotonic() + self.batch_interval
-                if self.report is not None:
-                    self.report(self.snapshot())
-        # Shutdown closes every detector window: what was seen so far is still reported.
-        events = self.detectors.flush(self._now()) if self.detectors is not None else []
-        events = self._carried + events
-        if pending or events:
-            self._spool(pending, events)
-        self._save_state()
-        if self.report is not None:
-            self.report(self.snapshot())
-
-    def _encode(self, encoder, rows, events):
-        if encoder is not None:
-            try:
-                return encoder(rows, events)
-            except Exception as exc:  # noqa: BLE001 - the writer then judges the rows itself
-                log.warning("%s: cannot prepare a batch for its writer (%s): spooled as JSON", self.name, exc)
-        return encode_batch(rows, events) if self.pipeline is not None else encode_batch(rows)
-
-    def _reload(self, cfg):
-        try:
-            self.reload(self, cfg)
-        except Exception as exc:  # noqa: BLE001 - a bad new config keeps the old one running
-            log.error("%s: reload failed, keeping the previous configuration: %s", self.name, exc)
-
-    def replace_detectors(self, detectors):
-        """Use new detectors (or none); the old ones' open windows become events now."""
-        if self.detectors is not None:
-            try:
-                self._carried.extend(self.detectors.flush(self._now()))
-            except Exception:  # noqa: BLE001 - a detector bug must not stop the reload
-                log.exception("%s: flushing the old detectors failed", self.name)
-        self.detectors = detectors
-
-    def snapshot(self):
-        """Counters of this processor as plain data (what stats() and the metrics read)."""
-        agents = {agent: {k: getattr(st, k) for k in AGENT_COUNTERS}
-                  for agent, st in list(self.proc.agents.items())}
-        return {"rows": self.rows, "events": self.events, "batches": self.batches,
-                "spool_rejected_rows": self.spool_rejected_rows, "rejects": dict(self.proc.rejects),
-                "agents": agents}
-
-    def _now(self):
-        # "flow": the newest flow time seen (replays of old captures); "wall": the clock.
-        if self.detect_clock == "flow":
-            return self.detectors.watermark
-        return time.time()
-
-    def _poll(self):
-        if self.detectors is None:
-            return []
-        try:
-            return self.detectors.poll(self._now())
-        except Exception:  # noqa: BLE001 - a detector bug must not stop flow storage
-            log.exception("%s: detector poll failed", self.name)
-            return []
-
-    def _save_state(self):
-        # Written after the rows are in the spools, so after a crash the saved sequence numbers
-        # never claim more than was spooled: what was lost shows up as gaps after the restart.
-        if not self.state_path:
-            return
-        tmp = self.state_path + ".tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps(self.proc.snapshot()))
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            # Only gap accounting across a restart suffers; the flows are already spooled.
-            log.warning("%s: cannot save sequence state: %s", self.name, exc)
-
-    def _spool(self, rows, events=()):
-        events = list(events)
-        encoded = {}            # encoder -> bytes: each format made once per batch
-        self.events += len(events)
-        for spool, encoder in zip(self.spools, self.encoders):
-            data = encoded.get(encoder)
-            if data is None:
-                data = encoded[encoder] = self._encode(encoder, rows, events)
-            try:
-                spool.put(data)
-            except SpoolFull:
-                self.spool_rejected_rows += len(rows)
-                log.error("spool %s full: %d flows not stored for this writer", spool.path, len(rows))
-        self.rows += len(rows)
-        self.batches += 1
-        self._save_state()
-
-
-def build_processor(cfg, state):
-    """(DatagramProcessor, enrichment pipeline, detectors or None) for one processor."""
-    from myason.collector.keystore import Keystore
-    from myason.collector.process import DatagramProcessor
-    from myason.detect import build_detectors
-    from myason.enrich import build_pipeline
-    dp = DatagramProcessor(Keystore.load(cfg.keystore), ttl=cfg.token_ttl, window=cfg.seq_window)
-    if state:
-        dp.restore(state)
-    # Each processor has its own detector state: an agent always goes to the same one.
-    pipeline = build_pipeline(cfg.enrich)
-    detectors = build_detectors(cfg.detect_config()) if cfg.detect_enabled else None
-    return dp, pipeline, detectors
-
-
-def spool_encoders(cfg):
-    """Per configured writer, the function that prepares its spool batches (None: JSON)."""
-    out = []
-    for wcfg in cfg.writers:
-        opts = {k: v for k, v in wcfg.items() if k not in ("type", "name")}
-        out.append(writer_class(wcfg["type"]).spool_encoder(opts))
-    return out
-
-
-def sequence_file(spool_dir, i):
-    """Where processor i keeps the sequence state of its agents between runs."""
-    return os.path.join(spool_dir, "sequences-%d.json" % i)
-
-
-def load_sequences(spool_dir):
-    """Merged per-agent sequence state of every processor of the last run ({} if none).
-
-    Merged because the number of processors may have changed, which moves agents between them;
-    for an agent found in several files the newest (highest sent time) wins.
-    """
-    merged = {}
-    try:
-        names = sorted(n for n in os.listdir(spool_dir) if n.startswith("sequences-") and n.endswith(".json"))
-    except FileNotFoundError:
-        return merged
-    for name in names:
-        try:
-            with open(os.path.join(spool_dir, name), "rb") as fh:
-                state = orjson.loads(fh.read())
-            if not isinstance(state, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring sequence state %s: %s", name, exc)
-            continue
-        for agent, st in state.items():
-            try:
-                sent = float(st["max_sent"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if agent not in merged or sent > merged[agent]["max_sent"]:
-                merged[agent] = dict(st, max_sent=sent)
-    return merged
-
-
-class RoutingQueue:
-    """What the listener puts into: routes each datagram to its agent's processor queue.
-
-    A full processor queue drops only that processor's part of a drained list, counted in
-    `dropped` (the listener adds it to its queue_dropped counter).
-    """
-
-    def __init__(self, queues):
-        self.queues = queues
-        self.dropped = 0
-
-    def put_nowait(self, batch):
-        """Split a drained list by agent (crc32 of the id) and queue the parts; never raises."""
-        n = len(self.queues)
-        if n == 1:
-            parts = [batch]
-        else:
-            parts = [[] for _ in self.queues]
-            for item in batch:
-                try:
-                    agent = wire.peek_agent(item[0])
-                except WireError:
-                    agent = ""          # the processor counts it by reason
-                parts[zlib.crc32(agent.encode()) % n].append(item)
-        for q, part in zip(self.queues, parts):
-            if part:
-                try:
-                    q.put_nowait(part)
-                except queue.Full:
-                    self.dropped += len(part)
+            q.put(item, timeout=step)
+            return True
+        except queue.Full:
+            if not alive():
+                return False
 
 
 class CollectorApp:
@@ -315,15 +72,17 @@ class CollectorApp:
 
     def _writers(self):
         threads, spools = [], []
-        for wcfg in self.cfg.writers:
+        spools = [writer_spool(self.cfg, wcfg, shared=self.cfg.process_mode) for wcfg in self.cfg.writers]
+        # First the batches a crash left committed but not yet in every spool, then each spool's
+        # own leftovers (claimed batches back to incoming/, uncommitted staged files deleted).
+        journal.recover(self.cfg.spool_dir, spools)
+        for wcfg, spool in zip(self.cfg.writers, spools):
             opts = dict(wcfg)
             kind = opts.pop("type")
             name = opts.pop("name", kind)
-            spool = writer_spool(self.cfg, wcfg, shared=self.cfg.process_mode)
             moved = spool.recover()
             if moved:
                 log.info("spool %s: %d batches from the last run are delivered again", name, moved)
-            spools.append(spool)
             cls = writer_class(kind)
             for i in range(self.cfg.writers_number):
                 wopts = dict(opts)
@@ -342,15 +101,16 @@ class CollectorApp:
         return threads, spools
 
     def run(self):
-        """Run until a signal; returns the exit code."""
+        """Run until a signal, or until a stage dies; returns the exit code."""
         from myason.collector.keystore import Keystore
         Keystore.load(self.cfg.keystore)        # fail at start, not in a processor
         writers, spools = self._writers()
         state = load_sequences(self.cfg.spool_dir)
+        block = self.cfg.spool_policy == "block"
         group = None
         if self.cfg.process_mode:
             from myason.collector.workers import ProcessGroup
-            group = ProcessGroup(self.cfg, self.cfg.packet_queue, state)
+            group = ProcessGroup(self.cfg, self.cfg.packet_queue, state, spools)
             queues = group.queues
         else:
             queues = [queue.Queue(self.cfg.packet_queue) for _ in range(self.cfg.processors_number)]
@@ -362,11 +122,13 @@ class CollectorApp:
                                              self.cfg.fsync, pipeline=pipeline, detectors=detectors,
                                              detect_clock=self.cfg.detect_clock,
                                              reload=make_reloader(self.cfg),
-                                             encoders=spool_encoders(self.cfg)))
+                                             encoders=spool_encoders(self.cfg), policy=self.cfg.spool_policy,
+                                             stopping=self.stop_listening))
         self.queues = queues
         if state:
             log.info("sequence numbers of %d agents carried over from the last run", len(state))
-        self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, RoutingQueue(queues),
+        router = RoutingQueue(queues, block=block, stopping=self.stop_listening)
+        self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, router,
                                  self.stop_listening, self.cfg.rcvbuf, self.cfg.max_datagram, self.reuseport)
         if group is not None:
             group.start()
@@ -386,6 +148,7 @@ class CollectorApp:
         tune_gc()
         self.ready.set()
         next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
+        dead = []
         while not self.stop_listening.is_set():
             self.stop_listening.wait(0.5)
             if self.reload_requested.is_set():
@@ -395,16 +158,25 @@ class CollectorApp:
                     next_stats = time.monotonic() + self.cfg.stats_interval
             if group is not None:
                 group.respawn_dead(lambda: load_sequences(self.cfg.spool_dir))
+            dead = [t for t in writers + ([] if group else procs) + [self.listener] if not t.is_alive()]
+            if dead:
+                # A stage that died stops the flow of data for good: stop in order and exit
+                # non-zero, so that the supervisor (systemd) starts the collector again.
+                log.critical("%s stopped unexpectedly (%s): stopping the collector",
+                             ", ".join(t.name for t in dead), "; ".join(repr(t.error) for t in dead))
+                self.stop_listening.set()
             if next_stats and time.monotonic() >= next_stats:
                 log.info("stats %s", stats())
                 next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
-        self.listener.join(5)
+        if group is not None:
+            group.stopping.set()        # children drain whatever the spools' cap, so the listener can too
+        self.listener.join(RoutingQueue.STOP_WAIT + 5)
         if group is not None:
             group.stop(DONE)
             procs = group.procs
         else:
-            for q in queues:
-                q.put(DONE)
+            for q, p in zip(queues, procs):
+                _put_while(q, DONE, p.is_alive)
             for p in procs:
                 p.join()
                 if p.pipeline is not None:
@@ -418,7 +190,7 @@ class CollectorApp:
         if metrics_server is not None:
             metrics_server.shutdown()
         failed = [t for t in writers + procs + [self.listener] if t.error]
-        return 1 if failed else 0
+        return 1 if failed or dead else 0
 
     def _start_health(self, stats, spools):
         if not self.cfg.health_interval:
@@ -466,7 +238,12 @@ class CollectorApp:
                     agents[agent] = st
         s.update(flows_spooled=sum(p["rows"] for p in snaps), events_spooled=sum(p["events"] for p in snaps),
                  rejects=rejects, agents=agents,
-                 spool_rejected_flows=sum(p["spool_rejected_rows"] for p in snaps))
+                 spool_dropped=sum(p.get("spool_dropped", 0) for p in snaps),
+                 intake_blocked_seconds=round(sum(p.get("blocked_seconds", 0.0) for p in snaps), 3),
+                 listener_waited_seconds=round(self.listener.outbox.waited, 3),
+                 spool_commit_errors=sum(p.get("commit_errors", 0) for p in snaps),
+                 processors_blocked=sum(p.get("blocked", 0) for p in snaps),
+                 processors_stalled=sum(p.get("stalled", 0) for p in snaps))
         s["writers"] = {w.writer.name: {"batches": w.batches, "rows": w.rows, "events": w.events,
                                         "errors": w.errors,
                                  "failed_batches": w.failed_batches, "latency_seconds": w.latency,

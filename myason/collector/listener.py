@@ -13,6 +13,10 @@ import socket
 import struct
 import threading
 import time
+import zlib
+
+from myason import wire
+from myason.errors import WireError
 
 log = logging.getLogger("myason.collector.listener")
 
@@ -142,3 +146,60 @@ class Listener(threading.Thread):
         """Counters for the summary and metrics."""
         return {"datagrams": self.datagrams, "bytes": self.bytes, "oversized": self.oversized,
                 "queue_dropped": self.queue_dropped, "kernel_drops": sum(self.kernel_drops.values())}
+
+
+class RoutingQueue:
+    """What the listener puts into: routes each datagram to its agent's processor queue.
+
+    With `block` (spool policy block), a full processor queue makes the listener wait, so a
+    backlog waits in the kernel's receive buffer (what overflows it is counted as kernel drops)
+    instead of being received and thrown away. Without it (spool policy reject), a full queue
+    drops only that processor's part of the list, counted in `dropped` (the listener adds it
+    to its queue_dropped counter). Once `stopping` is set a wait lasts at most STOP_WAIT
+    seconds: a processor that died cannot take its part any more.
+    """
+
+    STOP_WAIT = 10.0
+
+    def __init__(self, queues, block=False, stopping=None):
+        # The list itself, not a copy: a restarted processor process gets a new queue in it.
+        self.queues = queues
+        self.block = block
+        self.stopping = stopping if stopping is not None else threading.Event()
+        self.dropped = 0
+        self.waited = 0.0           # seconds the listener waited for a processor queue
+
+    def put_nowait(self, batch):
+        """Split a drained list by agent (crc32 of the id) and queue the parts; never raises."""
+        n = len(self.queues)
+        if n == 1:
+            parts = [batch]
+        else:
+            parts = [[] for _ in self.queues]
+            for item in batch:
+                try:
+                    agent = wire.peek_agent(item[0])
+                except WireError:
+                    agent = ""          # the processor counts it by reason
+                parts[zlib.crc32(agent.encode()) % n].append(item)
+        for i, part in enumerate(parts):
+            if part:
+                self._put(i, part)
+
+    def _put(self, i, part):
+        if not self.block:
+            try:
+                self.queues[i].put_nowait(part)
+            except queue.Full:
+                self.dropped += len(part)
+            return
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.queues[i].put(part, timeout=0.2)
+                break
+            except queue.Full:
+                if self.stopping.is_set() and time.monotonic() - t0 > self.STOP_WAIT:
+                    self.dropped += len(part)
+                    break
+        self.waited += time.monotonic() - t0

@@ -5,7 +5,8 @@ writer claims it by renaming it into `pending/`, and deletes it once the batch i
 moves it to `errors/` if it can never be written. A rename is atomic on one filesystem, so a
 reader never sees a partial batch, and a batch is in exactly one place at any time. After a
 crash, `recover()` puts claimed batches back into `incoming/`; writers make the second attempt
-harmless by committing each batch id once (see the writers).
+harmless by committing each batch id once (see the writers). The processors stage a batch in
+every writer's spool before publishing it in any (myason/collector/journal.py).
 """
 import itertools
 import os
@@ -14,13 +15,22 @@ import time
 
 SUBDIRS = ("tmp", "incoming", "pending", "errors")
 
-# What put() does when the spool holds max_bytes: wait for the writer (bounded by `timeout`,
-# then reject), or reject at once. Rejections are counted; the caller decides what to log.
+# What the processors do when a spool holds spool_max_bytes or more (myason/collector/processor.py):
+# `block` stops taking datagrams in, so the back-pressure reaches the listener and then the
+# kernel's receive buffer; `reject` drops received datagrams before decoding them. Either way a
+# batch already accepted goes into every spool, so the stores never disagree.
 POLICIES = ("block", "reject")
 
+_counter = itertools.count()
 
-class SpoolFull(Exception):
-    """The spool is at its size cap and the batch was not stored."""
+
+def batch_name():
+    """A new batch name, sortable by creation: nanosecond clock, pid, a per-process counter.
+
+    One name per batch for all the spools it enters; the pid keeps the names of processes
+    sharing the spools apart, and says whose staged files a dead process left (discard_staged_by).
+    """
+    return "%020d-%d-%08d.batch" % (time.time_ns(), os.getpid(), next(_counter))
 
 
 class Spool:
@@ -28,22 +38,18 @@ class Spool:
 
     RESCAN = 1.0
 
-    def __init__(self, path, max_bytes=1 << 30, policy="block", fsync=True, shared=False):
-        if policy not in POLICIES:
-            raise ValueError("spool policy must be one of %s" % ", ".join(POLICIES))
+    def __init__(self, path, max_bytes=1 << 30, fsync=True, shared=False):
         self.path = str(path)
         self.max_bytes = int(max_bytes)
-        self.policy = policy
         self.fsync = fsync
+        # Flows are personal data: the spool is the collector's alone, whatever the umask.
         for sub in SUBDIRS:
-            os.makedirs(os.path.join(self.path, sub), exist_ok=True)
-        self._seq = itertools.count()
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         self._cond = threading.Condition()
-        self.rejected = 0
         self.stored = 0
         # shared: other processes put into or take from this spool too (processor processes),
         # so the size is re-read from the directory at most every RESCAN seconds instead of
-        # being kept only in memory; the cap may then be passed by up to RESCAN s of batches.
+        # being kept only in memory.
         self.shared = shared
         self.bytes = self._scan_bytes()
         self._scanned = time.monotonic()
@@ -61,41 +67,61 @@ class Spool:
                     pass
         return total
 
-    def _name(self):
-        # Sortable by creation: nanosecond clock, then a per-process counter; the pid keeps names
-        # of several processes sharing a spool apart.
-        return "%020d-%d-%08d.batch" % (time.time_ns(), os.getpid(), next(self._seq))
+    # -- the processors' side -------------------------------------------------------------
 
-    def put(self, data, timeout=30.0):
-        """Store one batch (bytes); returns its name. Raises SpoolFull when over the cap."""
-        size = len(data)
-        with self._cond:
-            if self.current_bytes() + size > self.max_bytes:
-                if self.policy == "block":
-                    self._wait_room(size, timeout)
-                if self.current_bytes() + size > self.max_bytes:
-                    self.rejected += 1
-                    raise SpoolFull("spool %s is full (%d bytes)" % (self.path, self.bytes))
-            self.bytes += size
-        name = self._name()
+    def put(self, data):
+        """Store one batch (bytes) on its own, outside any journal; returns its name."""
+        name = batch_name()
+        self.stage(name, data)
+        self.publish(name)
+        return name
+
+    def stage(self, name, data):
+        """Write a batch to tmp/ (fsynced when fsync is on); an OSError leaves no file behind."""
         tmp = os.path.join(self._dir("tmp"), name)
         try:
-            with open(tmp, "wb") as fh:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
                 fh.write(data)
                 if self.fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
-            os.rename(tmp, os.path.join(self._dir("incoming"), name))
         except BaseException:
-            with self._cond:
-                self.bytes -= size
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            self.discard(name)
             raise
+
+    def publish(self, name):
+        """Move a staged batch into incoming/, where the writer claims it."""
+        tmp = os.path.join(self._dir("tmp"), name)
+        size = os.stat(tmp).st_size
+        os.rename(tmp, os.path.join(self._dir("incoming"), name))
+        with self._cond:
+            self.bytes += size
         self.stored += 1
-        return name
+
+    def publish_staged(self, name):
+        """publish(name) if it is still in tmp/ (crash recovery); True when it was."""
+        try:
+            self.publish(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def discard(self, name):
+        """Delete a staged batch that was not committed."""
+        try:
+            os.unlink(os.path.join(self._dir("tmp"), name))
+        except FileNotFoundError:
+            pass
+
+    def discard_staged_by(self, pid):
+        """Delete what process `pid` staged and never committed (it died); returns how many."""
+        mark = "-%d-" % pid
+        n = 0
+        for name in os.listdir(self._dir("tmp")):
+            if mark in name:
+                self.discard(name)
+                n += 1
+        return n
 
     def current_bytes(self):
         """Bytes of batches waiting or claimed (re-read from disk when shared and stale)."""
@@ -104,15 +130,26 @@ class Spool:
             self._scanned = time.monotonic()
         return max(0, self.bytes)
 
-    def _wait_room(self, size, timeout):
-        # Called with the condition held. In-process writers notify; other processes cannot,
-        # so a shared spool also wakes up to re-read the directory.
+    def full(self):
+        """True when the batches waiting or claimed take max_bytes or more."""
+        return self.current_bytes() >= self.max_bytes
+
+    def wait_room(self, timeout):
+        """Wait up to `timeout` seconds for the spool to be below its cap; True when it is.
+
+        Writers in this process wake the waiter when they delete a batch; writers in other
+        processes cannot, so a shared spool is re-read every RESCAN seconds meanwhile.
+        """
         deadline = time.monotonic() + timeout
-        while self.current_bytes() + size > self.max_bytes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._cond.wait(min(left, self.RESCAN) if self.shared else left)
+        with self._cond:
+            while self.full():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, self.RESCAN) if self.shared else left)
+        return True
+
+    # -- the writer's side ----------------------------------------------------------------
 
     def claim(self, limit=1):
         """Move up to `limit` of the oldest batches into pending/; returns [(name, bytes)]."""
@@ -158,8 +195,13 @@ class Spool:
             self.bytes -= size
             self._cond.notify_all()
 
+    # -- both -----------------------------------------------------------------------------
+
     def recover(self):
-        """Put batches claimed by a writer that died back into incoming/; drop stale tmp files."""
+        """Put batches claimed by a writer that died back into incoming/; drop stale tmp files.
+
+        Run at start, after journal.recover() has published the batches that were committed.
+        """
         moved = 0
         for name in os.listdir(self._dir("pending")):
             try:
@@ -168,10 +210,8 @@ class Spool:
             except FileNotFoundError:
                 pass
         for name in os.listdir(self._dir("tmp")):
-            try:
-                os.unlink(os.path.join(self._dir("tmp"), name))
-            except FileNotFoundError:
-                pass
+            self.discard(name)
+        self.bytes = self._scan_bytes()
         return moved
 
     def oldest_age(self, now=None):
@@ -195,5 +235,4 @@ class Spool:
 def writer_spool(cfg, wcfg, shared):
     """The spool of writer config `wcfg` under cfg.spool_dir (named by its `name`, else its type)."""
     name = wcfg.get("name", wcfg["type"])
-    return Spool(os.path.join(cfg.spool_dir, name), cfg.spool_max_bytes, cfg.spool_policy,
-                 fsync=cfg.fsync, shared=shared)
+    return Spool(os.path.join(cfg.spool_dir, name), cfg.spool_max_bytes, fsync=cfg.fsync, shared=shared)

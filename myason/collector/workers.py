@@ -21,6 +21,8 @@ import signal
 import threading
 import time
 
+from myason.collector import journal
+from myason.collector.processor import ProcessorThread, build_processor, spool_encoders
 from myason.collector.spool import writer_spool
 
 log = logging.getLogger("myason.collector")
@@ -65,7 +67,7 @@ class _PipeHandler(logging.handlers.QueueHandler):
             self.conn.send(("log", record))
 
 
-def child_main(index, cfg, inbox, conn, log_level, state):
+def child_main(index, cfg, inbox, conn, log_level, state, stopping):
     """Entry point of processor process `index` (spawned): run one processor until DONE.
 
     `conn` is this child's own pipe to the parent (counters and log records): a child that is
@@ -78,7 +80,6 @@ def child_main(index, cfg, inbox, conn, log_level, state):
     root = logging.getLogger()
     root.handlers[:] = [_PipeHandler(conn, lock)]
     root.setLevel(log_level)
-    from myason.collector.app import ProcessorThread, build_processor, sequence_file, spool_encoders
     name = "processor-%d" % index
     try:
         dp, pipeline, detectors = build_processor(cfg, state)
@@ -87,10 +88,11 @@ def child_main(index, cfg, inbox, conn, log_level, state):
             with lock:
                 conn.send(("stats", snapshot))
 
-        worker = ProcessorThread(name, dp, inbox, [writer_spool(cfg, w, True) for w in cfg.writers], cfg.batch_rows, cfg.batch_interval,
-                                 sequence_file(cfg.spool_dir, index), cfg.fsync, pipeline=pipeline,
-                                 detectors=detectors, detect_clock=cfg.detect_clock,
-                                 reload=make_reloader(cfg), report=report, encoders=spool_encoders(cfg))
+        worker = ProcessorThread(name, dp, inbox, [writer_spool(cfg, w, True) for w in cfg.writers],
+                                 cfg.batch_rows, cfg.batch_interval, journal.sequence_file(cfg.spool_dir, index),
+                                 cfg.fsync, pipeline=pipeline, detectors=detectors, detect_clock=cfg.detect_clock,
+                                 reload=make_reloader(cfg), report=report, encoders=spool_encoders(cfg),
+                                 policy=cfg.spool_policy, stopping=stopping)
         tune_gc()
         worker.run()            # in this process's main thread
         if pipeline is not None:
@@ -142,18 +144,17 @@ def make_reloader(cfg):
 class ProcessorProcess:
     """The parent's handle on one processor process: looks like a ProcessorThread to the app."""
 
-    def __init__(self, index, cfg, inbox, state, ctx):
+    def __init__(self, index, cfg, inbox, state, ctx, stopping):
         self.index, self.cfg, self.inbox = index, cfg, inbox
         self.name = "processor-%d" % index
         self.pipeline = None            # lives in the child
         self.error = None
         self.final = False
-        self._snap = {"rows": 0, "events": 0, "batches": 0, "spool_rejected_rows": 0, "rejects": {},
-                      "agents": {}}
+        self._snap = {"rows": 0, "events": 0, "batches": 0, "rejects": {}, "agents": {}}
         self.conn, child_conn = ctx.Pipe(duplex=False)
         level = logging.getLogger("myason").getEffectiveLevel()
         self.process = ctx.Process(target=child_main, name=self.name, daemon=True,
-                                   args=(index, cfg, inbox, child_conn, level, state))
+                                   args=(index, cfg, inbox, child_conn, level, state, stopping))
         self._child_conn = child_conn
 
     def start(self):
@@ -201,12 +202,16 @@ class ProcessorProcess:
 class ProcessGroup:
     """Starts the processor processes and relays their counters and log records to the parent."""
 
-    def __init__(self, cfg, queue_size, state):
+    def __init__(self, cfg, queue_size, state, spools):
         self.ctx = mp.get_context("spawn")
         self.cfg = cfg
         self.queue_size = queue_size
+        self.spools = spools
+        # Set at shutdown: the children then drain their queues whatever the spools' cap.
+        self.stopping = self.ctx.Event()
         self.queues = [self.ctx.Queue(queue_size) for _ in range(cfg.processors_number)]
-        self.procs = [ProcessorProcess(i, cfg, q, state, self.ctx) for i, q in enumerate(self.queues)]
+        self.procs = [ProcessorProcess(i, cfg, q, state, self.ctx, self.stopping)
+                      for i, q in enumerate(self.queues)]
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._relay = threading.Thread(target=self._relay_loop, name="processor-relay", daemon=True)
@@ -229,11 +234,15 @@ class ProcessGroup:
             if p.is_alive() or p.final or self._stop.is_set():
                 continue
             log.error("%s died (exit code %s): starting it again", p.name, p.process.exitcode)
+            # What it committed goes into every spool; what it only staged goes nowhere.
+            journal.recover(self.cfg.spool_dir, self.spools, index=i)
+            for spool in self.spools:
+                spool.discard_staged_by(p.process.pid)
             old = self.queues[i]
             self.queues[i] = self.ctx.Queue(self.queue_size)    # the listener routes by this list
             old.cancel_join_thread()
             old.close()
-            new = ProcessorProcess(i, self.cfg, self.queues[i], state_loader(), self.ctx)
+            new = ProcessorProcess(i, self.cfg, self.queues[i], state_loader(), self.ctx, self.stopping)
             new._snap = p.snapshot()        # counters continue, totals never go backwards
             with self._lock:
                 self.procs[i] = new
@@ -255,6 +264,7 @@ class ProcessGroup:
 
     def stop(self, done):
         """Send `done` to every child, wait for them to drain, stop the relay."""
+        self.stopping.set()
         for q, p in zip(self.queues, self.procs):
             if p.is_alive():
                 q.put(done)

@@ -58,11 +58,16 @@ class Collector:
         path.write_text(yaml.safe_dump(conf))
         return path
 
-    def start(self, timeout=30, extra_args=()):
-        """Start the process and wait until it listens."""
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "myason.py"), "collector", "-cc",
+    def start(self, timeout=30, extra_args=(), prefix=()):
+        """Start the process and wait until it listens.
+
+        prefix: a command the collector runs under (e.g. strace); the collector then gets a
+        process group of its own, so kill_group() reaches it and its children through it.
+        """
+        self.proc = subprocess.Popen([*prefix, sys.executable, str(ROOT / "myason.py"), "collector", "-cc",
                                       str(self.dir / "collector.yaml"), *extra_args], cwd=str(ROOT),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=bool(prefix))
         ready = threading.Event()
 
         def read(proc=self.proc):
@@ -92,6 +97,12 @@ class Collector:
         time.sleep(0.1)
         self.proc = None
         return code
+
+    def kill_group(self):
+        """SIGKILL the whole process group of a prefixed start (the wrapper, collector, children)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc = None
 
     def log(self):
         """Everything the collector wrote to stderr so far."""

@@ -17,7 +17,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from myason import wire
-from myason.collector.app import load_sequences
+from myason.collector.journal import load_sequences
 from myason.record import FIELDS
 from tests import trafficgen as gen
 from tests.integration import collector as col
@@ -262,22 +262,20 @@ def stored_rows(store, db, dsn):
 @pytest.mark.parametrize("store,mode", [("sqlite", "thread"), ("sqlite", "process"),
                                         pytest.param("postgresql", "thread", marks=pytest.mark.root)])
 def test_sigkill_loses_only_unspooled_datagrams_and_shows_them_as_gaps(tmp_path, store, mode, request):
-    """SIGKILL right after a burst, restart, more traffic: loss is bounded and visible.
+    """SIGKILL right after a burst, restart, more traffic: loss is exact and visible.
 
-    How the test knows what was spooled at the kill: the collector saves each agent's sequence
-    state (top sequence number) beside the spool after every batch it spools
-    (spool_dir/sequences-N.json); the test reads that file after the kill and before the
-    restart (`saved_top`). Ground truth comes from the database after the restart has delivered
-    the spool: every row carries the seq of its datagram here (the sender keeps the mapping).
+    How the test knows what was accepted at the kill: each processor saves its agents' sequence
+    state (top sequence number) beside the spool as the commit step of every batch
+    (spool_dir/sequences-N.json, myason/collector/journal.py); the test reads it after the kill
+    and before the restart (`saved_top`). Ground truth comes from the database after the
+    restart has delivered the spool: every row carries the seq of its datagram here (the sender
+    keeps the mapping).
 
     Checks: no row is stored twice; datagrams are stored whole or not at all; the stored ones
-    before the kill are exactly 0..T (the processor spools in order) with T >= saved_top; the
-    missing ones are exactly T+1..N-1 (N = first seq after the restart), i.e. what was received
-    or queued but not yet spooled; and the restarted collector, which restored the saved state,
-    reports N - saved_top - 1 sequence gaps for the agent: the operator sees the loss. T is
-    saved_top unless the kill fell between a batch's spooling and its state save (a window of
-    well under a millisecond), in which case the gaps overstate the loss by that one batch and
-    never understate it.
+    before the kill are exactly 0..saved_top (a batch is accepted together with the state that
+    counts it); the missing ones are exactly saved_top+1..N-1 (N = first seq after the restart),
+    i.e. what was received or queued but not yet accepted; and the restarted collector reports
+    exactly those as sequence gaps.
     """
     db = tmp_path / "flows.db"
     dsn = None
@@ -315,7 +313,7 @@ def test_sigkill_loses_only_unspooled_datagrams_and_shows_them_as_gaps(tmp_path,
     before = sorted(q for q in per_seq if q < killed_at)
     top = before[-1]
     assert before == list(range(top + 1))
-    assert saved_top <= top <= saved_top + batch_rows // ROWS_PER_DATAGRAM
+    assert top == saved_top
     missing = [q for q in range(s.seq) if q not in per_seq]
     assert missing == list(range(top + 1, killed_at))
     assert sorted(per_seq) == before + list(range(killed_at, s.seq))

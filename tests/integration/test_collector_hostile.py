@@ -381,9 +381,9 @@ class SummaryCollector(col.Collector):
         super().__init__(*args, **kw)
         self.summary_json = summary_json
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, prefix=()):
         """Start the process with --summary-json and wait until it listens."""
-        return super().start(timeout, ("--summary-json", str(self.summary_json)))
+        return super().start(timeout, ("--summary-json", str(self.summary_json)), prefix)
 
     def summary(self):
         """The counters the last run wrote at exit."""

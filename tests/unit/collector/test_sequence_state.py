@@ -2,7 +2,7 @@
 import json
 import queue
 
-from myason.collector import app
+from myason.collector import journal, processor
 from myason.collector.process import DatagramProcessor
 from myason.collector.spool import Spool
 from myason.store.base import decode_batch
@@ -48,28 +48,28 @@ def test_restore_still_detects_an_agent_restart():
 
 def test_restore_skips_malformed_entries():
     p = new_proc()
-    assert p.restore({"a": {"top": "x", "max_sent": 1.0}, "b": {"top": -1, "max_sent": 1.0}, "c": [1]}) == 0
+    assert p.restore({"a": {"top": "x", "max_sent": 1.0}, "b": {"top": -2, "max_sent": 1.0}, "c": [1]}) == 0
     assert p.snapshot() == {}
 
 
 def test_processor_thread_saves_state_after_spooling_and_load_merges(tmp_path):
     spool = Spool(tmp_path / "sp" / "sqlite", fsync=False)
     inbox = queue.Queue()
-    path = app.sequence_file(str(tmp_path / "sp"), 0)
-    t = app.ProcessorThread("processor-0", new_proc(), inbox, [spool], 1000, 0.05, path)
+    path = journal.sequence_file(str(tmp_path / "sp"), 0)
+    t = processor.ProcessorThread("processor-0", new_proc(), inbox, [spool], 1000, 0.05, path)
     t.start()
     inbox.put([(dgram(s), ADDR, NOW) for s in range(4)])
-    inbox.put(app.DONE)
+    inbox.put(processor.DONE)
     t.join(10)
     assert t.error is None
     (name, data), = spool.claim(5)
     assert len(decode_batch(data)) == 4
-    assert json.loads(open(path).read())["edge-01"]["top"] == 3
+    assert json.loads(open(path).read())["agents"]["edge-01"]["top"] == 3
     # A second file (another processor count before) with an older state of the same agent,
     # a newer one of another agent, and a damaged file: the newest per agent wins, damage is skipped.
     (tmp_path / "sp" / "sequences-1.json").write_text(json.dumps(
         {"edge-01": {"top": 1, "max_sent": 1.0}, "lab-7": {"top": 9, "max_sent": 5.0}}))
     (tmp_path / "sp" / "sequences-2.json").write_text("{damaged")
-    merged = app.load_sequences(str(tmp_path / "sp"))
+    merged = journal.load_sequences(str(tmp_path / "sp"))
     assert merged["edge-01"]["top"] == 3 and merged["lab-7"]["top"] == 9
-    assert app.load_sequences(str(tmp_path / "missing")) == {}
+    assert journal.load_sequences(str(tmp_path / "missing")) == {}

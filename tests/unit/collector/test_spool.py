@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from myason.collector.spool import Spool, SpoolFull
+from myason.collector.spool import Spool
 
 
 def test_put_claim_done_round_trip_in_order(tmp_path):
@@ -76,17 +76,13 @@ def test_claim_by_two_writers_never_hands_out_a_batch_twice(tmp_path):
     assert sorted(seen) == sorted(b"%d" % i for i in range(200))
 
 
-def test_reject_policy_counts_when_full(tmp_path):
-    s = Spool(tmp_path, max_bytes=10, policy="reject")
+def test_full_at_the_cap_and_wait_room_wakes_when_the_writer_deletes(tmp_path):
+    s = Spool(tmp_path, max_bytes=10)
     s.put(b"12345678")
-    with pytest.raises(SpoolFull):
-        s.put(b"123")
-    assert s.rejected == 1 and s.depth() == (1, 0, 0)
-
-
-def test_block_policy_waits_for_the_writer(tmp_path):
-    s = Spool(tmp_path, max_bytes=10, policy="block")
-    s.put(b"12345678")
+    assert not s.full()
+    s.put(b"123")                   # a batch is never refused: the cap holds the intake back
+    assert s.full() and s.depth() == (2, 0, 0)
+    assert not s.wait_room(0.05)
 
     def writer():
         time.sleep(0.2)
@@ -96,17 +92,50 @@ def test_block_policy_waits_for_the_writer(tmp_path):
     t = threading.Thread(target=writer)
     t.start()
     t0 = time.monotonic()
-    s.put(b"123", timeout=5)
+    assert s.wait_room(5)
     assert time.monotonic() - t0 >= 0.1
     t.join()
-    with pytest.raises(SpoolFull):
-        s.put(b"12345678", timeout=0.1)
-    assert s.rejected == 1
 
 
-def test_bad_policy():
-    with pytest.raises(ValueError):
-        Spool("/nonexistent-never-created", policy="drop")
+def test_staged_batches_are_invisible_until_published_and_discard_leaves_nothing(tmp_path):
+    s = Spool(tmp_path)
+    s.stage("b1.batch", b"one")
+    s.stage("b2.batch", b"two")
+    assert s.depth() == (0, 0, 0) and s.bytes == 0 and s.claim(5) == []
+    s.publish("b1.batch")
+    assert s.depth() == (1, 0, 0) and s.bytes == 3
+    s.discard("b2.batch")
+    assert os.listdir(tmp_path / "tmp") == []
+    assert not s.publish_staged("b2.batch") and not s.publish_staged("b1.batch")
+
+
+def test_stage_failure_leaves_no_partial_file(tmp_path):
+    s = Spool(tmp_path)
+    with pytest.raises(TypeError):
+        s.stage("x.batch", object())
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_discard_staged_by_a_dead_process_keeps_the_others(tmp_path):
+    from myason.collector.spool import batch_name
+    s = Spool(tmp_path)
+    mine = batch_name()
+    s.stage(mine, b"mine")
+    s.stage("%020d-%d-%08d.batch" % (1, 999999, 0), b"dead")
+    assert s.discard_staged_by(999999) == 1
+    assert os.listdir(tmp_path / "tmp") == [mine]
+
+
+def test_files_and_directories_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        s = Spool(tmp_path / "s")
+        s.put(b"flows")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s" / "incoming").stat().st_mode & 0o777 == 0o700
+    (f,) = (tmp_path / "s" / "incoming").iterdir()
+    assert f.stat().st_mode & 0o777 == 0o600
 
 
 def test_shared_spool_sees_other_processes_batches_and_oldest_age(tmp_path):
