@@ -5,6 +5,8 @@
 'use strict';
 (function () {
   const PERIODS = {'1h': 3600, '6h': 21600, '1d': 86400, '1w': 604800, '1m': 2592000, '3m': 7776000, '1y': 31536000};
+  // Width of one point of each period (myason/api/periods.py): which period shows a whole range.
+  const WINDOWS = {'1h': 60, '6h': 600, '1d': 1800, '1w': 14400, '1m': 43200, '3m': 172800, '1y': 604800};
   // Durations for events and search: "1m" is a minute there, so months are given in days.
   const SINCE = {'1h': '1h', '6h': '6h', '1d': '1d', '1w': '7d', '1m': '30d', '3m': '90d', '1y': '365d'};
   const PROTO_NAMES = {1: 'icmp', 2: 'igmp', 6: 'tcp', 17: 'udp', 47: 'gre', 50: 'esp', 58: 'icmpv6', 132: 'sctp'};
@@ -19,8 +21,10 @@
   const BASE = location.pathname.replace(/static\/[^/]*$/, '').replace(/[^/]*$/, '');
   const $ = (id) => document.getElementById(id);
 
+  // end: null while the period ends now, else the Unix time it ends at (a range of stored data).
   const state = {period: sessionStorage.getItem('myason.period') || '1h', metric: sessionStorage.getItem('myason.metric') || 'bits',
-    token: readToken(), traffic: null, lastQuery: null, timer: null};
+    end: Number(sessionStorage.getItem('myason.end')) || null, token: readToken(), traffic: null, lastQuery: null,
+    timer: null, range: null};
   if (!PERIODS[state.period]) state.period = '1h';
 
   // The token comes in the address fragment (never sent to the server), is kept for this tab only
@@ -107,17 +111,26 @@
     const ms = Date.parse(t);
     return isNaN(ms) ? NaN : ms / 1000;
   }
+  const pad = (n) => String(n).padStart(2, '0');
+  function fmtDay(t) {
+    const d = new Date(toSeconds(t) * 1000);
+    return isNaN(d) ? String(t) : d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
+  }
   function fmtTime(t, withDate) {
     const d = new Date(toSeconds(t) * 1000);
     if (isNaN(d)) return String(t);
-    const pad = (n) => String(n).padStart(2, '0');
     const hm = pad(d.getHours()) + ':' + pad(d.getMinutes());
-    const day = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
-    return withDate ? day + ' ' + hm + ':' + pad(d.getSeconds()) : hm;
+    return withDate ? fmtDay(t) + ' ' + hm + ':' + pad(d.getSeconds()) : hm;
   }
+  // Seconds are truncated, as clocks show them: 12:00:28.999 is still second 28.
+  const fmtClock = (t) => fmtTime(t, true).slice(11);
+  const fmtMinute = (t) => fmtTime(t, true).slice(0, 16);
+  // A time for the API and the search grammar: UTC ISO 8601, whole seconds without a fraction.
+  const isoTime = (t) => new Date(toSeconds(t) * 1000).toISOString().replace('.000Z', 'Z');
+  // The query string that ends the period at state.end (nothing while it ends now).
+  const endParam = () => (state.end ? '&end=' + encodeURIComponent(isoTime(state.end)) : '');
   function fmtTick(t, period) {
     const d = new Date(t * 1000);
-    const pad = (n) => String(n).padStart(2, '0');
     if (period <= 86400) return pad(d.getHours()) + ':' + pad(d.getMinutes());
     if (period <= 604800) return d.toLocaleDateString('en-GB', {weekday: 'short'}) + ' ' + pad(d.getHours()) + 'h';
     return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
@@ -146,16 +159,61 @@
   async function loadTraffic() {
     const node = $('traffic-chart');
     try {
-      const data = await api('traffic?by=proto&period=' + state.period);
+      const data = await api('traffic?by=proto&period=' + state.period + endParam());
       state.traffic = data;
       drawTraffic();
+      const flows = (data.points || []).reduce((a, p) => a + (Number(p.flows) || 0), 0);
       markLoaded(node, (data.points || []).length);
       node.dataset.points = String((data.points || []).length);
+      node.dataset.flows = String(flows);
+      await offerRange(flows);
     } catch (err) {
       state.traffic = null;
       $('traffic-legend').replaceChildren();
       markError(node, err);
     }
+  }
+
+  // --- where the data is ---------------------------------------------------------------------
+  // A replayed capture keeps its own times, so the period ending now may hold nothing while the
+  // store is full: say where the data is, and offer to show it.
+  async function offerRange(flows) {
+    const notice = $('range-notice');
+    if (flows > 0) { notice.hidden = true; return; }
+    let range;
+    try {
+      range = await api('range');
+    } catch (err) {
+      notice.hidden = true;
+      return;
+    }
+    if (!range.first || !range.last) { notice.hidden = true; return; }
+    state.range = range;
+    const where = state.end ? 'the ' + state.period + ' until ' + fmtMinute(state.end) : 'the last ' + state.period;
+    $('range-text').textContent = 'no flows in ' + where + '; data exists from ' + fmtMinute(range.first) + ' to '
+      + fmtMinute(range.last);
+    notice.hidden = false;
+  }
+  // The shortest period whose windows, ending at `last`, reach back to `first` (1y when none does).
+  function periodFor(first, last) {
+    for (const name of Object.keys(PERIODS)) {
+      const points = Math.ceil(PERIODS[name] / WINDOWS[name]);
+      if ((points - 1) * WINDOWS[name] >= last - first) return name;
+    }
+    return '1y';
+  }
+  function showRange() {
+    if (!state.range) return;
+    const first = toSeconds(state.range.first), last = toSeconds(state.range.last);
+    setView(periodFor(first, last), last);
+  }
+  function setView(period, end) {
+    state.period = period;
+    state.end = end;
+    sessionStorage.setItem('myason.period', period);
+    if (end) sessionStorage.setItem('myason.end', String(end)); else sessionStorage.removeItem('myason.end');
+    markButtons();
+    refresh();
   }
 
   // Columns per window (the rate is the window's average), stacked by protocol; the busiest
@@ -166,9 +224,9 @@
     if (!data) return;
     const period = PERIODS[state.period];
     const win = windowSeconds(data.window, period / 60);
-    const now = Date.now() / 1000;
-    const t0 = Math.floor((now - period) / win) * win;
-    const slots = Math.floor((now - t0) / win) + 1;
+    // The answer's own span: it ends now or at state.end, whatever this browser's clock says.
+    const t0 = toSeconds(data.start);
+    const slots = Math.max(1, Math.round((toSeconds(data.end) - t0) / win));
     const field = state.metric === 'bits' ? 'bytes' : 'packets';
     const scale = state.metric === 'bits' ? 8 / win : 1 / win;
     const totals = new Map();
@@ -191,8 +249,9 @@
     let max = 0;
     for (const g of grid) max = Math.max(max, [...g.values()].reduce((a, b) => a + b, 0));
 
-    const W = Math.max(320, node.clientWidth || 800), H = 260;
-    const M = {l: 74, r: 12, t: 10, b: 26};
+    // As wide as its box, however narrow: a minimum width would stick out of a phone's screen.
+    const W = Math.max(160, node.clientWidth || 800), H = 260;
+    const M = {l: W < 480 ? 58 : 74, r: 12, t: 10, b: 26};
     const iw = W - M.l - M.r, ih = H - M.t - M.b;
     const step = max > 0 ? niceStep(max, 4) : 1;
     const top = max > 0 ? Math.ceil(max / step) * step : 1;
@@ -204,7 +263,8 @@
       axis.append(svg('line', {class: 'grid', x1: M.l, x2: W - M.r, y1: y(v), y2: y(v)}));
       axis.append(svg('text', {x: M.l - 6, y: y(v) + 4, 'text-anchor': 'end'}, si(v, rateUnit())));
     }
-    const ticks = 6;
+    // About one time label per 90 px, so that they never overlap.
+    const ticks = Math.max(2, Math.min(6, Math.floor(iw / 90)));
     for (let k = 0; k <= ticks; k++) {
       const t = t0 + (slots * win * k) / ticks;
       axis.append(svg('text', {x: x(t), y: H - 8, 'text-anchor': k === 0 ? 'start' : k === ticks ? 'end' : 'middle'}, fmtTick(t, period)));
@@ -246,19 +306,21 @@
   async function loadTop(dimension, id, label, toQuery) {
     const node = $(id);
     try {
-      const data = await api('top/' + dimension + '?limit=10&period=' + state.period);
+      const data = await api('top/' + dimension + '?limit=10&period=' + state.period + endParam());
+      // A search from the list asks for the flows of the list's own span.
+      const span = state.end ? 'after/' + isoTime(data.start) + '/before/' + isoTime(data.end) : 'after/' + SINCE[state.period];
       const rows = data.rows || [];
       const max = Math.max(1, ...rows.map((r) => Number(r.bytes) || 0));
       const trs = rows.map((r, i) => {
         const link = el('a', {href: '#', title: 'search flows of ' + r.key, text: label(r.key)});
-        link.addEventListener('click', (ev) => { ev.preventDefault(); runSearch(toQuery(r.key)); });
+        link.addEventListener('click', (ev) => { ev.preventDefault(); runSearch(toQuery(r.key) + '/' + span); });
         return el('tr', {},
           el('td', {class: 'num', text: String(i + 1)}), el('td', {class: 'key'}, link),
           el('td', {class: 'num', text: fmtBytes(r.bytes)}), el('td', {class: 'num', text: fmtCount(r.packets)}),
           el('td', {class: 'num', text: fmtCount(r.flows)}),
           el('td', {class: 'barcell'}, el('div', {class: 'meter', style: 'width:' + (100 * (Number(r.bytes) || 0) / max).toFixed(1) + '%'})));
       });
-      node.replaceChildren(rows.length ? table([['#', 'num'], ['key'], ['bytes', 'num'], ['packets', 'num'], ['flows', 'num'], ['']], trs)
+      node.replaceChildren(rows.length ? table([['#', 'num'], ['key'], ['bytes', 'num'], ['packets', 'num'], ['flows', 'num'], ['', 'barcell']], trs)
         : el('div', {class: 'empty', text: 'nothing stored in this period'}));
       markLoaded(node, rows.length);
     } catch (err) {
@@ -273,16 +335,18 @@
     for (const p of parts || []) out.push(...(p.IP4 || []), ...(p.IP6 || []));
     return out;
   }
+  // Lines may break between addresses, never inside one.
   function addrCell(list) {
-    const td = el('td', {class: 'mono'});
-    td.textContent = list.slice(0, 4).join(', ') + (list.length > 4 ? ' +' + (list.length - 4) + ' more' : '');
+    const td = el('td', {class: 'addrs'});
+    list.slice(0, 4).forEach((a, i) => td.append(...(i ? [', '] : []), el('span', {class: 'addr', text: a})));
+    if (list.length > 4) td.append(' +' + (list.length - 4) + ' more');
     if (!list.length) td.textContent = '\u2013';
     return td;
   }
   async function loadEvents() {
     const node = $('events');
     try {
-      const data = await api('events?limit=50&since=' + SINCE[state.period]);
+      const data = await api('events?limit=50&since=' + SINCE[state.period] + endParam());
       const events = (data.events || []).slice().sort((a, b) => toSeconds(b.DetectTime) - toSeconds(a.DetectTime));
       const trs = events.map((ev) => el('tr', {},
         el('td', {class: 'time', text: fmtTime(ev.DetectTime, true)}),
@@ -304,12 +368,28 @@
     return parts.map(encodeURIComponent).join('/');
   }
   const TIME_COLUMNS = new Set(['first', 'last', 'received', 'detecttime']);
-  function cell(column, value) {
-    if (value === null || value === undefined) return el('td', {text: ''});
-    if (TIME_COLUMNS.has(column)) return el('td', {class: 'time', text: fmtTime(value, true)});
+  // Short headings keep the table within a desktop screen; each keeps the API's name as its title.
+  const LABELS = {if_name: 'if', src_ip: 'src', src_port: 'sport', dst_ip: 'dst', dst_port: 'dport', packets: 'pkts',
+    tcp_flags: 'flags', direction: 'dir', src_country: 'src cc', dst_country: 'dst cc', src_asn: 'src AS', dst_asn: 'dst AS'};
+  // A column is empty when no row has a value: null, '' or, for an ASN, 0 (unknown).
+  const isEmpty = (column, v) => v === null || v === undefined || v === '' || (/_asn$/.test(column) && v === 0);
+  function cell(column, value, sameDay) {
+    if (isEmpty(column, value)) return el('td', {text: ''});
+    if (TIME_COLUMNS.has(column)) return el('td', {class: 'time', title: String(value), text: sameDay ? fmtClock(value) : fmtTime(value, true)});
+    if (column === 'proto') return el('td', {title: String(value), text: protoName(value)});
     if (typeof value === 'number') return el('td', {class: 'num', text: String(value)});
     if (typeof value === 'object') return el('td', {class: 'mono', text: JSON.stringify(value)});
-    return el('td', {class: /ip|hop/.test(column) ? 'mono' : '', text: String(value)});
+    return el('td', {class: /_ip$|hop/.test(column) ? 'addr' : '', text: String(value)});
+  }
+  // The rows as a table without the columns that are empty in every row; times without their
+  // date when all fall on one day (the status line names it).
+  function flowTable(cols, rows) {
+    const keep = cols.map((c, i) => i).filter((i) => rows.some((r) => !isEmpty(cols[i], r[i])));
+    const days = rows.flatMap((r) => keep.filter((i) => TIME_COLUMNS.has(cols[i]) && r[i]).map((i) => fmtDay(r[i])));
+    const day = days.length && days.every((d) => d === days[0]) ? days[0] : null;
+    const head = el('tr', {}, ...keep.map((i) => el('th', {'data-col': cols[i], title: cols[i], text: LABELS[cols[i]] || cols[i]})));
+    const body = rows.map((r) => el('tr', {}, ...keep.map((i) => cell(cols[i], r[i], day))));
+    return {table: el('table', {class: 'flows'}, el('thead', {}, head), el('tbody', {}, ...body)), day: day};
   }
   async function runSearch(text) {
     const input = $('search-input'), node = $('search-results'), status = $('search-status');
@@ -325,10 +405,10 @@
       const rows = data.rows || [];
       state.lastQuery = path;
       $('search-csv').disabled = false;
-      node.replaceChildren(rows.length ? el('div', {class: 'scroll'}, table(cols.map((c) => [c]),
-        rows.map((r) => el('tr', {}, ...r.map((v, i) => cell(cols[i], v)))))) : el('div', {class: 'empty', text: 'no flows match'}));
+      const shown = flowTable(cols, rows);
+      node.replaceChildren(rows.length ? el('div', {class: 'scroll'}, shown.table) : el('div', {class: 'empty', text: 'no flows match'}));
       status.textContent = fmtCount(data.count !== undefined ? data.count : rows.length) + ' flow(s)'
-        + (data.truncated ? ' (truncated: add limit/N for more)' : '') + ' in '
+        + (shown.day ? ' on ' + shown.day : '') + (data.truncated ? ' (truncated: add limit/N for more)' : '') + ' in '
         + (Number(data.elapsed) * 1000).toFixed(0) + ' ms \u2014 query ' + (data.query || path) + (data.id ? ' [' + data.id + ']' : '');
       markLoaded(node, rows.length);
     } catch (err) {
@@ -364,12 +444,14 @@
   function markButtons() {
     for (const b of document.querySelectorAll('#periods button')) b.classList.toggle('on', b.dataset.period === state.period);
     for (const b of document.querySelectorAll('#metric button')) b.classList.toggle('on', b.dataset.metric === state.metric);
+    $('range').hidden = !state.end;
+    $('range-end').textContent = state.end ? 'until ' + fmtMinute(state.end) : '';
   }
   async function refresh() {
     clearTimeout(state.timer);
     const results = await Promise.allSettled([loadTraffic(),
-      loadTop('talkers', 'top-talkers', String, (k) => 'host/' + k + '/after/' + SINCE[state.period]),
-      loadTop('ports', 'top-ports', portLabel, (k) => 'port/' + k + '/after/' + SINCE[state.period]),
+      loadTop('talkers', 'top-talkers', String, (k) => 'host/' + k),
+      loadTop('ports', 'top-ports', portLabel, (k) => 'port/' + k),
       loadEvents()]);
     const failed = document.querySelectorAll('[data-error="1"]').length;
     if (!failed && results.every((r) => r.status === 'fulfilled')) { showError(''); $('auth').hidden = true; }
@@ -391,6 +473,8 @@
     });
     $('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); runSearch(); });
     $('search-csv').addEventListener('click', downloadCsv);
+    $('range-show').addEventListener('click', showRange);
+    $('range-now').addEventListener('click', () => setView(state.period, null));
     $('auth').addEventListener('submit', (ev) => {
       ev.preventDefault();
       state.token = $('token-input').value.trim();
@@ -398,8 +482,15 @@
       $('token-input').value = '';
       refresh();
     });
-    let resizeTimer = null;
-    window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawTraffic, 150); });
+    // Redrawn when its own box changes width, not only the window's: a scroll bar appearing narrows it too.
+    let resizeTimer = null, drawnWidth = 0;
+    new ResizeObserver(() => {
+      const w = $('traffic-chart').clientWidth;
+      if (w === drawnWidth) return;
+      drawnWidth = w;
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(drawTraffic, 100);
+    }).observe($('traffic-chart'));
     window.addEventListener('hashchange', () => { const t = readToken(); if (t && t !== state.token) { state.token = t; refresh(); } });
     if (!state.token) showAuth();
     refresh();
