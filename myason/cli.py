@@ -314,10 +314,13 @@ def _check_agent_config(args, cfg):
 
 
 def _collector(args):
+    from myason.enrich import report_setup_notes
     from myason.logs import setup_logging
     # Logging first: validating the config builds the enrichment steps, which log (e.g. "geoip
-    # enrichment off"), and those lines must come out in the chosen format too.
+    # enrichment off"), and those lines must come out in the chosen format too. Only the
+    # collector enriches, so only it reports them (once: see myason.enrich.base).
     handle = setup_logging(args.logger_conf, json_format=args.log_json)
+    report_setup_notes()
     try:
         cfg = _collector_config(args)
         if args.check_config:

@@ -11,11 +11,13 @@ Config (the collector's `enrich` mapping)::
 from __future__ import annotations
 
 from myason.enrich.base import (DEFAULT_ORDER, ENRICH_DEFAULTS, ENRICH_FIELDS, ENRICH_INT_FIELDS,
-                                Enricher, enricher_class, enricher_names, register)
+                                Enricher, enricher_class, enricher_names, register, report_setup_notes,
+                                setup_note)
 from myason.errors import ConfigError
 
 __all__ = ["ENRICH_FIELDS", "ENRICH_INT_FIELDS", "ENRICH_DEFAULTS", "Enricher", "Pipeline",
-           "build_pipeline", "enricher_class", "enricher_names", "register"]
+           "build_pipeline", "enricher_class", "enricher_names", "register", "report_setup_notes",
+           "setup_note"]
 
 
 class Pipeline:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 
 from myason.record import FIELDS
 
@@ -33,6 +34,33 @@ _BUILTIN = {
     "rdns": "myason.enrich.rdns",
 }
 _REGISTRY = {}
+
+
+# Notes a step's setup makes (a step off, a database or file missing) matter only to a process
+# that enriches flows, and once: every command that loads the collector's config builds the
+# pipeline to validate it (events, greylist, api, maintain, which only read the store, too), and
+# the collector builds it again for each processor and reload. So they are logged only after
+# report_setup_notes() (the collector calls it at start; spawned processor processes never do,
+# their parent has said it), and each distinct note once per process.
+_notes = {"on": False, "said": set()}
+_notes_lock = threading.Lock()
+
+
+def report_setup_notes(on=True):
+    """Log the steps' setup notes in this process from now on (each distinct one once)."""
+    _notes["on"] = bool(on)
+
+
+def setup_note(logger, level, msg, *args):
+    """Log a note about a step's setup, if this process reports them and has not said it yet."""
+    if not _notes["on"]:
+        return
+    key = (logger.name, msg % args if args else msg)
+    with _notes_lock:
+        if key in _notes["said"]:
+            return
+        _notes["said"].add(key)
+    logger.log(level, msg, *args)
 
 
 class Enricher:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from myason.enrich.base import COL, OUT, Enricher, register
+from myason.enrich.base import COL, OUT, Enricher, register, setup_note
 from myason.enrich.nets import NetSet
 
 log = logging.getLogger("myason.enrich.direction")
@@ -33,7 +33,7 @@ class DirectionEnricher(Enricher):
         self.local = NetSet(config.get("local_networks") or (), key="enrich.local_networks",
                             cache_size=config.get("direction_cache_size", 65536))
         if not self.local:
-            log.info("direction enrichment off: enrich.local_networks is empty")
+            setup_note(log, logging.INFO, "direction enrichment off: enrich.local_networks is empty")
             return False
         return True
 

@@ -5,7 +5,7 @@ import logging
 
 import maxminddb
 
-from myason.enrich.base import COL, Enricher, register
+from myason.enrich.base import COL, Enricher, register, setup_note
 
 log = logging.getLogger("myason.enrich.geoip")
 
@@ -98,8 +98,8 @@ class GeoipEnricher(Enricher):
                 self._asn = reader
         if notes:
             # One line whatever is missing, so a host without GeoIP data logs it once.
-            log.warning("geoip enrichment %s: %s", "off" if not self._readers else "partial",
-                        "; ".join(notes))
+            setup_note(log, logging.WARNING, "geoip enrichment %s: %s",
+                       "off" if not self._readers else "partial", "; ".join(notes))
         return bool(self._readers)
 
     def lookup(self, addr) -> tuple:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from myason.enrich.base import COL, OUT, Enricher, register
+from myason.enrich.base import COL, OUT, Enricher, register, setup_note
 
 log = logging.getLogger("myason.enrich.service")
 
@@ -68,8 +68,8 @@ def load_table(services_file=DEFAULT_SERVICES_FILE) -> dict:
             with open(services_file, encoding="utf-8", errors="replace") as fh:
                 table.update(parse_services(fh.read()))
         except OSError as exc:
-            log.info("service names: %s unreadable (%s), built-in table only",
-                     services_file, exc.strerror or exc)
+            setup_note(log, logging.INFO, "service names: %s unreadable (%s), built-in table only",
+                       services_file, exc.strerror or exc)
     return table
 
 

@@ -37,7 +37,7 @@ def test_direction_of():
         "external", "inbound", "outbound", "internal"]
 
 
-def test_off_without_local_networks(caplog):
+def test_off_without_local_networks(caplog, notes):
     caplog.set_level(logging.INFO, logger="myason.enrich.direction")
     step = DirectionEnricher()
     assert step.setup({}) is False
