@@ -60,10 +60,52 @@ class StatsCollector:
         yield from families.values()
 
 
-def serve(endpoint, stats_fn, gauges=()):
-    """Start the HTTP endpoint ('host:port') in a daemon thread; returns (server, thread)."""
-    from prometheus_client import start_http_server
+def serve(endpoint, stats_fn, gauges=(), status_fn=None):
+    """Start the HTTP endpoint ('host:port') in a daemon thread; returns (server, thread).
+
+    GET /metrics: Prometheus text. With status_fn (a callable returning a dict with at least
+    "healthy"): GET /status answers that dict as JSON (200), GET /healthz the same with 200
+    when healthy and 503 when not, for a supervisor's or load balancer's probe.
+    """
+    import http.server
+    import json
+    import socket
+    import threading
+
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
     host, _, port = endpoint.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(stats_fn, gauges))
-    return start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the name http.server calls
+            path = self.path.split("?", 1)[0]
+            if path in ("/metrics", "/"):
+                return self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            if status_fn is not None and path in ("/status", "/healthz"):
+                try:
+                    status = status_fn()
+                except Exception as exc:  # noqa: BLE001 - a probe must get an answer
+                    status = {"healthy": False, "error": str(exc)}
+                code = 503 if path == "/healthz" and not status.get("healthy") else 200
+                return self._send(code, "application/json", json.dumps(status, sort_keys=True).encode())
+            return self._send(404, "text/plain", b"not found\n")
+
+        def _send(self, code, ctype, body):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):      # scrapes every few seconds would flood the log
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+
+    server = Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, thread

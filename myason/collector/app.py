@@ -140,10 +140,13 @@ class CollectorApp:
 
         def stats():
             return self.stats(group.procs if group else procs, writers)
+
+        def status():
+            return self.status(group.procs if group else procs, writers, spools)
         metrics_server = None
         if self.cfg.metrics:
             from myason.metrics import serve
-            metrics_server, _ = serve(self.cfg.metrics, stats, gauges=GAUGES)
+            metrics_server, _ = serve(self.cfg.metrics, stats, gauges=GAUGES, status_fn=status)
         health = self._start_health(stats, spools)
         tune_gc()
         self.ready.set()
@@ -223,6 +226,35 @@ class CollectorApp:
             q.put((RELOAD, self.cfg))   # in order with the queued datagrams; blocks only while a queue is full
         log.info("reload: keystore %s%s sent to %d processors", self.cfg.keystore,
                  " and " + ", ".join(live) if live else "", len(queues))
+
+    def status(self, procs, writers, spools):
+        """What /status and /healthz answer: each stage's state, and whether all is stored.
+
+        healthy: every stage runs. drained: nothing received is waiting anywhere (processor
+        queues, processors' open batches, spools), i.e. every accepted flow is in its stores.
+        """
+        stages = {"listener": "running" if self.listener.is_alive() else "stopped"}
+        uncommitted = 0
+        for p in procs:
+            snap = p.snapshot()
+            uncommitted += snap.get("uncommitted", 0)
+            if not p.is_alive():
+                stages[p.name] = "stopped"
+            else:
+                stages[p.name] = ("stalled" if snap.get("stalled") else "blocked" if snap.get("blocked")
+                                  else "running")
+        for w in writers:
+            stages[w.name] = ("stopped" if not w.is_alive() else "running" if w.connected else "retrying")
+        waiting = {}
+        for sp in spools:
+            incoming, pending, _ = sp.depth()
+            waiting[os.path.basename(sp.path)] = incoming + pending + len(os.listdir(os.path.join(sp.path, "tmp")))
+        queued = sum(_qsize(q) for q in self.queues)
+        ready = self.ready.is_set()
+        return {"ready": ready, "healthy": ready and all(v != "stopped" for v in stages.values()),
+                "stopping": self.stop_listening.is_set(), "stages": stages, "queued_lists": queued,
+                "uncommitted_datagrams": uncommitted, "spool_batches": waiting,
+                "drained": queued == 0 and uncommitted == 0 and not any(waiting.values())}
 
     def stats(self, procs, writers):
         """Every counter: listener, rejects by reason, per-agent gaps, spools, writers."""

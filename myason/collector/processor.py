@@ -261,6 +261,7 @@ class ProcessorThread(threading.Thread):
         return {"rows": self.rows, "events": self.events, "batches": self.batches,
                 "spool_dropped": self.spool_dropped, "blocked_seconds": round(self.blocked_seconds, 3),
                 "blocked": int(self.blocked), "commit_errors": self.commit_errors, "stalled": int(self.stalled),
+                "uncommitted": self._uncommitted,
                 "rejects": dict(self.proc.rejects), "agents": agents}
 
     def _now(self):

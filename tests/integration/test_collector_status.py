@@ -1,0 +1,48 @@
+"""The collector says when it is ready, whether every stage runs, and when all it received is stored."""
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+
+from tests.integration.services import wait_until
+from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector
+from tests.integration.test_collector_hostile import sqlite_rows
+
+
+def get(port, path):
+    """(HTTP status, JSON body) of the collector's metrics endpoint."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_status_reports_stages_and_drained_only_when_every_flow_is_stored(tmp_path):
+    db = tmp_path / "flows.db"
+    c = collector(tmp_path, [{"type": "sqlite", "path": str(db), "busy_timeout": 0.2}])
+    s = Stream(c)
+    with c:
+        port = c.metrics_port
+        code, status = wait_until(lambda: get(port, "/healthz"), timeout=10, ignore=(OSError,))
+        assert code == 200 and status["healthy"] and status["ready"] and status["drained"]
+        assert set(status["stages"]) == {"listener", "processor-0", "writer-sqlite"}
+        s.send(20)
+        wait_until(lambda: len(sqlite_rows(db)) == 20 * ROWS_PER_DATAGRAM, timeout=30)
+        assert wait_until(lambda: get(port, "/status")[1]["drained"], timeout=10)
+        # The database is locked: batches wait in the spool, so not everything is stored.
+        lock = sqlite3.connect(str(db), isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            s.send(30)
+            busy = wait_until(lambda: (lambda st: not st["drained"] and st["spool_batches"]["sqlite"] > 0
+                                       and st["stages"]["writer-sqlite"] == "retrying" and st)(
+                                           get(port, "/status")[1]), timeout=30)
+            assert busy["healthy"]          # a writer retrying is alive: /healthz stays 200
+            assert get(port, "/healthz")[0] == 200
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert wait_until(lambda: get(port, "/status")[1]["drained"], timeout=30)
+        assert len(sqlite_rows(db)) == 50 * ROWS_PER_DATAGRAM
+        assert c.stop() == 0, c.log()
