@@ -337,6 +337,15 @@ def test_top_ports_rank_service_ports(replies):
     assert [r["key"] for r in raw] == ["2048", "50000", "50001"]
 
 
+def test_the_documented_service_ports_are_the_ones_ranked():
+    import re
+    from pathlib import Path
+    from myason.store.rollup import service_ports
+    text = " ".join((Path(__file__).resolve().parents[3] / "docs" / "api.md").read_text().split())
+    listed = re.search(r"from 1024 up: ([0-9, ]+) \(the built-in", text).group(1)
+    assert tuple(int(x) for x in listed.split(", ")) == service_ports()
+
+
 def test_range_of_stored_flows(client, replies, tmp_path):
     # From the minute of the oldest flow (A: NOW - 3 h) to the end of the newest one's (D: NOW - 180 s).
     assert get(client, "/range").json() == {"first": queries.iso(NOW - 3 * 3600), "last": queries.iso(NOW - 120)}
