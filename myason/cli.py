@@ -74,6 +74,10 @@ def build_parser():
     c.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     c.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
     c.add_argument("--summary-json", metavar="FILE", help="also write the summary counters to FILE as JSON at exit")
+    c.add_argument("--status", action="store_true",
+                   help="ask the collector running with this config (its `metrics` endpoint) how it is: exit 0 "
+                        "when every stage runs and everything received is stored, 1 while data is still on "
+                        "its way, 3 when it is unreachable or a stage stopped")
 
     e = sub.add_parser("events", help="list the IDEA events stored by the collector")
     e.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config (its first SQL writer)")
@@ -314,6 +318,8 @@ def _check_agent_config(args, cfg):
 
 
 def _collector(args):
+    if args.status:
+        return _collector_status(args)
     from myason.enrich import report_setup_notes
     from myason.logs import setup_logging
     # Logging first: validating the config builds the enrichment steps, which log (e.g. "geoip
@@ -338,6 +344,15 @@ def _collector(args):
     if args.summary_json:
         write_summary_json(args.summary_json, app.summary)
     return code
+
+
+def _collector_status(args):
+    from myason.collector import status
+    from myason.collector.config import load_collector_config
+    url = status.status_url(load_collector_config(args.collector_conf))
+    answer = status.fetch(url)
+    print("\n".join(status.report(url, answer)))
+    return status.exit_code(answer)
 
 
 def _maintain(args):

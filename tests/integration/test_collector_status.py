@@ -1,8 +1,12 @@
 """The collector says when it is ready, whether every stage runs, and when all it received is stored."""
 import json
 import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+
+from tests.integration.collector import ROOT
 
 from tests.integration.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector
@@ -18,6 +22,13 @@ def get(port, path):
         return exc.code, json.loads(exc.read())
 
 
+def status_command(c):
+    """(exit code, stdout) of `myason collector -cc CONF --status`."""
+    proc = subprocess.run([sys.executable, str(ROOT / "myason.py"), "collector", "-cc", str(c.dir / "collector.yaml"),
+                           "--status"], capture_output=True, text=True, timeout=30)
+    return proc.returncode, proc.stdout
+
+
 def test_status_reports_stages_and_drained_only_when_every_flow_is_stored(tmp_path):
     db = tmp_path / "flows.db"
     c = collector(tmp_path, [{"type": "sqlite", "path": str(db), "busy_timeout": 0.2}])
@@ -30,6 +41,8 @@ def test_status_reports_stages_and_drained_only_when_every_flow_is_stored(tmp_pa
         s.send(20)
         wait_until(lambda: len(sqlite_rows(db)) == 20 * ROWS_PER_DATAGRAM, timeout=30)
         assert wait_until(lambda: get(port, "/status")[1]["drained"], timeout=10)
+        code, out = status_command(c)
+        assert code == 0 and "everything received is stored" in out and "writer-sqlite" in out
         # The database is locked: batches wait in the spool, so not everything is stored.
         lock = sqlite3.connect(str(db), isolation_level=None)
         lock.execute("BEGIN IMMEDIATE")
@@ -40,9 +53,19 @@ def test_status_reports_stages_and_drained_only_when_every_flow_is_stored(tmp_pa
                                            get(port, "/status")[1]), timeout=30)
             assert busy["healthy"]          # a writer retrying is alive: /healthz stays 200
             assert get(port, "/healthz")[0] == 200
+            code, out = status_command(c)
+            assert code == 1 and "batches waiting" in out
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         assert wait_until(lambda: get(port, "/status")[1]["drained"], timeout=30)
         assert len(sqlite_rows(db)) == 50 * ROWS_PER_DATAGRAM
         assert c.stop() == 0, c.log()
+    code, out = status_command(c)
+    assert code == 3 and "not reachable" in out
+
+
+def test_status_needs_the_metrics_endpoint(tmp_path):
+    c = collector(tmp_path, [{"type": "sqlite", "path": str(tmp_path / "f.db")}], metrics=False)
+    code, _ = status_command(c)
+    assert code == 2
