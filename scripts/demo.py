@@ -15,7 +15,6 @@ import secrets
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,35 +36,6 @@ def free_port(kind=socket.SOCK_DGRAM, port=0, host="127.0.0.1"):
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-# Classic pcap magic numbers (as read little-endian) -> (struct byte order, ticks per second).
-_PCAP_MAGIC = {0xa1b2c3d4: ("<", 1000000), 0xd4c3b2a1: (">", 1000000),
-               0xa1b23c4d: ("<", 1000000000), 0x4d3cb2a1: (">", 1000000000)}
-
-
-def retime_pcap(src, dst, end):
-    """Copy classic pcap `src` to `dst` shifted so its last packet is at Unix time `end`.
-
-    Returns False (and writes nothing) when `src` is not a classic pcap (e.g. pcapng)."""
-    data = bytearray(Path(src).read_bytes())
-    if len(data) < 24 or struct.unpack_from("<I", data)[0] not in _PCAP_MAGIC:
-        return False
-    order, ticks = _PCAP_MAGIC[struct.unpack_from("<I", data)[0]]
-    hdr = struct.Struct(order + "IIII")
-    offsets, last, off = [], 0, 24
-    while off + 16 <= len(data):
-        sec, frac, incl, _ = hdr.unpack_from(data, off)
-        offsets.append(off)
-        last = max(last, sec * ticks + frac)
-        off += 16 + incl
-    shift = int(end * ticks) - last
-    for off in offsets:
-        sec, frac, incl, orig = hdr.unpack_from(data, off)
-        t = sec * ticks + frac + shift
-        hdr.pack_into(data, off, t // ticks, t % ticks, incl, orig)
-    Path(dst).write_bytes(bytes(data))
-    return True
 
 
 def private(path, text):
@@ -238,13 +208,17 @@ def main():
     (work / "agent.yaml").write_text(
         "agent_id: demo-agent\nkey_file: %s\ncollectors: [\"127.0.0.1:%d\"]\nstats_interval: 0\n"
         % (work / "agent.key", port))
-    pcap = args.pcap
-    # Ends a little in the past, so the newest flows fall in closed 1-minute rollup buckets.
+    # The agent's --time-shift: ends a little in the past, so the newest flows fall in closed
+    # 1-minute rollup buckets.
+    shift = []
     if not args.keep_time:
-        if retime_pcap(args.pcap, work / "replay.pcap", time.time() - 90):
-            pcap = str(work / "replay.pcap")
-        else:
-            print("(%s is not a classic pcap: replayed with its own timestamps)" % args.pcap)
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from myason.agent.pcapfile import open_capture
+        with open_capture(args.pcap) as cap:
+            newest = cap.newest_timestamp()
+        if newest is not None:
+            shift = ["--time-shift", "%.6f" % (time.time() - 90 - newest)]
     log = open(work / "collector.log", "w")
     coll = subprocess.Popen(MYASON + ["collector", "-cc", str(work / "collector.yaml")], stderr=log, cwd=str(ROOT))
     try:
@@ -253,7 +227,7 @@ def main():
         if coll.poll() is not None:
             raise SystemExit("demo: the collector failed:\n" + (work / "collector.log").read_text())
         print("collector listening on 127.0.0.1:%d (log: %s)" % (port, work / "collector.log"))
-        agent = subprocess.run(MYASON + ["agent", "-ac", str(work / "agent.yaml"), "--read", pcap,
+        agent = subprocess.run(MYASON + ["agent", "-ac", str(work / "agent.yaml"), "--read", args.pcap, *shift,
                                          "--no-progress", "--output", str(work / "agent.csv")], cwd=str(ROOT))
         if agent.returncode != 0:
             raise SystemExit("demo: the agent failed")
