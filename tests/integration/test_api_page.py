@@ -1,16 +1,15 @@
 """The built-in web page in a real headless Chromium against a real `myason api` over real flows.
 
 The store is SQLite, filled through the real SqliteWriter with the agent's records of
-data/demo.pcap (replayed shifted to end just now, or with the capture's own 2024 times) and one
-crafted IDEA event; rollup maintenance then runs as the writer's housekeeping would. The page is
-driven with Selenium (Debian's chromium and chromium-driver); the test skips only when those
-cannot be installed. The layout test leaves screenshots (page-1400.png, page-420.png) in its
-pytest tmp dir.
+data/demo.pcap (shifted by the agent's --time-shift to end 90 s ago, or with the capture's own
+2024 times) and one crafted IDEA event; rollup maintenance then runs as the writer's
+housekeeping would. The page is driven with Selenium (Debian's chromium and chromium-driver);
+the test skips only when those cannot be installed. The layout test leaves screenshots
+(page-1400.png, page-420.png) in its pytest tmp dir.
 """
 import base64
 import contextlib
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -53,22 +52,17 @@ def _chromium():
     return chrome, driver
 
 
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("myason_demo_script", ROOT / "scripts" / "demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _records(tmp_path, retime=True):
-    """The agent's records of data/demo.pcap as collector rows: shifted to end 90 s ago, or with
-    the capture's own times (2024-01-01 00:00:00 to 00:06:30 UTC) when not `retime`."""
+    """The agent's records of data/demo.pcap as collector rows: shifted (the agent's --time-shift)
+    to end 90 s ago, or with the capture's own times (2024-01-01 00:00:00 to 00:06:30 UTC)."""
+    from myason.agent.pcapfile import open_capture
     pcap = ROOT / "data" / "demo.pcap"
+    shift = []
     if retime:
-        pcap = tmp_path / "demo.pcap"
-        assert _demo_module().retime_pcap(ROOT / "data" / "demo.pcap", pcap, time.time() - 90)
+        with open_capture(str(pcap)) as cap:
+            shift = ["--time-shift", "%.6f" % (time.time() - 90 - cap.newest_timestamp())]
     out = tmp_path / ("flows.csv" if retime else "past-flows.csv")
-    subprocess.run(MYASON + ["agent", "--read", str(pcap), "--no-export", "--no-progress", "-q",
+    subprocess.run(MYASON + ["agent", "--read", str(pcap), *shift, "--no-export", "--no-progress", "-q",
                              "--output", str(out)], check=True, cwd=str(ROOT), timeout=120)
     rows = []
     with open(out, newline="") as fh:
