@@ -128,7 +128,10 @@ def span(period, now, until=None) -> tuple:
 
 
 def traffic(db, period, now=None, agent=None, if_name=None, by="none", until=None) -> dict:
-    """Bytes, packets and flows per window of `period` (ending now, or at `until`) from rollup_<resolution>, zeros filled in."""
+    """Bytes, packets and flows per window of `period` from rollup_<resolution>, zeros filled in.
+
+    The period ends now, or at `until` (Unix seconds) when given (Period.windows_until).
+    """
     if by not in TRAFFIC_BY:
         raise ValueError("by must be one of %s, got %r" % (", ".join(TRAFFIC_BY), by))
     now = time.time() if now is None else now

@@ -261,10 +261,12 @@ const chart = document.querySelector('#traffic-chart svg').getBoundingClientRect
 const box = document.querySelector('#search-results table').parentElement;
 const flowAddresses = [...document.querySelectorAll('#search-results tbody tr')].flatMap((tr) =>
   [...tr.children].filter((td, i) => /_ip$/.test(heads[i])));
-const others = [...document.querySelectorAll('#top-talkers td:nth-child(2), #events td:nth-child(3), #events td:nth-child(4)')];
+const others = [...document.querySelectorAll(
+  '#top-talkers td:nth-child(2), #events td:nth-child(3), #events td:nth-child(4)')];
 return {page: document.documentElement.scrollWidth, viewport: window.innerWidth, chart: [chart.left, chart.right],
   box: [box.scrollWidth, box.clientWidth], boxOverflow: getComputedStyle(box).overflowX, heads: heads,
-  cards: [...document.querySelectorAll('.card')].filter((c) => c.scrollWidth > c.clientWidth).map((c) => c.querySelector('h2').textContent),
+  cards: [...document.querySelectorAll('.card')].filter((c) => c.scrollWidth > c.clientWidth)
+    .map((c) => c.querySelector('h2').textContent),
   flowAddresses: flowAddresses.map((td) => [td.textContent, lines(td)]),
   otherAddresses: others.flatMap((td) => [...td.querySelectorAll('a, .addr')]).map((a) => [a.textContent, lines(a)])};
 """
@@ -315,7 +317,8 @@ def test_page_offers_the_range_where_data_exists(past_api, browser, past_store):
     _, rows = past_store
     browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "UTC"})
     browser.get(past_api + "#token=" + TOKEN)
-    notice = wait_for(browser, lambda d: [e for e in css(d, "#range-notice") if e.is_displayed()], "the range notice")[0]
+    notice = wait_for(browser, lambda d: [e for e in css(d, "#range-notice") if e.is_displayed()],
+                      "the range notice")[0]
     # The capture spans 00:00:00-00:06:30: its rollups cover the minutes 00:00 to 00:07.
     assert "no flows in the last 1h" in notice.text, notice.text
     assert "data exists from 2024-01-01 00:00 to 2024-01-01 00:07" in notice.text, notice.text
@@ -332,7 +335,8 @@ def test_page_offers_the_range_where_data_exists(past_api, browser, past_store):
     # The lists of that hour: the API's (sums of per-minute top-N lists, exact for the busy keys).
     talkers = wait_for(browser, lambda d: css(d, "#top-talkers[data-loaded='1'] tbody tr"), "top talkers")
     keys = [tr.find_elements("css selector", "td")[1].text for tr in talkers]
-    assert keys == [r["key"] for r in api_json(past_api, "top/talkers?limit=10&period=1h&end=2024-01-01T00:07:00Z")["rows"]]
+    listed = api_json(past_api, "top/talkers?limit=10&period=1h&end=2024-01-01T00:07:00Z")["rows"]
+    assert keys == [r["key"] for r in listed]
     assert keys[0] == talker_ranking(rows)[0]
     ports = wait_for(browser, lambda d: css(d, "#top-ports[data-loaded='1'] tbody tr"), "top ports")
     assert [tr.find_elements("css selector", "td")[1].text.split()[0] for tr in ports] == \

@@ -20,6 +20,9 @@ GRAMMAR_PARAMS = ("end",)
 
 # Bounded so the whole file takes well under a minute on 2 cores.
 MAX_EXAMPLES = 30
+# uvicorn's own answer to a request its HTTP parser refuses (e.g. a negative case's malformed
+# Content-Length header): the request never reaches the app, so it is not the API's answer.
+SERVER_REFUSAL = "Invalid HTTP request received."
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,11 @@ def test_api_conforms(api, mode):
         def check(case):
             grammar = op.path in GRAMMAR_PATHS or any(k in (case.query or {}) for k in GRAMMAR_PARAMS)
             excluded = [positive_data_acceptance] if grammar else []
-            response = case.call_and_validate(headers={"Authorization": "Bearer fuzz"}, excluded_checks=excluded)
+            headers = {"Authorization": "Bearer fuzz"}
+            response = case.call(headers=headers)
+            if mode == GenerationMode.NEGATIVE and response.status_code == 400 and response.text == SERVER_REFUSAL:
+                return
+            case.validate_response(response, headers=headers, excluded_checks=excluded)
             assert response.status_code < 500, (case.method, case.formatted_path, response.text)
 
         try:
