@@ -380,7 +380,7 @@ class Bench:
                     stored_rate=round(min(stored, sent) / max(rep["secs"], (t_done or t_end) - t0)),
                     loss=sent - min(pg_rows, ifl if influx else pg_rows), drain_s=drain,
                     kernel_drops=int(m.get("kernel_drops", -1)), queue_drops=int(m.get("queue_dropped", -1)),
-                    rejects=int(m.get("rejects", 0)), spool_rejected=int(m.get("spool_rejected_flows", 0)),
+                    rejects=int(m.get("rejects", 0)), spool_rejected=int(m.get("spool_dropped", 0)),
                     rcvbuf_errors=udp_rcvbuf_errors() - rcv0, cpu_s=round(cpu, 2), rss_mib=round(rss, 1),
                     pg_cpu_s=round(pg_cpu, 2), main_cpu_s=round(main_cpu, 2), send_errors=rep["send_errors"], ok=ok)
 

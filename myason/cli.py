@@ -487,7 +487,8 @@ def format_summary(summary, what="agent"):
 
 
 # Collector counters of what was lost before storage, in this order when present.
-_DROP_KEYS = ("kernel_drops", "queue_dropped", "oversized", "spool_dropped", "spool_rejected_flows")
+_DROP_KEYS = ("kernel_drops", "queue_dropped", "oversized", "spool_dropped", "intake_blocked_seconds",
+              "listener_waited_seconds", "spool_commit_errors")
 _AGENT_COLUMNS = ("datagrams", "flows", "gaps", "replays", "restarts")
 
 

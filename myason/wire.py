@@ -316,7 +316,7 @@ def peek_agent(datagram):
     return _parse_header(_as_bytes(datagram))[0]
 
 
-def _decrypt(token, keys, ttl, now):
+def _decrypt(token, keys, ttl, now, skew=CLOCK_SKEW):
     if len(token) < _MIN_TOKEN:
         raise WireError("short", "token of %d bytes" % len(token))
     if token[0] != 0x80 or (len(token) - _TOKEN_OVERHEAD) % 16:
@@ -333,7 +333,7 @@ def _decrypt(token, keys, ttl, now):
         current = int(time.time() if now is None else now)
         if stamp + ttl < current:
             raise WireError("expired", "token is %d s old" % (current - stamp))
-        if current + CLOCK_SKEW < stamp:
+        if current + skew < stamp:
             raise WireError("future", "token is %d s ahead" % (stamp - current))
     return plain
 
@@ -378,8 +378,11 @@ def _check_body(body, agent):
     return Batch(agent, seq, float(sent), flows)
 
 
-def decode_datagram(datagram, keys_for_agent, ttl=None, now=None, max_plain=MAX_PLAIN):
-    """Authenticate, decrypt and validate one datagram into a Batch; raises only WireError."""
+def decode_datagram(datagram, keys_for_agent, ttl=None, now=None, max_plain=MAX_PLAIN, skew=CLOCK_SKEW):
+    """Authenticate, decrypt and validate one datagram into a Batch; raises only WireError.
+
+    ttl: seconds a token may be old (None: not checked); skew: seconds it may come from the future.
+    """
     data = _as_bytes(datagram)
     agent, end = _parse_header(data)
     try:
@@ -388,7 +391,7 @@ def decode_datagram(datagram, keys_for_agent, ttl=None, now=None, max_plain=MAX_
         keys = None
     if keys is None:
         raise WireError("unknown_agent", agent)
-    plain = _inflate(_decrypt(data[end:], keys, ttl, now), max_plain)
+    plain = _inflate(_decrypt(data[end:], keys, ttl, now, skew), max_plain)
     try:
         body = _loads(plain)
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors

@@ -28,7 +28,9 @@ log = logging.getLogger("myason.collector")
 
 # Metrics that go up and down; everything else in stats() is a counter.
 GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spool_bytes", "spool_errors",
-          "queue_depth", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled")
+          "queue_depth", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled",
+          # A late datagram that fills a gap takes one back: not a counter.
+          "agents_gaps")
 
 
 def _put_while(q, item, alive, step=0.5):

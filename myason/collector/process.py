@@ -165,7 +165,6 @@ class DatagramProcessor:
         if window < 1:
             raise ValueError("window must be >= 1")
         self.keystore = keystore
-        self.ttl = ttl
         self.window = int(window)
         self.limits = replace(limits or DEFAULT_LIMITS, ttl=ttl)
         self.max_plain = max_plain
@@ -186,6 +185,16 @@ class DatagramProcessor:
         # and so are the lines in all (a flood of made-up ids).
         self._unknown = RateLimiter(10.0, clock=log_clock, max_keys=1024)
         self._unknown_lines = RateLimiter(10.0, clock=log_clock, burst=10)
+
+    @property
+    def ttl(self):
+        """Seconds a token may be old (the token check and the `sent` check share it)."""
+        return self.limits.ttl
+
+    @ttl.setter
+    def ttl(self, value):
+        # One value for both checks, also when a reload changes it.
+        self.limits = replace(self.limits, ttl=value)
 
     def snapshot(self):
         """{agent: {"top", "max_sent"}} of each agent's current run, to persist beside the spool."""
@@ -231,7 +240,7 @@ class DatagramProcessor:
             if not self.keystore.allowed(agent, addr):
                 return self._reject("not_allowed", agent, addr)
             batch = wire.decode_datagram(datagram, lambda _a: keys, ttl=self.ttl, now=now,
-                                         max_plain=self.max_plain)
+                                         max_plain=self.max_plain, skew=self.limits.clock_skew)
             seq, sent = batch.seq, batch.sent
             with self._lock:
                 state = self._seqs.get(agent)

@@ -150,6 +150,11 @@ class ProcessorThread(threading.Thread):
         return next((s for s in self.spools if s.full()), None)
 
     def _handle(self, items):
+        fresh = not self._uncommitted
+        # Counted before decoding, so /status never sees these datagrams nowhere.
+        self._uncommitted += len(items)
+        if fresh and self.report is not None:
+            self.report(self.snapshot())    # a child tells its parent at once that data is in hand
         handle = self.proc.handle
         enrich = self.pipeline.enrich if self.pipeline is not None else None
         feed = self.detectors.feed_rows if self.detectors is not None else None
@@ -162,7 +167,6 @@ class ProcessorThread(threading.Thread):
                 if feed is not None:
                     feed(rows)
                 out.extend(rows)
-        self._uncommitted += len(items)
         if self.proc.new_runs:
             self._save_new_runs()
         return out
@@ -212,6 +216,8 @@ class ProcessorThread(threading.Thread):
             self.rows += len(rows)
             self.events += len(events)
             self.batches += 1
+        if self.report is not None:
+            self.report(self.snapshot())
 
     def _retrying(self, commit, what):
         """Run a journal commit until it succeeds; False if a shutdown gave up on a failing disk."""
@@ -284,9 +290,11 @@ def build_processor(cfg, state):
     """(DatagramProcessor, enrichment pipeline, detectors or None) for one processor."""
     from myason.collector.keystore import Keystore
     from myason.collector.process import DatagramProcessor
+    from myason.collector.validate import Limits
     from myason.detect import build_detectors
     from myason.enrich import build_pipeline
-    dp = DatagramProcessor(Keystore.load(cfg.keystore), ttl=cfg.token_ttl, window=cfg.seq_window)
+    dp = DatagramProcessor(Keystore.load(cfg.keystore), ttl=cfg.token_ttl, window=cfg.seq_window,
+                           limits=Limits(clock_skew=cfg.clock_skew))
     if state:
         dp.restore(state)
     # Each processor has its own detector state: an agent always goes to the same one.

@@ -14,6 +14,7 @@ drives shutdown (DONE after the last datagram) and reload ((RELOAD, config) in o
 child dies with its parent (PR_SET_PDEATHSIG), like threads would.
 """
 import ctypes
+import dataclasses
 import logging
 import logging.handlers
 import multiprocessing as mp
@@ -107,7 +108,8 @@ def child_main(index, cfg, inbox, conn, log_level, state, stopping):
 
 
 # Keys a SIGHUP applies to running processors; any other change needs a restart.
-LIVE_KEYS = ("keystore", "token_ttl", "enrich", "detect", "detect_enabled", "detect_clock", "node_name")
+LIVE_KEYS = ("keystore", "token_ttl", "clock_skew", "enrich", "detect", "detect_enabled", "detect_clock",
+             "node_name")
 
 
 def make_reloader(cfg):
@@ -128,7 +130,7 @@ def make_reloader(cfg):
         new_detect = (new.detect_config(), new.detect_enabled) != (old.detect_config(), old.detect_enabled)
         detectors = build_detectors(new.detect_config()) if new_detect and new.detect_enabled else None
         worker.proc.keystore = keystore
-        worker.proc.ttl = new.token_ttl
+        worker.proc.limits = dataclasses.replace(worker.proc.limits, ttl=new.token_ttl, clock_skew=new.clock_skew)
         if pipeline is not None:
             if worker.pipeline is not None:
                 worker.pipeline.close()
@@ -141,6 +143,34 @@ def make_reloader(cfg):
     return reload
 
 
+# In a processor's snapshot: what describes its state now rather than what it counted so far.
+_STATE_KEYS = ("blocked", "stalled", "uncommitted")
+
+
+def add_snapshots(base, new):
+    """Counters of two processor lifetimes in a row (a dead child's and its replacement's)."""
+    out = {k: v for k, v in new.items() if k in _STATE_KEYS}
+    for k in set(base) | set(new):
+        if k in _STATE_KEYS or k in ("rejects", "agents"):
+            continue
+        a, b = base.get(k, 0), new.get(k, 0)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            out[k] = a + b
+    rejects = dict(base.get("rejects", {}))
+    for k, v in new.get("rejects", {}).items():
+        rejects[k] = rejects.get(k, 0) + v
+    agents = {a: dict(st) for a, st in base.get("agents", {}).items()}
+    for agent, st in new.get("agents", {}).items():
+        cur = agents.setdefault(agent, {})
+        for k, v in st.items():
+            if k in ("last_seen", "last_seq"):
+                cur[k] = v if k == "last_seq" else max(v, cur.get(k, v))
+            else:
+                cur[k] = cur.get(k, 0) + v
+    out.update(rejects=rejects, agents=agents)
+    return out
+
+
 class ProcessorProcess:
     """The parent's handle on one processor process: looks like a ProcessorThread to the app."""
 
@@ -151,6 +181,8 @@ class ProcessorProcess:
         self.error = None
         self.final = False
         self._snap = {"rows": 0, "events": 0, "batches": 0, "rejects": {}, "agents": {}}
+        # Counters of the children this one replaced: a new child counts from zero again.
+        self.base = None
         self.conn, child_conn = ctx.Pipe(duplex=False)
         level = logging.getLogger("myason").getEffectiveLevel()
         self.process = ctx.Process(target=child_main, name=self.name, daemon=True,
@@ -184,8 +216,8 @@ class ProcessorProcess:
         return True
 
     def snapshot(self):
-        """The child's latest counters."""
-        return self._snap
+        """The child's latest counters, added to those of the children it replaced."""
+        return self._snap if self.base is None else add_snapshots(self.base, self._snap)
 
     def join(self, timeout=JOIN_TIMEOUT):
         """Wait for the child to drain and exit; a child that does not is killed (error)."""
@@ -243,7 +275,7 @@ class ProcessGroup:
             old.cancel_join_thread()
             old.close()
             new = ProcessorProcess(i, self.cfg, self.queues[i], state_loader(), self.ctx, self.stopping)
-            new._snap = p.snapshot()        # counters continue, totals never go backwards
+            new.base = p.snapshot()         # counters continue, totals never go backwards
             with self._lock:
                 self.procs[i] = new
             new.start()

@@ -241,15 +241,16 @@ def test_limits_table_matches_the_constants():
         assert must in names, must
 
 
-def test_the_clock_skew_setting_is_documented_as_unused_while_the_code_ignores_it():
-    # When the `clock_skew` key gets wired to the validator, this fails: then update section 3.
+def test_the_clock_skew_setting_reaches_every_check_it_documents():
+    # The processor is built with the config's clock_skew, and decoding uses the same value.
     import myason.collector.processor as processor
-    import myason.collector.workers as workers
-    sources = Path(processor.__file__).read_text() + Path(workers.__file__).read_text()
-    assert "clock_skew" not in sources
+    from myason.collector.process import DatagramProcessor
+    assert "clock_skew=cfg.clock_skew" in Path(processor.__file__).read_text()
+    proc = DatagramProcessor(None, limits=validate.Limits(clock_skew=7.0))
+    assert proc.limits.clock_skew == 7.0 and proc.ttl == 5.0
     (_, rows), = tables(section(doc(), "### Limits and where they are set"))
     row = next(r for r in rows if ticked(r[0]) == "CollectorConfig.clock_skew")
-    assert "Nothing" in row[3]
+    assert "`future`" in row[3] and "`invalid_sent`" in row[3] and "`invalid_last`" in row[3]
 
 
 # -- SQLite schema ---------------------------------------------------------------------------------

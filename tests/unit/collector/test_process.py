@@ -394,3 +394,23 @@ def test_random_runs_reordering_and_replays_never_accept_a_datagram_twice():
     assert p.agents["edge-01"].restarts == 3
     assert sum(p.rejects.values()) == len(deliveries) - sum(taken.values())
     assert set(p.rejects) == {"replay"}
+
+
+def test_clock_skew_from_the_config_bounds_future_tokens_and_sent_times():
+    from myason.collector.validate import Limits
+    strict = DatagramProcessor(keystore(), ttl=5.0, window=64, limits=Limits(clock_skew=5.0), clock=lambda: NOW)
+    loose = DatagramProcessor(keystore(), ttl=5.0, window=64, clock=lambda: NOW)
+    ahead = dgram(1, sent=NOW + 10, stamp=NOW + 10)
+    assert loose.handle(ahead, ADDR, NOW)
+    assert strict.handle(ahead, ADDR, NOW) == [] and strict.rejects == {"future": 1}
+    sent_ahead = dgram(2, sent=NOW + 10)            # token stamped now, `sent` 10 s ahead
+    assert strict.handle(sent_ahead, ADDR, NOW) == [] and strict.rejects["invalid_sent"] == 1
+
+
+def test_a_new_ttl_applies_to_the_token_and_to_the_sent_check_alike():
+    p = DatagramProcessor(keystore(), ttl=5.0, window=64, clock=lambda: NOW)
+    old = dgram(1, sent=NOW - 70, stamp=NOW - 70, rows=[row(i=1, first=NOW - 80.0, last=NOW - 75.0)])
+    assert p.handle(old, ADDR, NOW) == [] and p.rejects == {"expired": 1}
+    p.ttl = 100.0                                   # what a reload does
+    assert p.limits.ttl == 100.0
+    assert p.handle(old, ADDR, NOW)
