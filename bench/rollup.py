@@ -12,7 +12,9 @@ is marked dirty again (what the first maintenance after a backfill sees), and `m
 with `now` one hour after the day, so every 15m/1h/1d top-N is due too. Prints the median
 seconds, flows/s of maintenance capacity, and the median seconds of each phase (the
 maintenance backend's methods, per resolution). --per-dimension also times a plain GROUP BY of
-the day per dimension. --sqlite-flows N (default 200k; 0 = skip) does the same on SQLite.
+the day per dimension of rollup.DIMENSIONS (a flows column, or for service_port, which is no
+column, the expression the maintenance groups by: rollup_sql.service_port()). --sqlite-flows N
+(default 200k; 0 = skip) does the same on SQLite.
 """
 import argparse
 import collections
@@ -129,14 +131,21 @@ def measure(name, conn, reset, flows, now, repeat, top):
     return med
 
 
+def dimension_key(d):
+    """The SQL of dimension d's key over `flows`: a column, or service_port's expression (not a column)."""
+    from myason.store.rollup_sql import service_port
+    if d == "service_port":
+        return service_port()
+    return "host(%s)" % d if d.endswith("_ip") else d
+
+
 def per_dimension(conn, t0):
     """Seconds of a plain GROUP BY (agent, key) over the day, per dimension (what one top costs)."""
     from myason.store.rollup import DIMENSIONS
     for d in DIMENSIONS:
-        col = "host(%s)" % d if d.endswith("_ip") else d
         t = time.perf_counter()
-        n = conn.execute("SELECT count(*) FROM (SELECT agent, %s, sum(bytes) FROM flows WHERE \"first\" >="
-                         " to_timestamp(%%s) AND \"first\" < to_timestamp(%%s) GROUP BY 1, 2) g" % col,
+        n = conn.execute("SELECT count(*) FROM (SELECT agent, %s AS key, sum(bytes) FROM flows WHERE \"first\" >="
+                         " to_timestamp(%%s) AND \"first\" < to_timestamp(%%s) GROUP BY 1, 2) g" % dimension_key(d),
                          (t0, t0 + DAY)).fetchone()[0]
         conn.commit()
         print("  GROUP BY agent, %-12s %7.2f s  (%d groups)" % (d, time.perf_counter() - t, n), flush=True)

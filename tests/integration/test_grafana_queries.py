@@ -228,8 +228,10 @@ def test_panels_show_the_traffic_that_was_sent(stack):
     assert {"203.0.113.66", "203.0.113.9", "198.18.0.1"} <= srcs
     only2 = {r[0] for r in panel_rows(stack, "top.json", "Top source addresses", agent=["edge-2"], top="50")}
     assert only2 and not only2 & {"203.0.113.66", "203.0.113.9"}          # the attacks came from edge-1
-    ports = {r[0] for r in panel_rows(stack, "top.json", "Top destination ports", top="50")}
-    assert {"22", "80", "443"} <= ports
+    ports = {r[0] for r in panel_rows(stack, "top.json", "Top service ports", top="50")}
+    assert {"22", "53", "80", "443"} <= ports
+    raw_ports = {r[0] for r in panel_rows(stack, "top.json", "Top destination ports (raw)", top="50")}
+    assert {"22", "53", "80", "443"} <= raw_ports
     countries = {r[0] for r in panel_rows(stack, "geo.json", "Destinations by country", top="50")}
     assert {"US", "DE"} <= countries
     asns = {r[0] for r in panel_rows(stack, "geo.json", "Top source AS", top="50")}
@@ -244,3 +246,41 @@ def test_panels_show_the_traffic_that_was_sent(stack):
     assert rejects, "the garbage datagrams must show as a reject reason"
     agents = {r[0] for r in panel_rows(stack, "health.json", "Agents")}
     assert agents == set(AGENTS)
+
+
+def test_port_panels_rank_service_ports_and_the_raw_panel_destination_ports(stack):
+    """Replies count for their service in the service-port panels; their ephemeral ports only in the raw one.
+
+    The generated traffic has flows whose service port is not their destination port: every
+    reply (80, 443, 22, 53 -> the client's 40000+, 50000+, 20000+ port) and a UDP flow 5000 -> 6000
+    (neither qualifies: the lower, 5000). The five heavy service ports are the only ones with
+    more than a bare SYN's 40 bytes in any minute, so they are in every minute's list and their
+    sums are exact: the reference is computed from the raw flows with the rule restated in
+    tests/unit/store/test_rollup.py.
+    """
+    from tests.unit.store.test_rollup import ref_service_port
+    dsn = stack[0]
+    ref, raw_dst, replies = {}, {}, set()
+    for proto, sport, dport, nbytes in pg_query(dsn, "SELECT proto, src_port, dst_port, bytes FROM flows"):
+        raw_dst[str(dport)] = raw_dst.get(str(dport), 0) + nbytes
+        port = ref_service_port(proto, sport, dport)
+        if port is None:
+            continue
+        ref[str(port)] = ref.get(str(port), 0) + nbytes
+        if port != dport:
+            replies.add(str(dport))
+    assert {"40000", "20000", "6000"} <= replies          # the data has what this test is about
+    service = {r[0]: r[1] for r in panel_rows(stack, "top.json", "Top service ports", top="50")}
+    raw = {r[0]: r[1] for r in panel_rows(stack, "top.json", "Top destination ports (raw)", top="50")}
+    for port in ("22", "53", "80", "443", "5000"):
+        assert service[port] == ref[port], port
+    for port in ("22", "53", "80", "443"):
+        # The replies' bytes count for the service, not under the port as a destination; the raw
+        # sums are lower bounds (a crowded minute's raw list may cut a port), the service sums exact.
+        assert raw.get(port, 0) <= raw_dst[port] < service[port], port
+    assert set(service) <= set(ref) and not set(service) & (replies - set(ref))
+    assert set(raw) & (replies - set(ref)), "the raw panel shows the replies' ephemeral destination ports"
+    best = sorted(ref, key=lambda k: -ref[k])[:5]
+    assert ref[best[-1]] > max(v for k, v in ref.items() if k not in best)   # no tie for the fifth
+    series = {r[1] for r in panel_rows(stack, "top.json", "Top 5 service ports over time")}
+    assert series == {"port %s" % k for k in best}

@@ -133,3 +133,29 @@ def test_both_datasources_and_the_agent_and_interface_variables_are_used():
     sql = " ".join(t.get("rawSql", "") for _, t in targets(traffic))
     assert all("rollup_%s" % r in sql for r in ("1m", "15m", "1h", "1d"))
     assert "FROM flows" not in sql   # the raw table is never scanned by a dashboard
+
+
+DIMENSION_REF = re.compile(r"dimension\s*(?:=\s*'(\w+)'|IN\s*\(([^)]*)\))")
+
+
+def dimensions(sql):
+    names = set()
+    for m in DIMENSION_REF.finditer(sql):
+        names |= {m.group(1)} if m.group(1) else {x.strip().strip("'") for x in m.group(2).split(",")}
+    return names
+
+
+def test_rollup_dimensions_exist_and_ports_rank_service_ports():
+    """Dashboards name only dimensions the maintenance computes; ports rank by service port (docs/grafana.md).
+
+    The raw destination ports (replies' ephemeral ports included) stay in one table titled "(raw)".
+    """
+    from myason.store.rollup import DIMENSIONS
+    used = {}
+    for path in DASHBOARDS:
+        for panel, t in targets(load(path)):
+            for d in dimensions(t.get("rawSql", "")):
+                used.setdefault(d, set()).add((path.name, panel["title"]))
+    assert set(used) <= set(DIMENSIONS), set(used) - set(DIMENSIONS)
+    assert used["dst_port"] == {("top.json", "Top destination ports (raw)")}
+    assert used["service_port"] == {("top.json", "Top service ports"), ("top.json", "Top 5 service ports over time")}
