@@ -545,7 +545,10 @@ def format_collector_summary(summary):
     drops = [(k, s.pop(k)) for k in _DROP_KEYS if k in s]
     if drops:
         line("drops", ", ".join("%s %s" % kv for kv in drops))
-    for key, first in (("writers", "writer"), ("spool", "spool")):
+    maintenance = s.get("maintenance") or {}
+    for rows in maintenance.values():
+        rows["last_run"] = _utc(rows.get("last_run"))
+    for key, first in (("writers", "writer"), ("spool", "spool"), ("maintenance", "maintenance")):
         rows = s.pop(key, None) or {}
         if rows:
             lines.append("")

@@ -28,6 +28,8 @@ log = logging.getLogger("myason.collector")
 
 # Metrics that go up and down; everything else in stats() is a counter.
 GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spool_bytes", "spool_errors",
+          "maintenance_rollup_lag_seconds", "maintenance_last_run", "maintenance_busy", "maintenance_connected",
+          "maintenance_running_seconds",
           "queue_depth", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled",
           # A late datagram that fills a gap takes one back: not a counter.
           "agents_gaps")
@@ -59,6 +61,7 @@ class CollectorApp:
         self.listener = None
         self.ready = threading.Event()
         self.queues = []
+        self.maintenance = []
 
     def install_signals(self):
         """SIGTERM/SIGINT: stop receiving; everything received is still stored. SIGHUP: reload."""
@@ -71,6 +74,19 @@ class CollectorApp:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGHUP, hup)
+
+    def _maintenance(self):
+        """A MaintenanceThread for each SQL writer, with a writer instance of its own."""
+        from myason.collector.maintenance import MaintenanceThread
+        out = []
+        for wcfg in self.cfg.writers:
+            opts = dict(wcfg)
+            kind = opts.pop("type")
+            name = opts.pop("name", kind)
+            cls = writer_class(kind)
+            if hasattr(cls, "maintain"):
+                out.append(MaintenanceThread(name, cls(**opts), self.stop_writers))
+        return out
 
     def _writers(self):
         threads, spools = [], []
@@ -107,6 +123,8 @@ class CollectorApp:
         from myason.collector.keystore import Keystore
         Keystore.load(self.cfg.keystore)        # fail at start, not in a processor
         writers, spools = self._writers()
+        maintenance = self._maintenance()
+        self.maintenance = maintenance
         state = load_sequences(self.cfg.spool_dir)
         block = self.cfg.spool_policy == "block"
         group = None
@@ -134,7 +152,7 @@ class CollectorApp:
                                  self.stop_listening, self.cfg.rcvbuf, self.cfg.max_datagram, self.reuseport)
         if group is not None:
             group.start()
-        for t in writers + ([] if group else procs) + [self.listener]:
+        for t in writers + maintenance + ([] if group else procs) + [self.listener]:
             t.start()
         log.info("collector listening on %s (%d processor %ss)",
                  ", ".join("%s:%d" % a for a in self.listener.addresses()), self.cfg.processors_number,
@@ -163,7 +181,8 @@ class CollectorApp:
                     next_stats = time.monotonic() + self.cfg.stats_interval
             if group is not None:
                 group.respawn_dead(lambda: load_sequences(self.cfg.spool_dir))
-            dead = [t for t in writers + ([] if group else procs) + [self.listener] if not t.is_alive()]
+            dead = [t for t in writers + maintenance + ([] if group else procs) + [self.listener]
+                    if not t.is_alive()]
             if dead:
                 # A stage that died stops the flow of data for good: stop in order and exit
                 # non-zero, so that the supervisor (systemd) starts the collector again.
@@ -189,12 +208,14 @@ class CollectorApp:
         self.stop_writers.set()
         for w in writers:
             w.join()
+        for m in maintenance:
+            m.join(60)
         self.summary = self.stats(procs, writers)
         if health is not None:
             health.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
-        failed = [t for t in writers + procs + [self.listener] if t.error]
+        failed = [t for t in writers + maintenance + procs + [self.listener] if t.error]
         return 1 if failed or dead else 0
 
     def _start_health(self, stats, spools):
@@ -247,6 +268,8 @@ class CollectorApp:
                                   else "running")
         for w in writers:
             stages[w.name] = ("stopped" if not w.is_alive() else "running" if w.connected else "retrying")
+        for m in getattr(self, "maintenance", ()):
+            stages[m.name] = ("stopped" if not m.is_alive() else "running" if m.connected else "retrying")
         waiting = {}
         for sp in spools:
             incoming, pending, _ = sp.depth()
@@ -286,6 +309,7 @@ class CollectorApp:
         s["spool"] = {os.path.basename(sp.path): {"waiting": sp.depth()[0], "bytes": sp.current_bytes(),
                                                   "errors": sp.depth()[2]}
                       for sp in {id(w.spool): w.spool for w in writers}.values()}
+        s["maintenance"] = {m.name[len("maintenance-"):]: m.snapshot() for m in getattr(self, "maintenance", ())}
         s["queue_depth"] = sum(_qsize(q) for q in self.queues)
         s["processors_alive"] = sum(1 for p in procs if p.is_alive())
         return s

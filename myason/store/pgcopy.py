@@ -90,20 +90,22 @@ _TAIL_CACHE = {}
 _TAIL_CACHE_MAX = 65536
 
 
-def _columns(rows, enriched):
+def _columns(rows, enriched, cols=None):
     # (columns, tail keys, COPY field count) of a non-empty batch; both encoders start here.
     ncols = _NCOLS_ENRICHED if enriched else _NCOLS
-    cols = list(zip(*rows))
+    if cols is None:
+        cols = list(zip(*rows))
     if len(cols) < ncols:
         raise ValueError("a row has fewer than %d values" % ncols)
     keys = list(zip(*(cols[i] for i in _TAIL_IDX), *cols[_NCOLS:ncols]))
     return cols, keys, len(COPY_COLUMNS) + (len(ENRICH_COPY_COLUMNS) if enriched else 0)
 
 
-def encode_binary(rows, enriched=False):
+def encode_binary(rows, enriched=False, columns=None):
     """COPY ... (FORMAT BINARY) data for rows in ROW_FIELDS order (columns in COPY_COLUMNS order).
 
-    enriched: rows are in ENRICHED_ROW_FIELDS order and ENRICH_COPY_COLUMNS follow.
+    enriched: rows are in ENRICHED_ROW_FIELDS order and ENRICH_COPY_COLUMNS follow. columns:
+    the rows already transposed (list(zip(*rows))), when the caller has them.
 
     Raises ValueError/TypeError/struct.error/OSError for a value PostgreSQL could not take (an
     empty exporter address becomes NULL, which the NOT NULL column refuses).
@@ -112,7 +114,7 @@ def encode_binary(rows, enriched=False):
     if kernels is None or not rows:
         return encode_binary_python(rows, enriched)
     import numpy as np
-    cols, keys, ncopy = _columns(rows, enriched)
+    cols, keys, ncopy = _columns(rows, enriched, columns)
     n = len(rows)
     # Integers: inferred, so a float, a string or a bool-free overflow shows up as another dtype.
     ints = np.array([cols[i] for i in _INT_IDX])

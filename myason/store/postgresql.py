@@ -12,6 +12,7 @@ that is what makes it faster than text COPY (docs/performance.md).
 """
 import contextlib
 import datetime as dt
+import functools
 import logging
 import re
 import time
@@ -23,12 +24,13 @@ from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
 from myason.store import rollup
+from myason.store.rollup_batch import batch_partials, rollup_buckets
+from myason.store.rollup_sql import PostgresBackend, autocommit, drop_partition
 from myason.store.pgcopy import (_ENCODE_ERRORS, COPY_COLUMNS, ENRICH_COPY_COLUMNS,  # noqa: F401 - re-exported
                                  encode_binary, encode_binary_enriched, encode_text, encode_text_enriched)
 
 log = logging.getLogger("myason.store.postgresql")
 
-HOUSEKEEPING_EVERY = 3600.0
 # Serialises migrations between collectors sharing a database (any constant of our own).
 _MIGRATION_LOCK = 0x6D7961736F6E
 _PARTITION_RE = re.compile(r"^flows_p(\d{8})$")
@@ -57,21 +59,24 @@ def event_params(event):
     return tuple(cols[c] for c in EVENT_COLUMNS) + (dumps(event).decode(),)
 
 
-def prepare_batch(rows, events=()):
+def prepare_batch(rows, events=(), top=25):
     """A spool batch for this writer, encoded by the processor (see Writer.spool_encoder).
 
     Binary COPY data plus what write_prepared needs to know without the rows: their count, UTC
-    days (partitions), 1-minute buckets (rollup marks) and the IDEA events. Raises what
-    encode_binary raises for a value PostgreSQL could not take.
+    days (partitions), the batch's rollup partials (myason.store.rollup_batch, `top` candidates
+    per list) and the IDEA events. Raises what encode_binary raises for a value PostgreSQL could
+    not take.
     """
     enriched = bool(rows) and len(rows[0]) == _NCOLS_ENRICHED
     ncols = _NCOLS_ENRICHED if enriched else _NCOLS
     if set(map(len, rows)) - {ncols}:
         raise ValueError("a row does not have %d values" % ncols)
-    days, minutes = batch_buckets(rows)
+    days, _ = batch_buckets(rows)
+    cols = list(zip(*rows)) if rows else None
+    totals, cands = batch_partials(rows, top, "postgresql", cols)
     header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days],
-              "minutes": minutes, "events": list(events)}
-    return encode_prepared(header, encode_binary(rows, enriched) if rows else b"")
+              "totals": totals, "candidates": cands, "events": list(events)}
+    return encode_prepared(header, encode_binary(rows, enriched, cols) if rows else b"")
 
 
 def partition_name(day):
@@ -96,12 +101,13 @@ class PostgresWriter(Writer):
     """Store flows in PostgreSQL (psycopg 3, COPY), one transaction per batch.
 
     Options: dsn (required): libpq connection string or URI; retention_days (default 0 =
-    keep): drop the day partitions before 00:00 UTC that many days before today (checked at
-    open and hourly); copy (default 'binary'): 'binary' or 'text' COPY; batch_keep_days (default
+    keep): drop the day partitions before 00:00 UTC that many days before today (hourly, by
+    housekeeping()); copy (default 'binary'): 'binary' or 'text' COPY; batch_keep_days (default
     7): how long committed batch ids are remembered for retries; connect_timeout (default 10 s);
     retention ({raw, 1m, 15m, 1h, 1d: duration or 0}): per resolution, rollup partitions dropped
     after it (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N
-    list; maintain_interval (default 60 s; 0 = only `myason maintain`): rollup maintenance period.
+    list; maintain_interval (default 60 s; 0 = only `myason maintain`): period of the collector's
+    maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping().
     """
 
     name = "postgresql"
@@ -127,26 +133,25 @@ class PostgresWriter(Writer):
         self.skipped = 0
         self._conn = None
         self._partitions = set()
-        self._next_housekeeping = 0.0
-        self._next_maintain = 0.0
+        self._rollups = None
         self._copy_sql = _copy_sql(self.copy_format)
         self._encode = encode_binary if self.copy_format == "binary" else encode_text
 
     # -- connection and schema ---------------------------------------------------------------
 
-    def open(self):
-        """Connect, apply pending migrations, learn the existing partitions, run retention."""
+    def open(self, application="myason-collector"):
+        """Connect, apply pending migrations, learn the existing partitions."""
         self.close()
         psycopg = _psycopg()
         try:
             self._conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
-                                         application_name="myason-collector")
+                                         application_name=application)
             self.migrate()
             self._partitions = set(self.partitions())
+            self._rollups = PostgresBackend(self._conn)
         except psycopg.Error as exc:
             self.close()
             raise WriterError("postgresql: cannot open: %s" % _short(exc)) from None
-        self._housekeeping()
 
     def _connection(self):
         if self._conn is None or self._conn.closed:
@@ -216,36 +221,45 @@ class PostgresWriter(Writer):
                 data = encode_binary_enriched(rows) if self.copy_format == "binary" else encode_text_enriched(rows)
             else:
                 data = self._encode(rows)
-            days, minutes = batch_buckets(rows)
+            days, _ = batch_buckets(rows)
+            partials = batch_partials(rows, self.rollup_top, "postgresql")
             params = [event_params(e) for e in events]
-        except _ENCODE_ERRORS + (KeyError,) as exc:
+        except _ENCODE_ERRORS + (KeyError, IndexError) as exc:
             raise WriterError("postgresql: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
         copy_sql = (_copy_sql(self.copy_format, True) if enriched else self._copy_sql) if rows else None
-        return self._store(batch_id, len(rows), copy_sql, data, days, minutes, params)
+        return self._store(batch_id, len(rows), copy_sql, data, days, partials, params)
 
     @classmethod
     def spool_encoder(cls, options):
-        """prepare_batch when this writer copies in binary (the default), else None."""
-        return prepare_batch if options.get("copy", "binary") == "binary" else None
+        """prepare_batch (with the writer's rollup_top) when it copies in binary (the default), else None."""
+        if options.get("copy", "binary") != "binary":
+            return None
+        return functools.partial(prepare_batch, top=cls(**options).rollup_top)
 
     def write_prepared(self, batch_id, header, payload):
         """Store a batch made by prepare_batch: the COPY data is ready, days and minutes known."""
         try:
             days = [dt.date.fromisoformat(d) for d in header["days"]]
-            minutes = [int(m) for m in header["minutes"]]
+            if "totals" in header:
+                partials = (header["totals"], header["candidates"])
+            else:
+                # Prepared by an earlier collector: minutes marked for a rebuild from raw flows.
+                partials = [int(m) for m in header["minutes"]]
             params = [event_params(e) for e in header.get("events", ())]
             n = header["rows"]
             copy_sql = _copy_sql("binary", bool(header["enriched"])) if n else None
         except (KeyError, TypeError, ValueError) + _ENCODE_ERRORS as exc:
             raise WriterError("postgresql: prepared batch %s is damaged: %s" % (batch_id, exc),
                               permanent=True) from None
-        return self._store(batch_id, n, copy_sql, payload, days, minutes, params)
+        return self._store(batch_id, n, copy_sql, payload, days, partials, params)
 
-    def _store(self, batch_id, nrows, copy_sql, data, days, minutes, params):
+    def _store(self, batch_id, nrows, copy_sql, data, days, partials, params):
         psycopg = _psycopg()
         conn = self._connection()
         try:
             self._ensure_partitions(days)
+            if isinstance(partials, tuple):
+                self._rollups.ensure_partitions(rollup_buckets(partials[0]))
             with conn.cursor() as cur:
                 cur.execute("INSERT INTO batches (batch_id, rows) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                             (batch_id, nrows))
@@ -256,16 +270,17 @@ class PostgresWriter(Writer):
                 if nrows:
                     with cur.copy(copy_sql) as copy:
                         copy.write(data)
-                    # Same transaction as the rows: the rollup maintenance sees both or neither.
-                    cur.execute("INSERT INTO rollup_dirty (bucket) SELECT to_timestamp(m)"
-                                " FROM unnest(%s::bigint[]) AS m", (minutes,))
+                    # Same transaction as the rows: the rollups count a batch once or not at all.
+                    if isinstance(partials, tuple):
+                        self._rollups.add_batch(*partials)
+                    else:
+                        cur.execute("INSERT INTO rollup_dirty (bucket) SELECT to_timestamp(m)"
+                                    " FROM unnest(%s::bigint[]) AS m", (partials,))
                 if params:
                     cur.executemany(INSERT_EVENT_SQL, params)
             self._commit(conn)
         except psycopg.Error as exc:
             raise self._error(batch_id, exc) from None
-        if self.clock() >= min(self._next_housekeeping, self._next_maintain):
-            self._housekeeping()
         return True
 
     def _commit(self, conn):
@@ -291,16 +306,18 @@ class PostgresWriter(Writer):
         # time can fix these, so the batch stays in the spool.
         return WriterError("postgresql: %s" % _short(exc))
 
-    # -- retention ---------------------------------------------------------------------------
+    # -- maintenance (its own connection: myason.collector.maintenance, `myason maintain`) ------
 
     def drop_partitions_before(self, day):
-        """Drop every day partition before UTC `day` (a datetime.date); returns the days dropped."""
+        """Drop every day partition before UTC `day` (a datetime.date); returns the days dropped.
+
+        Detached concurrently first, so the writers' COPY into `flows` never waits for the drop.
+        """
         dropped = []
         for d in self.partitions():
             if d >= day:
                 break
-            with _tx(self._conn):
-                self._conn.execute("DROP TABLE IF EXISTS %s" % partition_name(d))
+            drop_partition(self._conn, "flows", partition_name(d))
             self._partitions.discard(d)
             dropped.append(d)
             log.info("postgresql: retention dropped partition %s", partition_name(d))
@@ -310,7 +327,8 @@ class PostgresWriter(Writer):
         """Build the address and (agent, first) btrees on partitions before UTC `today`; returns them.
 
         The partition being written has only the BRIN index on time (see migration 002): btrees
-        on random addresses would cut the COPY rate by about two thirds.
+        on random addresses would cut the COPY rate by about two thirds. Built concurrently, so
+        late flows of that day are not held up while an index is built.
         """
         if today is None:
             today = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).date()
@@ -326,17 +344,25 @@ class PostgresWriter(Writer):
                 name = "%s_%s_idx" % (part, suffix)
                 if name in have:
                     continue
-                with _tx(self._conn):
-                    self._conn.execute("CREATE INDEX IF NOT EXISTS %s ON %s (%s)" % (name, part, cols))
+                with autocommit(self._conn):
+                    # A concurrent build that failed leaves an invalid index behind: start over.
+                    self._conn.execute("DROP INDEX CONCURRENTLY IF EXISTS %s" % name)
+                    self._conn.execute("CREATE INDEX CONCURRENTLY %s ON %s (%s)" % (name, part, cols))
                 built.append(name)
                 log.info("postgresql: indexed closed partition: %s", name)
         return built
 
-    def maintain(self, now=None, wait=True):
-        """Roll up the dirty buckets, then apply every retention once; returns the summary (rollup.new_summary)."""
+    def maintain(self, now=None, wait=True, deadline=None):
+        """Rollups (as far as `deadline` allows), then every retention once; returns the summary.
+
+        See rollup.maintain; another maintainer of the same database makes it return at once
+        with summary["busy"] when not `wait`.
+        """
         self._connection()
         now = self.clock() if now is None else now
-        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait)
+        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
+        if s["busy"]:
+            return s
         r = rollup.apply_retention(self._conn, self.retention, now)
         s["dropped"] += r["dropped"]
         s["deleted"].update(r["deleted"])
@@ -345,37 +371,16 @@ class PostgresWriter(Writer):
                              self.drop_partitions_before(retention_cutoff(self.retention_days, now))]
         return s
 
-    def _housekeeping(self, hourly=True):
-        psycopg = _psycopg()
-        now = self.clock()
-        # Rollup maintenance every maintain_interval; the rest (hourly=True) at open and hourly.
-        if self.maintain_interval and (hourly or now >= self._next_maintain):
-            self._next_maintain = now + self.maintain_interval
-            try:
-                # Another collector maintaining the same database: skip, it does the work.
-                s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=False)
-                if not s["busy"]:
-                    rollup.apply_retention(self._conn, self.retention, now)
-                log.debug("postgresql: rollup maintenance: %s", rollup.format_summary(s))
-            except psycopg.Error as exc:
-                log.warning("postgresql: rollup maintenance failed: %s", _short(exc))
-                with contextlib.suppress(psycopg.Error):
-                    self._conn.rollback()
-        elif not self.maintain_interval:
-            self._next_maintain = float("inf")
-        if not hourly:
-            return
-        self._next_housekeeping = now + HOUSEKEEPING_EVERY
-        try:
-            if self.retention_days:
-                self.drop_partitions_before(retention_cutoff(self.retention_days, now))
-            self.index_closed_partitions()
-            with _tx(self._conn):
-                self._conn.execute("DELETE FROM batches WHERE stored_at < now() - make_interval(days => %s)",
-                                   (self.batch_keep_days,))
-        except psycopg.Error as exc:
-            # Runs again in an hour; it never fails a batch.
-            log.warning("postgresql: housekeeping failed: %s", _short(exc))
+    def housekeeping(self, now=None):
+        """The hourly chores: raw retention, closed partitions' btrees, batch ids older than batch_keep_days."""
+        self._connection()
+        now = self.clock() if now is None else now
+        if self.retention_days:
+            self.drop_partitions_before(retention_cutoff(self.retention_days, now))
+        self.index_closed_partitions()
+        with _tx(self._conn):
+            self._conn.execute("DELETE FROM batches WHERE stored_at < now() - make_interval(days => %s)",
+                               (self.batch_keep_days,))
 
     def close(self):
         """Disconnect."""

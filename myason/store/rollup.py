@@ -30,9 +30,10 @@ DIMENSIONS = ("src_ip", "dst_ip", "src_port", "dst_port", "src_country", "dst_co
 # protocols have ports (the ones the service enrichment names); the others are not ranked.
 PORT_PROTOCOLS = (6, 17, 132)
 RETENTION_KEYS = ("raw",) + tuple(RESOLUTIONS)
-# Seconds after a coarse bucket ends before its top-N is computed: flows arrive late (up to the
-# agent's active timeout), and each late flow would otherwise recompute a whole bucket again.
-SETTLE = {"15m": 300, "1h": 900, "1d": 1800}
+# Seconds after a bucket ends before its top-N is computed: flows arrive late (after the agent's
+# idle timeout, up to its active timeout), and each late one would otherwise redo a whole bucket.
+# Candidates that still come later are merged into the stored 1m list (docs/rollups.md).
+SETTLE = {"1m": 60, "15m": 300, "1h": 900, "1d": 1800}
 # Coarse top-N lists are summed from the stored lists of the next finer resolution.
 FINER = {"15m": "1m", "1h": "15m", "1d": "1h"}
 # Seconds of raw flows per 1m statement in PostgreSQL (bounds the memory of one GROUP BY).
@@ -41,6 +42,8 @@ RAW_CHUNK = 900
 PG_MEMORY = ("64MB", 4)
 HEALTH_KEEP = 7 * 86400
 DIRTY_CHUNK = 20000
+# Minutes rebuilt from raw flows per transaction (bounds how long one maintenance step runs).
+DIRTY_MINUTES = 15
 # Serialises maintainers sharing a PostgreSQL database (any constant of our own).
 PG_LOCK = 0x6D79726F6C6C
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdwy])$")
@@ -229,9 +232,14 @@ def period_of_partition(name):
 
 
 def new_summary() -> dict:
-    """An empty maintenance summary (what maintain() and apply_retention() report)."""
+    """An empty maintenance summary (what maintain() and apply_retention() report).
+
+    more: work was left for the next call (a deadline ended this one); lag: seconds the rollups
+    are behind what they could already show (0 when caught up, see rollup_lag()).
+    """
     return {"dirty": 0, "skipped": 0, "buckets": {r: 0 for r in RESOLUTIONS},
-            "tops": {r: 0 for r in RESOLUTIONS}, "busy": False, "dropped": [], "deleted": {}}
+            "tops": {r: 0 for r in RESOLUTIONS}, "busy": False, "dropped": [], "deleted": {},
+            "more": False, "lag": 0.0}
 
 
 def format_summary(s) -> str:
@@ -242,6 +250,8 @@ def format_summary(s) -> str:
         parts.append("skipped %d marks before the retention horizon" % s["skipped"])
     if s["busy"]:
         parts.append("another maintainer was running")
+    if s["more"]:
+        parts.append("more to do, %.0f s behind" % s["lag"])
     if s["dropped"]:
         parts.append("dropped partitions " + " ".join(s["dropped"]))
     deleted = {k: v for k, v in s["deleted"].items() if v}
@@ -252,15 +262,23 @@ def format_summary(s) -> str:
 
 # -- maintenance --------------------------------------------------------------------------------
 
-def maintain(target, now=None, top=None, retention=None, wait=True, chunk=DIRTY_CHUNK) -> dict:
-    """Recompute every rollup bucket marked dirty, then the due coarse top-N lists; returns a summary.
+def maintain(target, now=None, top=None, retention=None, wait=True, chunk=DIRTY_CHUNK, deadline=None) -> dict:
+    """Bring the rollups up to date, or as far as `deadline` allows; returns a summary.
+
+    In order: the top-N candidates of every closed minute (what stored batches added, see
+    myason.store.rollup_batch) are summed into the 1m lists; minutes marked dirty are rebuilt
+    from raw flows (migrations, `myason maintain --rebuild`); the closed coarse lists are summed
+    from the finer ones. Each step is a short transaction of its own (one minute, or one chunk of
+    dirty marks), so a writer waits for none of them and a stop between two loses nothing.
 
     target: an open sqlite3 or psycopg connection (or a SqliteWriter/PostgresWriter, whose
-    connection is used). now: Unix time (default: the clock) deciding which coarse buckets are
-    closed and the retention horizon. top: keys per top-N list (default: the writer's rollup_top,
-    else 25). retention: {raw, 1m, ...: seconds} (see check_retention; default: the writer's),
-    used only to skip buckets whose raw flows are gone. wait: in PostgreSQL, wait for another
-    maintainer instead of returning with summary["busy"]. Idempotent; safe while writers commit.
+    connection is used). now: Unix time (default: the clock) deciding which buckets are closed
+    and the retention horizon. top: keys per top-N list (default: the writer's rollup_top, else
+    25). retention: {raw, 1m, ...: seconds} (see check_retention; default: the writer's), used
+    only to skip buckets whose raw flows are gone. wait: in PostgreSQL, wait for another
+    maintainer instead of returning with summary["busy"]. deadline: time.monotonic() after which
+    no new step starts (summary["more"] then says work is left). Idempotent; safe while writers
+    commit.
     """
     from myason.store.rollup_sql import backend
     db = backend(getattr(target, "_conn", target))
@@ -271,25 +289,79 @@ def maintain(target, now=None, top=None, retention=None, wait=True, chunk=DIRTY_
     if not db.lock(wait):
         summary["busy"] = True
         return summary
+
+    steps = [0]
+
+    def late():
+        # At least one step per call, however short the deadline.
+        steps[0] += 1
+        return deadline is not None and steps[0] > 1 and time.monotonic() >= deadline
     try:
         h = horizon(retention, now)
-        while True:
-            n = _dirty_step(db, h, top, chunk, summary)
-            if n < chunk:
-                break
-        _pending_step(db, now, h, top, summary)
+        while not late() and _candidate_step(db, now, h, top, summary):
+            pass
+        while not late() and _dirty_step(db, h, top, chunk, summary):
+            pass
+        if not late():
+            _pending_step(db, now, h, top, summary)
+        summary["lag"] = rollup_lag(db, now)
+        summary["more"] = summary["lag"] > 0 and deadline is not None and time.monotonic() >= deadline
         db.set_state("last_maintain", "%.3f" % now, now)
     finally:
         db.unlock()
     return summary
 
 
+def rollup_lag(db, now) -> float:
+    """Seconds the rollups are behind: since the oldest waiting minute could have been finalised.
+
+    Counts candidates of a minute closed more than SETTLE["1m"] ago and minutes marked dirty; 0.0
+    when there are none.
+    """
+    due = []
+    b = db.oldest("rollup_cand")
+    if b is not None:
+        due.append(b + 60 + SETTLE["1m"])
+    b = db.oldest("rollup_dirty")
+    if b is not None:
+        due.append(b + 60)
+    return max([0.0] + [now - d for d in due])
+
+
+def _candidate_step(db, now, h, top, summary):
+    """Finalise the oldest minute whose candidates are due; False when none is."""
+    b = db.oldest("rollup_cand")
+    if b is None or b + 60 + SETTLE["1m"] > now:
+        return False
+    if b < h:
+        # Before the retention horizon the finer lists are gone: a list made of these late
+        # candidates alone would replace good coarse lists. Their totals are already counted.
+        with db.transaction():
+            db.drop_candidates(b, b + 60)
+        summary["skipped"] += 1
+        log.warning("rollup: candidates of %s are before the retention horizon: dropped",
+                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(b)))
+        return True
+    coarse = {res: enclosing([b], res) for res in COARSE}
+    db.ensure_partitions([("1m", b)] + [(r, c) for r in COARSE for c in coarse[r]])
+    with db.transaction():
+        db.finalize(b, b + 60, top)
+        for res in COARSE:
+            db.add_pending(res, coarse[res])
+    summary["tops"]["1m"] += 1
+    return True
+
+
 def _dirty_step(db, h, top, chunk, summary):
+    """Rebuild the oldest dirty minutes (at most DIRTY_MINUTES) from raw flows; returns marks consumed."""
     dirty = db.read_dirty(chunk)
     if not dirty:
         return 0
-    minutes = sorted({b for _, b in dirty if b >= h})
-    summary["dirty"] += len(dirty)
+    minutes = sorted({b for _, b in dirty if b >= h})[:DIRTY_MINUTES]
+    # Marks of the minutes done now, and those past the horizon; the rest wait for the next step.
+    taken = set(minutes)
+    ids = [i for i, b in dirty if b < h or b in taken]
+    summary["dirty"] += len(ids)
     skipped = sum(1 for _, b in dirty if b < h)
     if skipped:
         log.warning("rollup: %d dirty marks are before the retention horizon (raw flows or 1m rollups"
@@ -297,19 +369,22 @@ def _dirty_step(db, h, top, chunk, summary):
     summary["skipped"] += skipped
     coarse = {res: enclosing(minutes, res) for res in COARSE}
     db.ensure_partitions([("1m", m) for m in minutes] + [(r, b) for r in COARSE for b in coarse[r]])
-    with db.transaction():
+    # One snapshot for the raw flows read and the candidates dropped: the candidates of a batch
+    # committed meanwhile stay, and so does its share of the totals (its flows were not read).
+    with db.transaction(snapshot=True):
         for lo, hi in ranges(minutes, 60):
             db.recompute_raw(lo, hi, top)
+            db.drop_candidates(lo, hi)
         for res in COARSE:
             for lo, hi in ranges(coarse[res], RESOLUTIONS[res]):
                 db.recompute_coarse_totals(res, lo, hi)
             db.add_pending(res, coarse[res])
-        db.delete_dirty([i for i, _ in dirty])
+        db.delete_dirty(ids)
     summary["buckets"]["1m"] += len(minutes)
     summary["tops"]["1m"] += len(minutes)
     for res in COARSE:
         summary["buckets"][res] += len(coarse[res])
-    return len(dirty)
+    return len(ids)
 
 
 def _pending_step(db, now, h, top, summary):

@@ -112,6 +112,14 @@ class _Dialect:
     def delete_range(self, table):
         return "DELETE FROM %s WHERE bucket >= %s AND bucket < %s" % (table, self.t, self.t)
 
+    def finalize_rank(self):
+        # The 1m lists of the summed candidates (rollup_fin): each agent's, and '*'.
+        return "INSERT INTO rollup_top_1m (%s) WITH %s" % (_TOP_COLS, self._rank("rollup_fin"))
+
+    def oldest(self, table):
+        # MIN of the column itself, so the index on bucket answers it.
+        return "SELECT %s FROM (SELECT MIN(bucket) AS bucket FROM %s) m" % (self.read_bucket, table)
+
 
 class _Backend:
     """Maintenance operations on one connection (see myason.store.rollup.maintain)."""
@@ -147,6 +155,20 @@ class _Backend:
         """Recompute `res` top-N of [lo, hi) from the stored lists of the next finer resolution."""
         self.conn.execute(self.sql("delete_range", "rollup_top_%s" % res), (lo, hi))
         self.conn.execute(self.sql("tops_from", res, FINER[res]), (lo, hi, top))
+
+    def oldest(self, table):
+        """The oldest bucket (Unix seconds) in rollup_cand or rollup_dirty, None when empty."""
+        row = self.conn.execute(self.sql("oldest", table)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def finalize(self, lo, hi, top):
+        """Sum the candidates of [lo, hi) with the lists stored there, rank, keep `top`; delete them.
+
+        Inside a transaction. Exactly the candidates read are deleted: a batch committed
+        meanwhile leaves its own for the next run.
+        """
+        self._take_candidates(lo, hi)
+        self.conn.execute(self.sql("finalize_rank"), (top,))
 
 
 class SqliteDialect(_Dialect):
@@ -210,6 +232,34 @@ class SqliteBackend(_Backend):
     def __init__(self, conn):
         super().__init__(conn, SqliteDialect())
 
+    def add_batch(self, totals, candidates):
+        """A stored batch's rollup partials (myason.store.rollup_batch), inside its transaction."""
+        from myason.store.rollup_batch import CAND_COLUMNS, coarse_totals
+        ex = self.conn.executemany
+        for res, rows in [("1m", sorted(totals))] + sorted(coarse_totals(totals).items(), key=_res_order):
+            ex("INSERT INTO rollup_%s VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, agent, if_name, proto,"
+               " direction) DO UPDATE SET bytes = bytes + excluded.bytes, packets = packets + excluded.packets,"
+               " flows = flows + excluded.flows" % res, rows)
+        ex("INSERT INTO rollup_cand VALUES (?, ?, ?, ?, ?, ?, ?)", zip(*(candidates[c] for c in CAND_COLUMNS)))
+
+    def drop_candidates(self, lo, hi):
+        """Delete the candidates of [lo, hi) (their minutes were just rebuilt from raw flows)."""
+        self.conn.execute("DELETE FROM rollup_cand WHERE bucket >= ? AND bucket < ?", (lo, hi))
+
+    def _take_candidates(self, lo, hi):
+        # SQLite serialises writers: inside BEGIN IMMEDIATE nothing is added meanwhile.
+        ex = self.conn.execute
+        ex("CREATE TEMP TABLE IF NOT EXISTS rollup_fin (bucket INTEGER, agent TEXT, dimension TEXT, key TEXT,"
+           " bytes INTEGER, packets INTEGER, flows INTEGER)")
+        ex("DELETE FROM temp.rollup_fin")
+        ex("INSERT INTO temp.rollup_fin SELECT CAST(bucket AS INTEGER), agent, dimension, key, SUM(bytes), SUM(packets),"
+           " SUM(flows) FROM (SELECT bucket, agent, dimension, key, bytes, packets, flows FROM rollup_cand"
+           " WHERE bucket >= ? AND bucket < ? UNION ALL SELECT bucket, agent, dimension, key, bytes, packets, flows"
+           " FROM rollup_top_1m WHERE bucket >= ? AND bucket < ?) GROUP BY 1, 2, 3, 4",
+           (lo, hi, lo, hi))
+        ex("DELETE FROM rollup_cand WHERE bucket >= ? AND bucket < ?", (lo, hi))
+        ex("DELETE FROM rollup_top_1m WHERE bucket >= ? AND bucket < ?", (lo, hi))
+
     def q(self, sql):
         return sql.replace("%s", "?")
 
@@ -221,8 +271,8 @@ class SqliteBackend(_Backend):
         """Nothing to release."""
 
     @contextlib.contextmanager
-    def transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+    def transaction(self, snapshot=False):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); one writer at a time, so one snapshot anyway."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -291,6 +341,45 @@ class PostgresBackend(_Backend):
         for a in range(lo, hi, RAW_CHUNK):
             ex(self.sql("raw_1m"), (a, min(a + RAW_CHUNK, hi), top))
 
+    def add_batch(self, totals, candidates):
+        """A stored batch's rollup partials (myason.store.rollup_batch), inside its transaction.
+
+        Totals are added to every resolution in one order (1m, 15m, 1h, 1d; rows sorted), so
+        writers sharing rows lock them in the same order and never deadlock.
+        """
+        from myason.store.rollup_batch import CAND_COLUMNS, coarse_totals
+        ex = self.conn.execute
+        for res, rows in [("1m", sorted(totals))] + sorted(coarse_totals(totals).items(), key=_res_order):
+            if rows:
+                ex("INSERT INTO rollup_%s (%s) SELECT to_timestamp(b), a, i, p, d, x, y, z FROM unnest(%%s::bigint[],"
+                   " %%s::text[], %%s::text[], %%s::smallint[], %%s::text[], %%s::bigint[], %%s::bigint[], %%s::bigint[])"
+                   " AS u(b, a, i, p, d, x, y, z) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT (bucket, agent, if_name, proto,"
+                   " direction) DO UPDATE SET bytes = rollup_%s.bytes + excluded.bytes, packets = rollup_%s.packets"
+                   " + excluded.packets, flows = rollup_%s.flows + excluded.flows"
+                   % (res, _TOTAL_COLS, res, res, res), [list(c) for c in zip(*rows)])
+        if candidates["key"]:
+            ex("INSERT INTO rollup_cand (bucket, agent, dimension, key, bytes, packets, flows) SELECT to_timestamp(b),"
+               " a, d, k, x, y, z FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+               " %s::bigint[], %s::bigint[]) AS u(b, a, d, k, x, y, z)", [candidates[c] for c in CAND_COLUMNS])
+
+    def drop_candidates(self, lo, hi):
+        """Delete the candidates of [lo, hi) visible to this transaction's snapshot."""
+        self.conn.execute("DELETE FROM rollup_cand WHERE bucket >= to_timestamp(%s) AND bucket < to_timestamp(%s)",
+                          (lo, hi))
+
+    def _take_candidates(self, lo, hi):
+        # The candidates and the stored lists of [lo, hi), deleted and summed into rollup_fin in
+        # one statement: exactly the candidates it saw are gone, later ones stay.
+        ex = self.conn.execute
+        ex("CREATE TEMP TABLE IF NOT EXISTS rollup_fin (bucket timestamptz, agent text, dimension text, key text,"
+           " bytes bigint, packets bigint, flows bigint) ON COMMIT DELETE ROWS")
+        ex("WITH c AS (DELETE FROM rollup_cand WHERE bucket >= to_timestamp(%s) AND bucket < to_timestamp(%s)"
+           " RETURNING bucket, agent, dimension, key, bytes, packets, flows), o AS (DELETE FROM rollup_top_1m"
+           " WHERE bucket >= to_timestamp(%s) AND bucket < to_timestamp(%s) RETURNING bucket, agent, dimension, key,"
+           " bytes, packets, flows) INSERT INTO rollup_fin SELECT bucket, agent, dimension, key, SUM(bytes),"
+           " SUM(packets), SUM(flows) FROM (SELECT * FROM c UNION ALL SELECT * FROM o) x"
+           " GROUP BY 1, 2, 3, 4", (lo, hi, lo, hi))
+
     def lock(self, wait):
         """Take the session advisory lock of maintainers; False when busy and not waiting."""
         fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
@@ -309,20 +398,35 @@ class PostgresBackend(_Backend):
             log.debug("rollup: unlock failed", exc_info=True)
 
     @contextlib.contextmanager
-    def transaction(self):
-        """The statements inside, then COMMIT (ROLLBACK on error)."""
+    def transaction(self, snapshot=False):
+        """The statements inside, then COMMIT (ROLLBACK on error).
+
+        snapshot: REPEATABLE READ, every statement seeing the same committed data (a writer's
+        concurrent change to a row this one changes then fails it: it is retried later).
+        """
+        if self.conn.autocommit:
+            # A caller's autocommit connection: an explicit block keeps the steps atomic.
+            with self.conn.transaction():
+                self._begin(snapshot)
+                yield
+            return
         try:
-            # JIT compiles each of our many short statements for longer than they run; hashed
-            # GROUPING SETS are planned only when their estimate fits the hash memory, else
-            # one sort per set; the 1m ranking sorts ~5 groups per flow.
-            self.conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '%s'; SET LOCAL hash_mem_multiplier = %d"
-                              % PG_MEMORY)
+            self._begin(snapshot)
             yield
         except BaseException:
             if not self.conn.closed:
                 self.conn.rollback()
             raise
         self.conn.commit()
+
+    def _begin(self, snapshot):
+        if snapshot:
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # JIT compiles each of our many short statements for longer than they run; hashed
+        # GROUPING SETS are planned only when their estimate fits the hash memory, else
+        # one sort per set; the 1m ranking sorts ~5 groups per flow.
+        self.conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '%s'; SET LOCAL hash_mem_multiplier = %d"
+                          % PG_MEMORY)
 
     def read_dirty(self, limit):
         """[(id, bucket)] of the oldest committed dirty marks (in a transaction of its own)."""
@@ -391,8 +495,7 @@ class PostgresBackend(_Backend):
             period = period_of_partition(name)
             if period is None or period[0] not in ("rollup_%s" % res, "rollup_top_%s" % res) or period[2] > cutoff:
                 continue
-            with self.transaction():
-                self.conn.execute("DROP TABLE IF EXISTS %s" % name)
+            drop_partition(self.conn, period[0], name)
             self._known.discard(name)
             summary["dropped"].append(name)
             log.info("rollup: retention dropped partition %s", name)
@@ -410,6 +513,35 @@ def _lock_key():
 
 def _iso(t):
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+@contextlib.contextmanager
+def autocommit(conn):
+    """psycopg: statements that cannot run in a transaction block (CONCURRENTLY) in between."""
+    conn.commit()
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        conn.autocommit = False
+
+
+def drop_partition(conn, parent, name):
+    """Detach partition `name` of `parent` concurrently, then drop it: the parent's writers never wait."""
+    import psycopg
+    with autocommit(conn):
+        try:
+            conn.execute("ALTER TABLE %s DETACH PARTITION %s CONCURRENTLY" % (parent, name))
+        except psycopg.errors.UndefinedTable:
+            return
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            # A detach interrupted earlier (the table is pending detach): finish it.
+            conn.execute("ALTER TABLE %s DETACH PARTITION %s FINALIZE" % (parent, name))
+        conn.execute("DROP TABLE IF EXISTS %s" % name)
+
+
+def _res_order(item):
+    return RESOLUTIONS[item[0]]
 
 
 def backend(conn):

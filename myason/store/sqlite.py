@@ -15,6 +15,8 @@ from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterErr
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store import rollup
+from myason.store.rollup_batch import batch_partials
+from myason.store.rollup_sql import SqliteBackend
 from myason.store.schema import load_migrations
 
 log = logging.getLogger("myason.store.sqlite")
@@ -29,7 +31,6 @@ INSERT_ENRICHED_SQL = "INSERT INTO flows (%s) VALUES (%s)" % (
     ", ".join("NULLIF(?, '')" if i == _NEXT_HOP else "?" for i in range(len(ENRICHED_ROW_FIELDS))))
 INSERT_EVENT_SQL = "INSERT OR IGNORE INTO events (%s, event) VALUES (%s)" % (
     ", ".join(EVENT_COLUMNS), ", ".join("?" * (len(EVENT_COLUMNS) + 1)))
-HOUSEKEEPING_EVERY = 3600.0
 
 
 def event_params(event):
@@ -54,12 +55,13 @@ class SqliteWriter(Writer):
     """Store flows in one SQLite file.
 
     Options: path (required): the database file; retention_days (default 0 = keep): delete flows
-    whose `first` is before 00:00 UTC that many days before today (checked at open and hourly);
+    whose `first` is before 00:00 UTC that many days before today (hourly, by housekeeping());
     batch_keep_days (default 7): how long committed batch ids are remembered for retries;
     busy_timeout (default 30 s): how long to wait for another process's write lock;
     retention ({raw, 1m, 15m, 1h, 1d: duration or 0}): per resolution, rollups deleted after it
     (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N list;
-    maintain_interval (default 60 s; 0 = only `myason maintain`): rollup maintenance period.
+    maintain_interval (default 60 s; 0 = only `myason maintain`): period of the collector's
+    maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping().
     """
 
     name = "sqlite"
@@ -82,11 +84,10 @@ class SqliteWriter(Writer):
         self.clock = time.time
         self.skipped = 0
         self._conn = None
-        self._next_housekeeping = 0.0
-        self._next_maintain = 0.0
+        self._rollups = None
 
-    def open(self):
-        """Open the file in WAL mode and apply the pending migrations."""
+    def open(self, application=None):
+        """Open the file in WAL mode and apply the pending migrations (`application`: unused here)."""
         self.close()
         try:
             # Autocommit at the driver level: transactions are opened explicitly below.
@@ -97,10 +98,10 @@ class SqliteWriter(Writer):
                 log.warning("sqlite: %s: journal mode is %s, not wal", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")
             self.migrate()
+            self._rollups = SqliteBackend(conn)
         except sqlite3.Error as exc:
             self.close()
             raise WriterError("sqlite: cannot open %s: %s" % (self.path, exc)) from None
-        self._housekeeping()
 
     def migrate(self):
         """Apply the migrations not yet in schema_migrations; returns the versions applied."""
@@ -140,6 +141,10 @@ class SqliteWriter(Writer):
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise WriterError("sqlite: batch %s has a bad event: %s" % (batch_id, exc), permanent=True) from None
         try:
+            totals, cands = batch_partials(rows, self.rollup_top, "sqlite")
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise WriterError("sqlite: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 cur = conn.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?)",
@@ -149,9 +154,8 @@ class SqliteWriter(Writer):
                     self.skipped += 1
                     return False
                 conn.executemany(sql, rows)
-                # Same transaction as the rows: the rollup maintenance sees both or neither.
-                conn.executemany("INSERT INTO rollup_dirty (bucket) VALUES (?)",
-                                 [(m,) for m in rollup.minutes_sqlite(rows)])
+                # Same transaction as the rows: the rollups count a batch once or not at all.
+                self._rollups.add_batch(totals, cands)
                 if params:
                     conn.executemany(INSERT_EVENT_SQL, params)
                 conn.execute("COMMIT")
@@ -165,23 +169,28 @@ class SqliteWriter(Writer):
         except (sqlite3.Error, OverflowError, TypeError, ValueError) as exc:
             # A row SQLite refuses (wrong type, wrong number of values) never will.
             raise WriterError("sqlite: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None
-        now = self.clock()
-        if now >= self._next_housekeeping:
-            self._housekeeping()
-        elif now >= self._next_maintain:
-            self._housekeeping(hourly=False)
         return True
 
-    def delete_before(self, day):
-        """Delete the flows whose `first` is before 00:00 UTC of `day`; returns how many."""
-        with self._conn:
-            cur = self._conn.execute('DELETE FROM flows WHERE "first" < ?', (day_start(day),))
-        return cur.rowcount
+    def delete_before(self, day, chunk=50000):
+        """Delete the flows whose `first` is before 00:00 UTC of `day`; returns how many.
 
-    def maintain(self, now=None, wait=True):
-        """Roll up the dirty buckets, then apply every retention once; returns the summary (rollup.new_summary)."""
+        In chunks, each its own transaction: a writer waits for one chunk at most, not a day.
+        """
+        total = 0
+        while True:
+            with self._conn:
+                n = self._conn.execute('DELETE FROM flows WHERE rowid IN (SELECT rowid FROM flows WHERE "first" < ?'
+                                       ' LIMIT ?)', (day_start(day), chunk)).rowcount
+            total += n
+            if n < chunk:
+                return total
+
+    def maintain(self, now=None, wait=True, deadline=None):
+        """Rollups (as far as `deadline` allows), then every retention once; returns the summary."""
+        if self._conn is None:
+            self.open()
         now = self.clock() if now is None else now
-        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait)
+        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
         r = rollup.apply_retention(self._conn, self.retention, now)
         s["dropped"] += r["dropped"]
         s["deleted"].update(r["deleted"])
@@ -189,33 +198,17 @@ class SqliteWriter(Writer):
             s["deleted"]["flows"] = self.delete_before(retention_cutoff(self.retention_days, now))
         return s
 
-    def _housekeeping(self, hourly=True):
-        now = self.clock()
-        # Rollup maintenance every maintain_interval; the rest (hourly=True) at open and hourly.
-        if self.maintain_interval and (hourly or now >= self._next_maintain):
-            self._next_maintain = now + self.maintain_interval
-            try:
-                s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=False)
-                rollup.apply_retention(self._conn, self.retention, now)
-                log.debug("sqlite: %s: rollup maintenance: %s", self.path, rollup.format_summary(s))
-            except sqlite3.Error as exc:
-                log.warning("sqlite: %s: rollup maintenance failed: %s", self.path, exc)
-        elif not self.maintain_interval:
-            self._next_maintain = float("inf")
-        if not hourly:
-            return
-        self._next_housekeeping = now + HOUSEKEEPING_EVERY
-        try:
-            if self.retention_days:
-                n = self.delete_before(retention_cutoff(self.retention_days, now))
-                if n:
-                    log.info("sqlite: retention deleted %d flows", n)
-            with self._conn:
-                self._conn.execute("DELETE FROM batches WHERE stored_at < ?",
-                                   (now - self.batch_keep_days * 86400.0,))
-        except sqlite3.Error as exc:
-            # Housekeeping runs again in an hour; it never fails a batch.
-            log.warning("sqlite: %s: housekeeping failed: %s", self.path, exc)
+    def housekeeping(self, now=None):
+        """The hourly chores: raw retention, forget batch ids older than batch_keep_days."""
+        if self._conn is None:
+            self.open()
+        now = self.clock() if now is None else now
+        if self.retention_days:
+            n = self.delete_before(retention_cutoff(self.retention_days, now))
+            if n:
+                log.info("sqlite: retention deleted %d flows", n)
+        with self._conn:
+            self._conn.execute("DELETE FROM batches WHERE stored_at < ?", (now - self.batch_keep_days * 86400.0,))
 
     def close(self):
         """Close the database."""

@@ -69,10 +69,11 @@ def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
     keys = doc_table("## 5. Is the collector", "key", "type", "meaning")
     assert set(status) == set(keys)
     states = doc_table("## 5. Is the collector", "stage", "states")
-    assert set(status["stages"]) == {"listener", "processor-0", "writer-sqlite", "writer-jsonl"}
+    assert set(status["stages"]) == {"listener", "processor-0", "writer-sqlite", "writer-jsonl", "maintenance-sqlite"}
     for stage, state in status["stages"].items():
         row = states["processor-N" if stage.startswith("processor-") else "writer-NAME"
-                     if stage.startswith("writer-") else stage]
+                     if stage.startswith("writer-") else "maintenance-NAME" if stage.startswith("maintenance-")
+                     else stage]
         assert "`%s`" % state in row[1], (stage, state)
     assert set(status["spool_batches"]) == {"sqlite", "jsonl"}
 
@@ -80,7 +81,8 @@ def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = doc_table("## 2. Summary at exit", "key", "type", "unit", "meaning")
     assert set(summary) == set(rows)
-    for key, nested in (("agents", summary["agents"]), ("writers", summary["writers"]), ("spool", summary["spool"])):
+    for key, nested in (("agents", summary["agents"]), ("writers", summary["writers"]), ("spool", summary["spool"]),
+                        ("maintenance", summary["maintenance"])):
         assert nested, key
         for inner in nested.values():
             assert set(inner) == quoted(rows[key][3]), key

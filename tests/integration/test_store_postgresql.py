@@ -130,7 +130,7 @@ def test_migrate_twice_is_a_no_op(writer, pg):
     w2.close()
     assert query(pg, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "flows"), (2, "closed_partition_indexes"), (3, "enrich_events"), (4, "rollups"),
-        (5, "service_port")]
+        (5, "service_port"), (6, "rollup_candidates")]
     assert query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
     indexes = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
     # Address btrees live on closed partitions only (migration 002); the parent keeps BRIN on time.

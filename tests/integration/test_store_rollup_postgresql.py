@@ -6,8 +6,8 @@ import pytest
 
 from myason.store import rollup
 from myason.store.postgresql import PostgresWriter
-from tests.unit.store.test_rollup import (I, RES, SERVICE_CASES, assert_bounded, expected_tops, make_rows, ref_tops,
-                                         ref_totals)
+from tests.unit.store.test_rollup import (I, RES, SERVICE_CASES, RefRollups, assert_bounded, expected_tops,
+                                         make_rows, ref_candidates, ref_tops, ref_totals, written)
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -42,11 +42,14 @@ def pg_tops(dsn, res):
              " FROM rollup_top_%s" % res)}
 
 
-def assert_rollups(dsn, rows, top):
+def assert_rollups(dsn, rows, top, ref=None):
+    """Totals exact; tops as the documented method makes them (ref: the batches as written, else
+    all rows in one batch) and within the bound of the truth."""
+    ref = ref or written([rows], top)
     for res in RES:
         assert pg_totals(dsn, res) == ref_totals(rows, res), res
-        assert pg_tops(dsn, res) == expected_tops(rows, res, top), res
-    assert_bounded({res: pg_tops(dsn, res) for res in RES}, rows, top)
+        assert pg_tops(dsn, res) == expected_tops(rows, res, top, ref), res
+    assert_bounded({res: pg_tops(dsn, res) for res in RES}, rows, top, ref.e1m)
 
 
 def partitions(dsn):
@@ -78,16 +81,19 @@ def open_writer(dsn, **options):
 def test_rollups_match_a_group_by_in_python(pg):
     w = open_writer(pg)
     rows = rows_ms(3000, span=2 * DAY + 3 * 3600)
-    for i in range(0, len(rows), 500):
-        w.write("b%d" % i, rows[i:i + 500])
+    batches = [rows[i:i + 500] for i in range(0, len(rows), 500)]
+    for i, b in enumerate(batches):
+        w.write("b%d" % i, b)
+    for res in RES:
+        assert pg_totals(pg, res) == ref_totals(rows, res), res     # as soon as written
     s = w.maintain(now=T0 + 5 * DAY)
-    assert s["buckets"]["1d"] == 3 and s["tops"]["1d"] == 3
-    assert_rollups(pg, rows, 5)
+    assert s["tops"]["1d"] == 3 and s["lag"] == 0
+    assert_rollups(pg, rows, 5, written(batches, 5))
     assert "rollup_1m_p20231117" in partitions(pg) and "rollup_top_1d_p2023" in partitions(pg)
-    assert query(pg, "SELECT count(*) FROM rollup_dirty") == [(0,)]
-    # Twice gives the same; so does marking everything dirty again.
+    assert query(pg, "SELECT count(*) FROM rollup_cand") == [(0,)]
+    # Twice gives the same; marking everything dirty rebuilds from raw flows: exact lists.
     s = w.maintain(now=T0 + 5 * DAY)
-    assert s["dirty"] == 0
+    assert s["dirty"] == 0 and s["tops"]["1m"] == 0
     query(pg, "INSERT INTO rollup_dirty (bucket) SELECT DISTINCT bucket FROM rollup_1m")
     w.maintain(now=T0 + 5 * DAY)
     assert_rollups(pg, rows, 5)
@@ -105,20 +111,27 @@ def test_coarse_tops_are_exact_when_the_finer_lists_hold_every_key(pg):
 
 
 def test_late_flows_and_batches_between_runs(pg):
-    w = open_writer(pg)
+    w, ref = open_writer(pg), RefRollups(5, "postgresql")
     rows = rows_ms(500, span=3600, seed=2)
     w.write("a", rows)
+    ref.write(rows)
     w.maintain(now=T0 + 3000)
+    ref.maintain(T0 + 3000)
     assert pg_totals(pg, "1h") == ref_totals(rows, "1h") and pg_tops(pg, "1h") == {}
+    assert pg_tops(pg, "1m") == ref.lists
     late = rows_ms(200, span=300, seed=3)
     more = rows_ms(200, t0=T0 + 3600, span=600, seed=4)
-    w.write("late", late)
-    w.write("more", more)
+    for batch in (late, more):
+        w.write("late" if batch is late else "more", batch)
+        ref.write(batch)
     w.maintain(now=T0 + 4200)
+    ref.maintain(T0 + 4200)
     for res in RES:
         assert pg_totals(pg, res) == ref_totals(rows + late + more, res), res
+    assert pg_tops(pg, "1m") == ref.lists
     w.maintain(now=T0 + 2 * DAY)
-    assert_rollups(pg, rows + late + more, 5)
+    ref.maintain(T0 + 2 * DAY)
+    assert_rollups(pg, rows + late + more, 5, ref)
     w.close()
 
 
@@ -158,13 +171,27 @@ def test_two_maintainers_and_two_writers_at_once(pg):
             t.join(60)
     assert not errors and not any(t.is_alive() for t in maintainers + feeders)
     writers[0].maintain(now=T0 + 2 * DAY)
-    assert_rollups(pg, [r for rows in batches for r in rows], 5)
+    rows = [r for rows in batches for r in rows]
+    for res in RES:
+        assert pg_totals(pg, res) == ref_totals(rows, res), res
+    # Which candidates met which list depends on the interleaving; whatever it was, no batch is
+    # counted twice (every listed figure at most the truth) and no list is longer than the top.
+    assert query(pg, "SELECT count(*) FROM rollup_cand") == [(0,)]
+    for res in RES:
+        true = ref_tops(rows, res, 10 ** 9)
+        lists = pg_tops(pg, res)
+        assert lists and max(v[3] for v in lists.values()) <= 5
+        for k, v in lists.items():
+            assert all(a <= b for a, b in zip(v[:3], true[k][:3])), (res, k)
     for w in writers:
         w.close()
 
 
 def test_a_batch_committing_after_a_later_one_is_not_lost(pg):
-    """Writer A takes its dirty ids first but commits after B and after a maintenance run."""
+    """Writer A's batch commits after B's and after a maintenance run made the lists of its minutes.
+
+    Different agents: writers adding to the same totals rows wait for each other's commit (row
+    locks, always taken in one order, so never a deadlock)."""
     a, b = open_writer(pg), open_writer(pg)
     at_commit, go = threading.Event(), threading.Event()
 
@@ -174,7 +201,7 @@ def test_a_batch_committing_after_a_later_one_is_not_lost(pg):
         conn.commit()
 
     a._commit = slow_commit
-    rows_a, rows_b = rows_ms(200, span=600, seed=11), rows_ms(200, span=600, seed=12)
+    rows_a, rows_b = rows_ms(200, span=600, seed=11), rows_ms(200, span=600, seed=12, agents=("edge-3",))
     t = threading.Thread(target=a.write, args=("a", rows_a))
     t.start()
     assert at_commit.wait(30)
@@ -184,7 +211,12 @@ def test_a_batch_committing_after_a_later_one_is_not_lost(pg):
     go.set()
     t.join(30)
     b.maintain(now=T0 + 2 * DAY)
-    assert_rollups(pg, rows_a + rows_b, 5)
+    ref = RefRollups(5, "postgresql")
+    ref.write(rows_b)
+    ref.maintain(T0 + 2 * DAY)
+    ref.write(rows_a)
+    ref.maintain(T0 + 2 * DAY)
+    assert_rollups(pg, rows_a + rows_b, 5, ref)
     a.close()
     b.close()
 
@@ -195,10 +227,10 @@ def test_a_busy_maintainer_is_skipped_not_waited_for(pg):
     with psycopg.connect(pg, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (rollup.PG_LOCK,))
         s = w.maintain(now=T0 + DAY, wait=False)
-        assert s["busy"] and s["dirty"] == 0
+        assert s["busy"] and s["tops"]["1m"] == 0
         other.execute("SELECT pg_advisory_unlock(%s)", (rollup.PG_LOCK,))
     s = w.maintain(now=T0 + DAY, wait=False)
-    assert not s["busy"] and s["dirty"] > 0
+    assert not s["busy"] and s["tops"]["1m"] > 0
     w.close()
 
 
@@ -207,10 +239,11 @@ def test_retention_drops_rollup_partitions(pg):
     rows = rows_ms(400, span=6 * DAY, seed=7)          # 2023-11-15 .. 2023-11-20
     w.write("a", rows)
     w.maintain(now=T0 + 7 * DAY)                       # 2023-11-22: raw kept from 11-20
-    # Raw flows before 11-20 were gone, so only what 1m retention (from 11-19) keeps was rolled up.
+    # Totals were added as the flows came; 1m retention (from 11-19) deleted the older minutes.
+    # Top lists: only for minutes after the horizon (raw flows from 11-20), older candidates dropped.
     kept = [r for r in rows if r[I["first"]] >= T0 + 5 * DAY]
-    assert pg_totals(pg, "1m") == ref_totals(kept, "1m")
-    assert pg_totals(pg, "1d") == ref_totals(kept, "1d")
+    assert pg_totals(pg, "1m") == ref_totals([r for r in rows if r[I["first"]] >= T0 + 4 * DAY], "1m")
+    assert pg_totals(pg, "1d") == ref_totals(rows, "1d")
     parts = partitions(pg)
     assert "rollup_1m_p20231120" in parts and "rollup_15m_p202311" in parts
     # 60 days later: 1m day partitions and the November 15m partitions are gone, 1h and 1d stay.
@@ -219,22 +252,20 @@ def test_retention_drops_rollup_partitions(pg):
     assert "flows_p20231120" in s["dropped"]
     parts = partitions(pg)
     assert not any(p.startswith(("rollup_1m_", "rollup_top_1m_", "rollup_15m_", "rollup_top_15m_")) for p in parts)
-    assert pg_totals(pg, "1h") == ref_totals(kept, "1h") and pg_tops(pg, "1d") == expected_tops(kept, "1d", 5)
+    assert pg_totals(pg, "1h") == ref_totals(rows, "1h") and pg_tops(pg, "1d") == expected_tops(kept, "1d", 5)
     w.close()
 
 
-def test_housekeeping_maintains_while_writing(pg):
-    now = [T0 + 10]
+def test_a_write_adds_its_totals_and_candidates_nothing_else(pg):
     w = PostgresWriter(dsn=pg, maintain_interval=60, rollup_top=5)
-    w.clock = lambda: now[0]
     w.open()
     rows = rows_ms(100, span=30, seed=8)
     w.write("a", rows)
-    assert pg_totals(pg, "1m") == {}
-    now[0] += 61
-    more = rows_ms(10, t0=T0 + 40, span=5, seed=9)
-    w.write("b", more)                                      # committed, then maintenance is due
-    assert pg_totals(pg, "1m") == ref_totals(rows + more, "1m")
+    for res in RES:
+        assert pg_totals(pg, res) == ref_totals(rows, res), res
+    cands, _ = ref_candidates(rows, 5, "postgresql")
+    assert query(pg, "SELECT count(*) FROM rollup_cand") == [(sum(len(v) for v in cands.values()),)]
+    assert pg_tops(pg, "1m") == {}          # writing never runs the maintenance
     w.close()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from myason.store.base import WriterError, decode_prepared, encode_batch, encode_prepared
 from myason.store.postgresql import PostgresWriter, encode_binary, prepare_batch
-from myason.store.rollup import minutes_postgresql
+from myason.store.rollup_batch import batch_partials
 
 
 def row(i, first):
@@ -29,14 +29,15 @@ def test_damaged_prepared_batch_is_a_permanent_error(damage):
     assert err.value.permanent
 
 
-def test_prepare_batch_carries_copy_data_days_minutes_and_events():
+def test_prepare_batch_carries_copy_data_days_rollup_partials_and_events():
     t = time.mktime((2026, 11, 22, 23, 59, 30, 0, 0, 0)) - time.timezone
     rows = [row(i, t + i * 20) for i in range(4)]          # crosses midnight UTC
     events = [{"ID": "x"}]
-    header, payload = decode_prepared(prepare_batch(rows, events))
+    header, payload = decode_prepared(prepare_batch(rows, events, top=3))
     assert header["rows"] == 4 and header["enriched"] is False and header["events"] == events
     assert header["days"] == ["2026-11-22", "2026-11-23"]
-    assert header["minutes"] == sorted(minutes_postgresql(rows))
+    totals, cands = batch_partials(rows, 3, "postgresql")
+    assert header["totals"] == [list(t) for t in totals] and header["candidates"] == cands
     assert bytes(payload) == encode_binary(rows)
 
 
@@ -45,8 +46,9 @@ def test_prepare_batch_refuses_a_short_row():
         prepare_batch([row(0, 1.7e9)[:-1]])
 
 
-def test_spool_encoder_only_for_binary_copy():
-    assert PostgresWriter.spool_encoder({"dsn": "x"}) is prepare_batch
+def test_spool_encoder_only_for_binary_copy_with_the_writers_top():
+    enc = PostgresWriter.spool_encoder({"dsn": "x", "rollup_top": 7})
+    assert enc.func is prepare_batch and enc.keywords == {"top": 7}
     assert PostgresWriter.spool_encoder({"dsn": "x", "copy": "text"}) is None
 
 

@@ -126,48 +126,130 @@ def tops_from(finer, res, top):
     return rank_lists(sums, top)
 
 
-def expected_tops(rows, res, top=25):
-    """What maintain stores: exact 1m lists, each coarser level summed from the finer one's lists."""
-    lists = ref_tops(rows, "1m", top)
+def ref_candidates(rows, top, kind="sqlite"):
+    """{(bucket, agent, dimension): [(key, bytes, packets, flows)]} of one batch, as rollup_batch
+    documents them: per list the `top` keys with the most bytes, ties to the smaller key; '*' over
+    the batch's agents together."""
+    sums = defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        f = r[I["first"]]
+        m = int(round(f * 1e6)) // 60_000_000 * 60 if kind == "postgresql" else int(f) // 60 * 60
+        for dim in DIMENSIONS:
+            key = ref_key(r, dim)
+            if key is None:
+                continue
+            for agent in (r[I["agent"]], "*"):
+                s = sums[(m, agent, dim, key)]
+                s[0] += r[I["bytes"]]
+                s[1] += r[I["packets"]]
+                s[2] += 1
+    groups = defaultdict(list)
+    for (m, agent, dim, key), v in sums.items():
+        groups[(m, agent, dim)].append((key,) + tuple(v))
+    return {g: sorted(items, key=lambda kv: (-kv[1], kv[0]))[:top] if len(items) > top else items
+            for g, items in groups.items()}, {g: sorted((v[1] for v in items), reverse=True)[top]
+                                              if len(items) > top else 0 for g, items in groups.items()}
+
+
+class RefRollups:
+    """The 1m top-N lists and their error bounds, by the documented method, in plain Python.
+
+    write(rows): a stored batch adds its candidates; maintain(now): every minute whose candidates
+    are due (bucket end + SETTLE["1m"]) gets its list summed with them, ranked and cut to `top`.
+    e1m: per list, what a listed key may miss (the sum of the cuts of the batches and of earlier
+    finalisations of that list).
+    """
+
+    def __init__(self, top, kind="sqlite"):
+        self.top, self.kind = top, kind
+        self.pending = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))     # bucket -> (agent, dim, key) -> sums
+        self.lists = {}                                                         # (b, agent, dim, key) -> (b, p, f, rank)
+        self.e1m = defaultdict(int)
+
+    def write(self, rows):
+        cands, cuts = ref_candidates(rows, self.top, self.kind)
+        for (m, agent, dim), items in cands.items():
+            for key, b, p, f in items:
+                s = self.pending[m][(agent, dim, key)]
+                s[0] += b
+                s[1] += p
+                s[2] += f
+        for g, cut in cuts.items():
+            self.e1m[g] += cut
+
+    def maintain(self, now, horizon=0):
+        for m in sorted(self.pending):
+            if m + 60 + rollup.SETTLE["1m"] > now:
+                continue
+            sums = self.pending.pop(m)
+            if m < horizon:
+                continue
+            old = {k: v for k, v in self.lists.items() if k[0] == m}
+            for k, v in old.items():
+                del self.lists[k]
+                s = sums[k[1:]]
+                for i in range(3):
+                    s[i] += v[i]
+            # A list already cut before: what was cut off may have grown by the new candidates.
+            for (b, agent, dim), values in _by_list(old).items():
+                if len(values) >= self.top:
+                    self.e1m[(b, agent, dim)] += min(values)
+            self.lists.update(rank_lists({(m,) + k: v for k, v in sums.items()}, self.top))
+
+
+def _by_list(lists):
+    out = defaultdict(list)
+    for (b, agent, dim, key), v in lists.items():
+        out[(b, agent, dim)].append(v[0])
+    return out
+
+
+def written(batches, top, now=float("inf")):
+    """RefRollups after writing these batches and one maintenance at `now`."""
+    ref = RefRollups(top)
+    for rows in batches:
+        ref.write(rows)
+    ref.maintain(now)
+    return ref
+
+
+def expected_tops(rows, res, top=25, ref=None):
+    """What maintain stores: the 1m lists (of `ref`, else of all rows in one batch), each coarser
+    level summed from the finer one's lists."""
+    lists = (ref or written([rows], top)).lists
     for r in RES[1:RES.index(res) + 1]:
         lists = tops_from(lists, r, top)
     return lists
 
 
-def error_bounds(lists, top):
-    """{res: {(bucket, agent, dimension): E}}: true bytes - listed bytes <= E for any key (0 at 1m).
+def error_bounds(lists, top, e1m=None):
+    """{res: {(bucket, agent, dimension): E}}: true bytes - listed bytes <= E for any key.
 
-    E of a coarse list = sum over its finer lists c of (cut_c + E_c), cut_c = the smallest bytes
-    in c when c is full (top entries), else 0: a key missing from c has at most cut_c + E_c there.
+    E of a 1m list: from RefRollups.e1m (0 when every batch's list held all its keys). E of a
+    coarse list = sum over its finer lists c of (cut_c + E_c), cut_c = the smallest bytes in c
+    when c is full (top entries), else 0: a key missing from c has at most cut_c + E_c there.
     """
-    out = {"1m": defaultdict(int)}
+    out = {"1m": defaultdict(int, e1m or {})}
     for finer, res in zip(RES, RES[1:]):
-        by_list = defaultdict(list)
-        for (b, agent, dim, key), v in lists[finer].items():
-            by_list[(b, agent, dim)].append(v[0])
         e = defaultdict(int)
-        for (b, agent, dim), values in by_list.items():
+        for (b, agent, dim), values in _by_list(lists[finer]).items():
             cut = min(values) if len(values) >= top else 0
             e[(rollup.bucket_of(b, res), agent, dim)] += cut + out[finer][(b, agent, dim)]
         out[res] = e
     return out
 
 
-def assert_bounded(lists, rows, top):
-    """Every stored list against a GROUP BY in Python: exact at 1m, within the documented bound above."""
-    bounds = error_bounds(lists, top)
+def assert_bounded(lists, rows, top, e1m=None):
+    """Every stored list against a GROUP BY in Python, within the documented bound above."""
+    bounds = error_bounds(lists, top, e1m)
     for res in RES:
         true = ref_tops(rows, res, 10 ** 9)
-        if res == "1m":
-            assert lists[res] == ref_tops(rows, res, top)
-            continue
-        by_list = defaultdict(list)
+        by_list = _by_list(lists[res])
         for (b, agent, dim, key), v in lists[res].items():
             t = true[(b, agent, dim, key)]
             e = bounds[res][(b, agent, dim)]
             # Listed values are lower bounds, short of the truth by at most E.
             assert v[0] <= t[0] <= v[0] + e and v[1] <= t[1] and v[2] <= t[2], (res, b, agent, dim, key)
-            by_list[(b, agent, dim)].append(v[0])
         for (b, agent, dim, key), t in true.items():
             listed = by_list.get((b, agent, dim), [])
             if (b, agent, dim, key) not in lists[res] and len(listed) >= top:
@@ -187,12 +269,15 @@ def db_tops(path, res):
         return {(int(r[0]),) + tuple(r[1:4]): tuple(r[4:]) for r in conn.execute("SELECT * FROM rollup_top_%s" % res)}
 
 
-def assert_rollups(path, rows, top=25, tops=RES):
+def assert_rollups(path, rows, top=25, tops=RES, ref=None):
+    """Totals exact; tops as the documented method makes them (ref: the batches as written, else
+    all rows in one batch) and within the bound of the truth."""
+    ref = ref or written([rows], top)
     for res in RES:
         assert db_totals(path, res) == ref_totals(rows, res), res
     for res in tops:
-        assert db_tops(path, res) == expected_tops(rows, res, top), res
-    assert_bounded({res: db_tops(path, res) for res in RES}, rows, top)
+        assert db_tops(path, res) == expected_tops(rows, res, top, ref), res
+    assert_bounded({res: db_tops(path, res) for res in RES}, rows, top, ref.e1m)
 
 
 def count(path, table):
@@ -303,13 +388,33 @@ def test_horizon():
 
 def test_rollups_match_a_group_by_in_python(writer, db):
     rows = make_rows(3000, span=2 * DAY + 3 * 3600)
-    for i in range(0, len(rows), 500):
-        writer.write("b%d" % i, rows[i:i + 500])
+    batches = [rows[i:i + 500] for i in range(0, len(rows), 500)]
+    for i, b in enumerate(batches):
+        writer.write("b%d" % i, b)
+    # Totals are there as soon as the batches are.
+    for res in RES:
+        assert db_totals(db, res) == ref_totals(rows, res), res
     s = writer.maintain(now=T0 + 5 * DAY)
-    assert s["buckets"]["1d"] == 3 and s["tops"]["1d"] == 3 and s["buckets"]["1m"] > 1000
-    assert_rollups(db, rows, top=5)
-    assert count(db, "rollup_dirty") == 0 and count(db, "rollup_pending") == 0
-    assert "buckets 1m=" in rollup.format_summary(s)
+    assert s["tops"]["1d"] == 3 and s["tops"]["1m"] > 1000 and s["lag"] == 0 and not s["more"]
+    assert_rollups(db, rows, top=5, ref=written(batches, 5))
+    assert count(db, "rollup_cand") == 0 and count(db, "rollup_pending") == 0
+    assert "tops 1m=" in rollup.format_summary(s)
+
+
+def test_a_minute_spread_over_batches_is_a_lower_bound_within_the_cuts(db):
+    # Many small batches over few minutes, many keys: most 1m lists are cut in every batch.
+    w = SqliteWriter(path=db, maintain_interval=0, rollup_top=3)
+    w.open()
+    rows = make_rows(4000, span=600, seed=31)
+    batches = [rows[i:i + 100] for i in range(0, len(rows), 100)]
+    for i, b in enumerate(batches):
+        w.write("b%d" % i, b)
+    w.maintain(now=T0 + 2 * DAY)
+    w.close()
+    ref = written(batches, 3)
+    assert db_tops(db, "1m") == ref.lists
+    assert any(ref.e1m.values())            # the bound is not vacuous here
+    assert_rollups(db, rows, top=3, ref=ref)
 
 
 def test_coarse_tops_are_exact_when_the_finer_lists_hold_every_key(db):
@@ -357,29 +462,39 @@ def test_running_twice_gives_the_same_result(writer, db):
 
 
 def test_late_flows_and_batches_between_runs(writer, db):
+    ref = RefRollups(5)
     rows = make_rows(600, span=3600, seed=2)
     writer.write("a", rows)
-    # During the hour: 1m and coarse totals are there, coarse tops wait for their bucket to close.
+    ref.write(rows)
+    # During the hour: totals are there; 1m lists for the minutes settled (ended SETTLE ago),
+    # coarse tops wait for their bucket to close.
     writer.maintain(now=T0 + 3000)
+    ref.maintain(T0 + 3000)
     assert db_totals(db, "1h") == ref_totals(rows, "1h")
-    assert db_tops(db, "1m") == ref_tops(rows, "1m", 5)
+    assert rollup.SETTLE["1m"] == 60 and rollup.SETTLE["15m"] == 300
+    settled = [r for r in rows if r[I["first"]] < T0 + 3000 - rollup.SETTLE["1m"]]
+    assert db_tops(db, "1m") == ref.lists == ref_tops(settled, "1m", 5)
     # 15m buckets settled at 3000 s: those ending by 3000 - SETTLE, i.e. starting before 2700 s.
-    assert rollup.SETTLE["15m"] == 300
     assert db_tops(db, "1h") == {} and db_tops(db, "15m") == expected_tops(
         [r for r in rows if r[I["first"]] < T0 + 2700], "15m", 5)
-    # A batch arrives late: flows that started in the first minutes of the hour.
+    # A batch arrives late: flows that started in the first minutes of the hour, whose 1m lists
+    # are already made (the new candidates are summed into them).
     late = make_rows(300, span=300, seed=3)
     writer.write("late", late)
+    ref.write(late)
     more = make_rows(200, t0=T0 + 3600, span=600, seed=4)
     writer.write("more", more)
+    ref.write(more)
     writer.maintain(now=T0 + 3600 + 600)
+    ref.maintain(T0 + 3600 + 600)
     everything = rows + late + more
     for res in RES:
         assert db_totals(db, res) == ref_totals(everything, res), res
-    assert db_tops(db, "1m") == ref_tops(everything, "1m", 5)
+    assert db_tops(db, "1m") == ref.lists
     assert db_tops(db, "1h") == {}     # closed, but not settled yet
     writer.maintain(now=T0 + 2 * DAY)
-    assert_rollups(db, everything, top=5)
+    ref.maintain(T0 + 2 * DAY)
+    assert_rollups(db, everything, top=5, ref=ref)
 
 
 def test_a_retried_batch_is_not_counted_twice(writer, db):
@@ -408,11 +523,16 @@ def test_retention_per_resolution(db):
         assert db_totals(db, res) == {k: v for k, v in ref_totals(old, res).items() if k[0] >= cutoff}
         assert db_tops(db, res) == {k: v for k, v in expected_tops(old, res, 5).items() if k[0] >= cutoff}
     assert db_totals(db, "1h") == ref_totals(old, "1h") and db_totals(db, "1d") == ref_totals(old, "1d")
-    # A very late flow before the horizon must not replace good rollups by itself alone.
-    before = db_totals(db, "1d")
-    w.write("too-late", make_rows(1, t0=T0 + 2 * DAY, span=10, seed=7))
+    # A very late flow before the horizon adds to the totals still kept, but must not replace
+    # good top lists by itself alone: its candidates are dropped.
+    before = {res: db_tops(db, res) for res in RES}
+    too_late = make_rows(1, t0=T0 + 2 * DAY, span=10, seed=7)
+    w.write("too-late", too_late)
     s = w.maintain(now=now)
-    assert s["skipped"] == 1 and db_totals(db, "1d") == before
+    assert s["skipped"] == 1 and count(db, "rollup_cand") == 0
+    assert db_totals(db, "1d") == ref_totals(old + too_late, "1d")
+    assert {res: db_tops(db, res) for res in RES} == before
+    assert db_totals(db, "1m") == {k: v for k, v in ref_totals(old, "1m").items() if k[0] >= now - 35 * DAY}
     w.close()
 
 
@@ -424,17 +544,17 @@ def test_health_samples_are_kept_seven_days(writer, db):
     assert s["deleted"]["health_samples"] == 1 and count(db, "health_samples") == 1
 
 
-def test_writes_run_maintenance_every_interval(db):
-    now = [T0 + 10]
+def test_a_write_adds_its_totals_and_candidates_nothing_else(db):
     w = SqliteWriter(path=db, maintain_interval=60, rollup_top=5)
-    w.clock = lambda: now[0]
     w.open()
     rows = make_rows(200, span=30, seed=8)
     w.write("a", rows)
-    assert count(db, "rollup_1m") == 0          # maintained at open, before this batch
-    now[0] += 61
-    w.write("b", [])
-    assert db_totals(db, "1m") == ref_totals(rows, "1m")
+    for res in RES:
+        assert db_totals(db, res) == ref_totals(rows, res)
+    cands, _ = ref_candidates(rows, 5)
+    assert count(db, "rollup_cand") == sum(len(v) for v in cands.values())
+    # Writing never runs the maintenance (the collector's maintenance thread does).
+    assert count(db, "rollup_top_1m") == 0 and count(db, "rollup_state") == 0
     w.close()
 
 

@@ -58,7 +58,7 @@ def test_schema_wal_and_migrations_are_applied_once(writer, db):
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("SELECT version, name FROM schema_migrations").fetchall() == [
-        (1, "flows"), (2, "enrich_events"), (3, "rollups"), (4, "service_port")]
+        (1, "flows"), (2, "enrich_events"), (3, "rollups"), (4, "service_port"), (5, "rollup_candidates")]
     cols = [r[1] for r in conn.execute("PRAGMA table_info(flows)")]
     assert cols == list(ENRICHED_ROW_FIELDS)
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(flows)")}
@@ -146,8 +146,7 @@ def test_retention_deletes_days_before_the_cutoff(db):
     w.open()
     for k in range(5):       # rows 8, 9, 10, 11 and 12 days after T0's day... minus up to 4 days
         w.write("d%d" % k, make_rows(1, start=k, t=now - k * day))
-    w.close()
-    w.open()                 # housekeeping runs at open
+    w.housekeeping()         # hourly, by the collector's maintenance thread
     w.close()
     cutoff = retention_cutoff(2, now)
     assert cutoff == dt.date(2023, 11, 22)
@@ -161,7 +160,7 @@ def test_delete_before_and_batch_id_pruning(writer, db):
     assert writer.delete_before(dt.date(2023, 11, 14)) == 2
     assert [r[2] for r in stored(db)] == [2, 3]
     writer.clock = lambda: T0 + 30 * 86400.0
-    writer._housekeeping()
+    writer.housekeeping()
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
     conn.close()
