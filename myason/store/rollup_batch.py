@@ -45,16 +45,22 @@ def minute_buckets(np, first, kind):
 
 
 def _codes(np, values):
-    """(dense int64 codes, the distinct values by code) of a sequence of hashable values."""
-    seen = {}
-    first = np.fromiter(map(seen.setdefault, values, range(len(values))), dtype=np.int64, count=len(values))
-    # setdefault gives the index of the first row with that value: renumber densely.
-    uniq, dense = np.unique(first, return_inverse=True)
-    return dense.reshape(-1).astype(np.int64), [values[i] for i in uniq.tolist()]
+    """(dense int64 codes in first-seen order, the distinct values by code) of hashable values."""
+    distinct = list(dict.fromkeys(values))          # C-level passes, first-seen order
+    if len(distinct) == 1:
+        return np.zeros(len(values), dtype=np.int64), distinct
+    index = {v: i for i, v in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values)), distinct
 
 
 def _int_codes(np, values):
-    """_codes of integers, by numpy alone."""
+    """_codes of integers (ascending order), by numpy alone; ports by a table, not a sort."""
+    values = np.asarray(values, dtype=np.int64)
+    if len(values) and values.min() >= 0 and values.max() < 65536:
+        present = np.flatnonzero(np.bincount(values, minlength=65536))
+        remap = np.zeros(65536, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        return remap[values], present.tolist()
     uniq, dense = np.unique(values, return_inverse=True)
     return dense.reshape(-1).astype(np.int64), uniq.tolist()
 
@@ -154,8 +160,18 @@ class _Text:
 
 
 def _sums(np, g, c, b, p, f, nk):
-    # Sums per (g, c), sorted by g then c; f: flow counts already summed (None: one per row).
+    """Sums per (g, c), sorted by g then c; f: flow counts already summed (None: one per row)."""
     key = g * nk + c
+    cells = int(key.max()) + 1 if len(key) else 0
+    if cells <= 8 * len(key) + 4096:
+        # Dense enough for bincount (no sort). Bytes and packets in 32-bit halves, so each float
+        # sum stays below 2**53 and exact.
+        count = np.bincount(key, weights=f, minlength=cells) if f is not None else np.bincount(key, minlength=cells)
+        live = np.flatnonzero(count)
+        sb = _exact_sum(np, key, b, cells)[live]
+        sp = _exact_sum(np, key, p, cells)[live]
+        sf = count[live].astype(np.int64)
+        return live // nk, live % nk, sb, sp, sf
     order = np.argsort(key, kind="stable")
     k = key[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
@@ -165,6 +181,12 @@ def _sums(np, g, c, b, p, f, nk):
     return k[starts] // nk, k[starts] % nk, sb, sp, sf
 
 
+def _exact_sum(np, key, v, cells):
+    lo = np.bincount(key, weights=(v & 0xFFFFFFFF).astype(np.float64), minlength=cells).astype(np.int64)
+    hi = np.bincount(key, weights=(v >> 32).astype(np.float64), minlength=cells).astype(np.int64)
+    return (hi << 32) + lo
+
+
 def _select(np, cands, dim, g, c, b, p, f, text, top, minutes, agents, na):
     # The `top` keys of each group by bytes (ties: smaller text) into the candidate columns.
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])      # g comes sorted from _sums
@@ -172,22 +194,23 @@ def _select(np, cands, dim, g, c, b, p, f, text, top, minutes, agents, na):
     if size.max() <= top:
         _emit(np, cands, dim, g, c, b, p, f, text, minutes, agents, na)
         return
-    order = np.lexsort((c, -b, g))           # group, most bytes first (code order within ties)
-    g, c, b, p, f = g[order], c[order], b[order], p[order], f[order]
-    pos = np.arange(len(g)) - np.repeat(starts, size)
-    keep = pos < top
-    # Where the cut splits keys of equal bytes, the smaller texts must win: redo those groups.
-    full = starts[size > top]
-    tied = full[b[full + top - 1] == b[full + top]] if len(full) else full
-    for s in tied.tolist():
-        e = s + int(size[np.searchsorted(starts, s)])
-        cut = b[s + top - 1]
-        at = [i for i in range(s, e) if b[i] == cut]
-        above = top - sum(1 for i in range(s, e) if b[i] > cut)
-        chosen = set(sorted(at, key=lambda i: text[c[i]])[:above])
-        for i in at:
-            keep[i] = i in chosen
+    keep = np.ones(len(g), dtype=bool)
+    for s, n in zip(starts[size > top].tolist(), size[size > top].tolist()):
+        keep[s:s + n] = _keep_top(np, b[s:s + n], c[s:s + n], text, top)
     _emit(np, cands, dim, g[keep], c[keep], b[keep], p[keep], f[keep], text, minutes, agents, na)
+
+
+def _keep_top(np, b, c, text, top):
+    # Mask of the `top` entries with the most bytes; at a tie on the cut, the smaller texts.
+    cut = np.partition(b, len(b) - top)[len(b) - top]
+    keep = b > cut
+    room = top - int(keep.sum())
+    at = np.flatnonzero(b == cut)
+    if len(at) <= room:
+        keep[at] = True
+    else:
+        keep[sorted(at.tolist(), key=lambda i: text[c[i]])[:room]] = True
+    return keep
 
 
 def _emit(np, cands, dim, g, c, b, p, f, text, minutes, agents, na):
