@@ -147,13 +147,30 @@ def pids_named(name):
     return out
 
 
+def agent_ids(n, processors):
+    """n agent ids that the collector's routing (crc32 of the id) spreads evenly over processors.
+
+    With two agents named at random, both land on one processor half of the time, and the run
+    measures one core; real deployments have many agents, which spread.
+    """
+    import zlib
+    out, i = [], 0
+    while len(out) < n:
+        a = "soak-%d" % i
+        if zlib.crc32(a.encode()) % processors == len(out) % processors:
+            out.append(a)
+        i += 1
+    return out
+
+
 class Soak:
     """One collector, its servers and the measurements of one steady run."""
 
     def __init__(self, args, work):
         self.args, self.work = args, Path(work)
         from cryptography.fernet import Fernet
-        self.keys = {"soak-%d" % i: Fernet.generate_key().decode() for i in range(args.agents)}
+        procs = int(next((v.split("=", 1)[1] for v in args.set if v.startswith("processors_number=")), 2))
+        self.keys = {a: Fernet.generate_key().decode() for a in agent_ids(args.agents, procs)}
         from tests.integration.services import start_services
         self.servers = start_services(["pg", "influx"], watch_pid=os.getpid())
         self.metrics = "127.0.0.1:%d" % _free_tcp()

@@ -186,10 +186,10 @@ class ProcessorThread(threading.Thread):
         self._retrying(lambda: self.journal.commit(None, [], state), "a new agent's sequence state")
         self._committed = state
 
-    def _encode(self, encoder, rows, events):
+    def _encode(self, encoder, rows, events, columns):
         if encoder is not None:
             try:
-                return encoder(rows, events)
+                return encoder(rows, events, columns=columns)
             except Exception as exc:  # noqa: BLE001 - the writer then judges the rows itself
                 log.warning("%s: cannot prepare a batch for its writer (%s): spooled as JSON", self.name, exc)
         return encode_batch(rows, events) if self.pipeline is not None else encode_batch(rows)
@@ -200,9 +200,11 @@ class ProcessorThread(threading.Thread):
         name, datas = None, []
         if rows or events:
             encoded = {}            # encoder -> bytes: each format made once per batch
+            # Transposed once for every encoder (each would otherwise do it: ~0.5 µs a flow).
+            columns = list(zip(*rows)) if rows and any(self.encoders) else None
             for encoder in self.encoders:
                 if encoder not in encoded:
-                    encoded[encoder] = self._encode(encoder, rows, events)
+                    encoded[encoder] = self._encode(encoder, rows, events, columns)
                 datas.append(encoded[encoder])
             name = batch_name()
         state = self.proc.snapshot()

@@ -53,10 +53,11 @@ class Writer:
 
     @classmethod
     def spool_encoder(cls, options):
-        """A function (rows, events) -> prepared batch bytes for this writer's spool, or None.
+        """A function (rows, events, columns=None) -> prepared batch bytes for this writer's spool, or None.
 
         Writers that return one also implement write_prepared(); processors then encode their
         batches for this writer (in parallel, in processor processes) instead of as JSON.
+        columns: the rows transposed once (list(zip(*rows))) for all the encoders of a batch.
         """
         return None
 

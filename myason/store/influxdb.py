@@ -140,7 +140,7 @@ def aggregate(rows, interval, extra=()):
     return totals, skipped
 
 
-def aggregate_fast(rows, interval, extra_cols):
+def aggregate_fast(rows, interval, extra_cols, columns=None):
     """aggregate() with the compiled kernel, for extra tags that are plain columns (row indexes).
 
     The same totals (tested); None when the kernels are missing or a value does not fit the
@@ -153,7 +153,7 @@ def aggregate_fast(rows, interval, extra_cols):
     import numpy as np
     n = len(rows)
     try:
-        cols = list(zip(*rows))
+        cols = columns if columns is not None else list(zip(*rows))
         iface = [a or b for a, b in zip(cols[I_IF_NAME], cols[I_IN_IF])]
         extras = zip(*(cols[i] for i in extra_cols)) if extra_cols else repeat(())
         series = {}         # ident -> index of its first row
@@ -555,8 +555,8 @@ class InfluxDBWriter(Writer):
         w = cls(**dict(options, fsync=False, state_file=None))     # parses and checks the options
         interval = w.interval
 
-        def prepare(rows, events=()):
-            is_enriched, totals, skipped = w.totals(rows)
+        def prepare(rows, events=(), columns=None):
+            is_enriched, totals, skipped = w.totals(rows, columns)
             header = {"rows": len(rows), "enriched": is_enriched, "skipped": skipped, "interval": interval,
                       "totals": [[*k[:5], list(k[5]), *v] for k, v in totals.items()], "events": list(events)}
             return encode_prepared(header, b"")
@@ -570,11 +570,14 @@ class InfluxDBWriter(Writer):
         is_enriched, totals, skipped = self.totals(rows)
         self._send(batch_id, totals, self.enriched_names if is_enriched else self.extra_names, events, skipped)
 
-    def totals(self, rows):
-        """(enriched?, totals, skipped) of a batch: aggregate_fast when it can, else aggregate."""
+    def totals(self, rows, columns=None):
+        """(enriched?, totals, skipped) of a batch: aggregate_fast when it can, else aggregate.
+
+        columns: the rows already transposed, when the caller has them.
+        """
         is_enriched = bool(rows) and len(rows[0]) == len(ENRICHED_ROW_FIELDS)
         cols = self.enriched_cols if is_enriched else self.extra_cols
-        got = aggregate_fast(rows, self.interval, cols) if cols is not None else None
+        got = aggregate_fast(rows, self.interval, cols, columns) if cols is not None else None
         if got is None:
             got = aggregate(rows, self.interval, self.enriched_fns if is_enriched else self.extra_fns)
         return (is_enriched,) + got

@@ -59,20 +59,20 @@ def event_params(event):
     return tuple(cols[c] for c in EVENT_COLUMNS) + (dumps(event).decode(),)
 
 
-def prepare_batch(rows, events=(), top=25):
+def prepare_batch(rows, events=(), top=25, columns=None):
     """A spool batch for this writer, encoded by the processor (see Writer.spool_encoder).
 
     Binary COPY data plus what write_prepared needs to know without the rows: their count, UTC
     days (partitions), the batch's rollup partials (myason.store.rollup_batch, `top` candidates
     per list) and the IDEA events. Raises what encode_binary raises for a value PostgreSQL could
-    not take.
+    not take. columns: the rows already transposed (list(zip(*rows))), when the caller has them.
     """
     enriched = bool(rows) and len(rows[0]) == _NCOLS_ENRICHED
     ncols = _NCOLS_ENRICHED if enriched else _NCOLS
     if set(map(len, rows)) - {ncols}:
         raise ValueError("a row does not have %d values" % ncols)
     days, _ = batch_buckets(rows)
-    cols = list(zip(*rows)) if rows else None
+    cols = columns if columns is not None or not rows else list(zip(*rows))
     totals, cands = batch_partials(rows, top, "postgresql", cols)
     header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days],
               "totals": totals, "candidates": cands, "events": list(events)}
