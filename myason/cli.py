@@ -548,7 +548,7 @@ def format_collector_summary(summary):
     maintenance = s.get("maintenance") or {}
     for rows in maintenance.values():
         rows["last_run"] = _utc(rows.get("last_run"))
-    for key, first in (("writers", "writer"), ("spool", "spool"), ("maintenance", "maintenance")):
+    for key, first in (("writers", "writer"), ("spool", "spool"), ("capacity", "spool"), ("maintenance", "maintenance")):
         rows = s.pop(key, None) or {}
         if rows:
             lines.append("")

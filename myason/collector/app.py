@@ -16,6 +16,7 @@ import threading
 import time
 
 from myason.collector import journal
+from myason.collector.capacity import CapacityPlanner
 from myason.collector.journal import load_sequences, sequence_file
 from myason.collector.listener import Listener, RoutingQueue
 from myason.collector.processor import DONE, RELOAD, ProcessorThread, build_processor, spool_encoders
@@ -29,10 +30,15 @@ log = logging.getLogger("myason.collector")
 # Metrics that go up and down; everything else in stats() is a counter.
 GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spool_bytes", "spool_errors",
           "maintenance_rollup_lag_seconds", "maintenance_last_run", "maintenance_busy", "maintenance_connected",
-          "maintenance_running_seconds",
+          "maintenance_running_seconds", "capacity_rows_per_second", "capacity_spool_growth_bytes_per_second",
+          "capacity_spool_seconds_to_full", "capacity_spool_growing",
           "queue_depth", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled",
           # A late datagram that fills a gap takes one back: not a counter.
           "agents_gaps")
+
+
+# Seconds between the capacity planner's samples of spool bytes and rows stored.
+CAPACITY_EVERY = 10.0
 
 
 def _put_while(q, item, alive, step=0.5):
@@ -62,6 +68,7 @@ class CollectorApp:
         self.ready = threading.Event()
         self.queues = []
         self.maintenance = []
+        self.capacity = None
 
     def install_signals(self):
         """SIGTERM/SIGINT: stop receiving; everything received is still stored. SIGHUP: reload."""
@@ -168,6 +175,8 @@ class CollectorApp:
             from myason.metrics import serve
             metrics_server, _ = serve(self.cfg.metrics, stats, gauges=GAUGES, status_fn=status)
         health = self._start_health(stats, spools)
+        self.capacity = CapacityPlanner(self.cfg.spool_max_bytes)
+        next_capacity = 0.0
         tune_gc()
         self.ready.set()
         next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
@@ -189,6 +198,9 @@ class CollectorApp:
                 log.critical("%s stopped unexpectedly (%s): stopping the collector",
                              ", ".join(t.name for t in dead), "; ".join(repr(t.error) for t in dead))
                 self.stop_listening.set()
+            if time.monotonic() >= next_capacity:
+                self._observe_capacity(writers)
+                next_capacity = time.monotonic() + CAPACITY_EVERY
             if next_stats and time.monotonic() >= next_stats:
                 log.info("stats %s", stats())
                 next_stats = time.monotonic() + self.cfg.stats_interval if self.cfg.stats_interval else None
@@ -217,6 +229,19 @@ class CollectorApp:
             metrics_server.shutdown()
         failed = [t for t in writers + maintenance + procs + [self.listener] if t.error]
         return 1 if failed or dead else 0
+
+    @staticmethod
+    def _spool_writers(writers):
+        """{spool name: (spool, [writer threads])}: a spool's writers store into the same store."""
+        out = {}
+        for w in writers:
+            name = os.path.basename(w.spool.path)
+            out.setdefault(name, (w.spool, []))[1].append(w)
+        return out
+
+    def _observe_capacity(self, writers):
+        for name, (spool, threads) in self._spool_writers(writers).items():
+            self.capacity.observe(name, spool.current_bytes(), sum(t.rows for t in threads))
 
     def _start_health(self, stats, spools):
         if not self.cfg.health_interval:
@@ -304,8 +329,10 @@ class CollectorApp:
         s["writers"] = {w.writer.name: {"batches": w.batches, "rows": w.rows, "events": w.events,
                                         "errors": w.errors,
                                  "failed_batches": w.failed_batches, "latency_seconds": w.latency,
-                                 "connected": int(w.connected)}
+                                 "write_seconds": round(w.write_seconds, 3), "connected": int(w.connected)}
                         for w in writers}
+        if self.capacity is not None:
+            s["capacity"] = {name: self.capacity.figures(name) for name in self._spool_writers(writers)}
         s["spool"] = {os.path.basename(sp.path): {"waiting": sp.depth()[0], "bytes": sp.current_bytes(),
                                                   "errors": sp.depth()[2]}
                       for sp in {id(w.spool): w.spool for w in writers}.values()}

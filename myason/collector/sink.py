@@ -30,6 +30,7 @@ class WriterThread(threading.Thread):
         self.errors = 0
         self.failed_batches = 0
         self.latency = 0.0          # seconds the last successful write took
+        self.write_seconds = 0.0    # all successful writes together (per-row cost over time)
         self.connected = False
         self._limiter = RateLimiter(10.0)
         self.error = None
@@ -86,6 +87,7 @@ class WriterThread(threading.Thread):
                 t0 = time.monotonic()
                 self.writer.write_prepared(name, header, payload)
                 self.latency = time.monotonic() - t0
+                self.write_seconds += self.latency
                 rows, events = range(header["rows"]), header.get("events", ())
             else:
                 rows, events = decode_batch_events(data)
@@ -98,6 +100,7 @@ class WriterThread(threading.Thread):
                 else:
                     self.writer.write(name, rows)
                 self.latency = time.monotonic() - t0
+                self.write_seconds += self.latency
         except WriterError as exc:
             self.errors += 1
             if exc.permanent:

@@ -82,7 +82,7 @@ def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
     rows = doc_table("## 2. Summary at exit", "key", "type", "unit", "meaning")
     assert set(summary) == set(rows)
     for key, nested in (("agents", summary["agents"]), ("writers", summary["writers"]), ("spool", summary["spool"]),
-                        ("maintenance", summary["maintenance"])):
+                        ("maintenance", summary["maintenance"]), ("capacity", summary["capacity"])):
         assert nested, key
         for inner in nested.values():
             assert set(inner) == quoted(rows[key][3]), key
