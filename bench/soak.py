@@ -16,7 +16,7 @@ stored = sent, no duplicates (counts equal), every store's totals equal.
 
 The senders encrypt live (that is the agents' work, so it costs CPU here too) but cheaply: each
 keeps a pool of pre-compressed flow blocks (renewed with fresh times every 20 s) and per datagram
-only compresses the small header part, appends the block and encrypts (about 1 µs per flow).
+only writes the small header part as a stored deflate block, appends the block and encrypts.
 """
 import argparse
 import json
@@ -39,21 +39,34 @@ if str(ROOT) not in sys.path:
 from bench.collector import _tree, cpu_seconds, make_rows, scrape, udp_rcvbuf_errors  # noqa: E402
 
 POOL = 400          # flow blocks per sender pool
+_STORED_LEN = __import__("struct").Struct("<HH").pack
 POOL_EVERY = 20.0   # seconds between pool renewals (flow times stay fresh)
 
 
 # -- senders --------------------------------------------------------------------------------------
 
-def _blocks(agent, per, rnd, now):
-    """POOL pre-compressed raw-deflate blocks of `per` rows each, ending the plaintext: rows + ']}'."""
+def _blocks(rows_pool, per, now):
+    """POOL pre-compressed raw-deflate blocks of `per` rows each, ending the plaintext: rows + ']}'.
+
+    The rows are made once (make_rows is slow); each renewal only moves their times to `now`.
+    """
     from myason import wire
     out = []
-    for _ in range(POOL):
-        rows = make_rows(agent, per, rnd, now)
-        tail = b",".join(wire._dump_row(r) for r in rows) + b"]}"
+    for k in range(POOL):
+        rows = rows_pool[k * per:(k + 1) * per]
+        for r in rows:
+            r[8], r[9] = round(now - r[24], 6), round(now - r[25], 6)       # first, last
+        tail = b",".join(wire._dump_row(r[:23]) for r in rows) + b"]}"
         c = zlib.compressobj(wire.COMPRESS_LEVEL, zlib.DEFLATED, -15)
         out.append((tail, c.compress(tail) + c.flush()))
     return out
+
+
+def _rows_pool(agent, per, rnd):
+    # Rows plus each one's age of first and last (columns 24 and 25 here, cut before sending).
+    now = time.time()
+    rows = make_rows(agent, POOL * per, rnd, now)
+    return [r + [0, now - r[8], now - r[9]] for r in rows]
 
 
 def sender(agent, key, port, rate, duration, per, start_at, report):
@@ -66,7 +79,8 @@ def sender(agent, key, port, rate, duration, per, start_at, report):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     dest = ("127.0.0.1", port)
-    pool, pool_at = _blocks(agent, per, rnd, time.time()), time.monotonic()
+    rows_pool = _rows_pool(agent, per, rnd)
+    pool, pool_at = _blocks(rows_pool, per, time.time()), time.monotonic()
     while time.time() < start_at:
         time.sleep(0.001)
     t0 = time.monotonic()
@@ -75,17 +89,16 @@ def sender(agent, key, port, rate, duration, per, start_at, report):
     while sent_flows < total:
         now = time.monotonic()
         if now - pool_at >= POOL_EVERY:
-            pool, pool_at = _blocks(agent, per, rnd, time.time()), now
+            pool, pool_at = _blocks(rows_pool, per, time.time()), now
         due = min(total, int(rate * (now - t0)))
         burst = 0
         while sent_flows < due and burst < 256:
             tail, deflated = pool[seq % POOL]
             sent = time.time()
             prefix = b'{"v":1,"agent":%b,"seq":%d,"sent":%b,"flows":[' % (agent_json, seq, wire._dumps(sent))
-            c = zlib.compressobj(wire.COMPRESS_LEVEL, zlib.DEFLATED, -15)
-            # A zlib stream: header, the prefix's blocks ending byte-aligned (full flush, not
-            # final), the block's own final blocks, and the Adler-32 of the whole plaintext.
-            body = (b"\x78\x9c" + c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH) + deflated
+            # A zlib stream: header, the prefix as one stored (uncompressed, not final) deflate
+            # block, the pool's compressed final blocks, and the Adler-32 of the whole plaintext.
+            body = (b"\x78\x9c\x00" + _STORED_LEN(len(prefix), 0xFFFF ^ len(prefix)) + prefix + deflated
                     + zlib.adler32(tail, zlib.adler32(prefix)).to_bytes(4, "big"))
             try:
                 sock.sendto(wire._seal(head, body, f, None), dest)
@@ -176,6 +189,7 @@ class Soak:
         self.metrics = "127.0.0.1:%d" % _free_tcp()
         self.port = None
         self.proc = None
+        self.sender_pids = []
 
     def reset(self):
         import psycopg
@@ -258,11 +272,12 @@ class Soak:
                    for a, k in self.keys.items()]
         for s in senders:
             s.start()
+        self.sender_pids = [s.pid for s in senders]
         kernel0 = udp_rcvbuf_errors()
         t0 = start_at
         samples, prev_cpu, prev_t = [], None, None
         print("#    t  sent/s  stored/s    spool_MB lag_s roll_lag_s kdrop qdrop gaps   coll_MB  pg_MB influx_MB"
-              "  cpu%coll cpu%pg", flush=True)
+              "  cpu%coll cpu%pg cpu%ifx cpu%snd pg_us/row", flush=True)
         while any(s.is_alive() for s in senders) or not samples:
             time.sleep(max(0.0, t0 + (len(samples) + 1) * self.args.sample - time.time()))
             samples.append(self.sample(t0, rate, samples, prev_cpu, prev_t, out))
@@ -303,7 +318,9 @@ class Soak:
         m = scrape(self.metrics)
         tree = _tree(self.proc.pid)
         servers = self.server_pids()
-        cpu = {"coll": cpu_seconds(self.proc.pid), "pg": sum(cpu_seconds(p, tree=False) for p in servers["postgres"])}
+        cpu = {"coll": cpu_seconds(self.proc.pid), "pg": sum(cpu_seconds(p, tree=False) for p in servers["postgres"]),
+               "influx": sum(cpu_seconds(p, tree=False) for p in servers["influxd"]),
+               "send": sum(cpu_seconds(p, tree=False) for p in self.sender_pids)}
         now = time.time()
         s = {"t": round(now - t0, 1), "sent": int(rate * min(now - t0, self.args.duration_now)),
              "stored": int(m.get("writers_rows{key=\"postgresql-0\"}", 0) + m.get("writers_rows{key=\"postgresql-1\"}", 0)),
@@ -315,19 +332,25 @@ class Soak:
              "gaps": int(m.get("agents_gaps", 0)), "coll_mb": round(rss_mib(tree), 1),
              "pg_mb": round(rss_mib(servers["postgres"]), 1), "influx_mb": round(rss_mib(servers["influxd"]), 1),
              "_cpu": cpu}
+        write_s = sum(v for k, v in m.items() if k.startswith("writers_write_seconds{key=\"postgresql"))
+        s["_write_s"] = write_s
         if prev_cpu is not None:
             dt = now - prev_t
-            s["cpu_coll"] = round(100 * (cpu["coll"] - prev_cpu["coll"]) / dt, 1)
-            s["cpu_pg"] = round(100 * (cpu["pg"] - prev_cpu["pg"]) / dt, 1)
+            for k in cpu:
+                s["cpu_" + k] = round(100 * (cpu[k] - prev_cpu[k]) / dt, 1)
+            rows = s["stored"] - samples[-1]["stored"]
+            # The PostgreSQL writers' wall time per row stored: does COPY get dearer as tables grow?
+            s["pg_us_per_row"] = round(1e6 * (write_s - samples[-1]["_write_s"]) / rows, 2) if rows > 0 else None
         prev_stored = samples[-1]["stored"] if samples else 0
         prev_time = samples[-1]["t"] if samples else 0
         rate_stored = (s["stored"] - prev_stored) / max(0.1, s["t"] - prev_time)
-        print("%6.0f %7d %9.0f %10.1f %5.2f %10.1f %5d %5d %4d %9.1f %6.1f %9.1f %9s %6s" % (
+        print("%6.0f %7d %9.0f %10.1f %5.2f %10.1f %5d %5d %4d %9.1f %6.1f %9.1f %9s %6s %6s %6s %7s" % (
             s["t"], rate, rate_stored, s["spool_mb"], s["lag_s"], s["rollup_lag_s"], s["kernel_drops"],
             s["queue_dropped"], s["gaps"], s["coll_mb"], s["pg_mb"], s["influx_mb"], s.get("cpu_coll", "-"),
-            s.get("cpu_pg", "-")), flush=True)
+            s.get("cpu_pg", "-"), s.get("cpu_influx", "-"), s.get("cpu_send", "-"), s.get("pg_us_per_row", "-")),
+            flush=True)
         if out:
-            out.write(json.dumps({k: v for k, v in s.items() if k != "_cpu"}) + "\n")
+            out.write(json.dumps({k: v for k, v in s.items() if not k.startswith("_")}) + "\n")
             out.flush()
         return s
 
