@@ -71,9 +71,9 @@ def prepare_batch(rows, events=(), top=25, columns=None):
     ncols = _NCOLS_ENRICHED if enriched else _NCOLS
     if set(map(len, rows)) - {ncols}:
         raise ValueError("a row does not have %d values" % ncols)
-    days, _ = batch_buckets(rows)
     cols = columns if columns is not None or not rows else list(zip(*rows))
     totals, cands = batch_partials(rows, top, "postgresql", cols)
+    days = batch_days(totals)
     header = {"rows": len(rows), "enriched": enriched, "days": [d.isoformat() for d in days],
               "totals": totals, "candidates": cands, "events": list(events)}
     return encode_prepared(header, encode_binary(rows, enriched, cols) if rows else b"")
@@ -84,16 +84,14 @@ def partition_name(day):
     return "flows_p%s" % day.strftime("%Y%m%d")
 
 
-def batch_buckets(rows):
-    """(UTC days as datetime.date, 1m bucket starts) of the rows' `first`, both sorted.
+def batch_days(totals):
+    """UTC days (datetime.date, sorted) of the flows' `first` as PostgreSQL stores it, from the 1m totals.
 
-    As PostgreSQL stores the times (rollup.rounded_buckets): the day after is included for a time
-    in the last second of a day, so its partition exists.
+    The totals' minutes are those of the times rounded to microseconds as COPY stores them, so a
+    time in the last microsecond of a day is on the next day, whose partition then exists.
     """
-    secs = rollup.first_seconds(rows, _I["first"])
     epoch = dt.date(1970, 1, 1)
-    days = sorted(epoch + dt.timedelta(days=b // 86400) for b in rollup.rounded_buckets(secs, 86400))
-    return days, sorted(rollup.rounded_buckets(secs, 60))
+    return [epoch + dt.timedelta(days=d) for d in sorted({t[0] // 86400 for t in totals})]
 
 
 @register
@@ -221,8 +219,8 @@ class PostgresWriter(Writer):
                 data = encode_binary_enriched(rows) if self.copy_format == "binary" else encode_text_enriched(rows)
             else:
                 data = self._encode(rows)
-            days, _ = batch_buckets(rows)
             partials = batch_partials(rows, self.rollup_top, "postgresql")
+            days = batch_days(partials[0])
             params = [event_params(e) for e in events]
         except _ENCODE_ERRORS + (KeyError, IndexError) as exc:
             raise WriterError("postgresql: batch %s has a bad row: %s" % (batch_id, exc), permanent=True) from None

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import re
 import time
-from operator import itemgetter
 
 from myason.config import check_float, check_int
 from myason.errors import ConfigError
@@ -66,31 +65,6 @@ def service_ports() -> tuple:
     """
     from myason.enrich.service import builtin_table
     return tuple(sorted({port for _, port in builtin_table() if port >= 1024}))
-
-
-def minutes_sqlite(rows, i_first=8) -> set:
-    """Distinct 1m buckets of the rows' `first` (the writer's hot path: whole seconds first, then minutes)."""
-    return {s // 60 * 60 for s in set(map(int, map(itemgetter(i_first), rows)))}
-
-
-def first_seconds(rows, i_first=8) -> set:
-    """Distinct whole seconds of the rows' `first` (one C-level pass)."""
-    return set(map(int, map(itemgetter(i_first), rows)))
-
-
-def rounded_buckets(secs, step) -> set:
-    """Starts of the `step`-second buckets holding whole seconds `secs`, as PostgreSQL stores them.
-
-    COPY rounds times to microseconds, so a time in the last second of a bucket may round up into
-    the next one: that bucket is included too (an extra bucket is harmless: a clean minute
-    recomputed, an empty partition), which keeps this as cheap as minutes_sqlite.
-    """
-    return {s // step * step for s in secs} | {s + 1 for s in secs if s % step == step - 1}
-
-
-def minutes_postgresql(rows, i_first=8) -> set:
-    """Distinct 1m buckets of `first` as PostgreSQL stores it (see rounded_buckets)."""
-    return rounded_buckets(first_seconds(rows, i_first), 60)
 
 
 def enclosing(buckets, res) -> list:

@@ -53,6 +53,19 @@ def _codes(np, values):
     return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values)), distinct
 
 
+def _minute_codes(np, minute):
+    """(dense codes, the distinct minutes ascending) of minute starts, without a sort when close."""
+    lo = int(minute.min())
+    idx = (minute - lo) // 60
+    if int(idx.max()) < 1 << 16:
+        present = np.flatnonzero(np.bincount(idx))
+        remap = np.zeros(int(idx.max()) + 1, dtype=np.int64)
+        remap[present] = np.arange(len(present))
+        return remap[idx], present * 60 + lo
+    minutes, codes = np.unique(minute, return_inverse=True)
+    return codes.reshape(-1).astype(np.int64), minutes
+
+
 def _int_codes(np, values):
     """_codes of integers (ascending order), by numpy alone; ports by a table, not a sort."""
     values = np.asarray(values, dtype=np.int64)
@@ -97,8 +110,7 @@ def batch_partials(rows, top, kind, columns=None):
     nbytes = np.asarray(cols[_I["bytes"]], dtype=np.int64)
     packets = np.asarray(cols[_I["packets"]], dtype=np.int64)
     agent_code, agents = _codes(np, cols[_I["agent"]])
-    minutes, mcode = np.unique(minute, return_inverse=True)
-    mcode = mcode.reshape(-1).astype(np.int64)
+    mcode, minutes = _minute_codes(np, minute)
     na = len(agents)
     group = mcode * na + agent_code                 # (minute, agent), dense
     proto = np.asarray(cols[_I["proto"]], dtype=np.int64)
@@ -110,7 +122,8 @@ def batch_partials(rows, top, kind, columns=None):
         if dim == "service_port":
             values = service_ports_of(np, proto, src_port, dst_port)
             keep = values >= 0
-            codes, keys = _int_codes(np, values)
+            # Rows without a port are left out by `keep`; 0 keeps the codes in the ports' table.
+            codes, keys = _int_codes(np, np.where(keep, values, 0))
         elif dim in ("src_port", "dst_port"):
             codes, keys = _int_codes(np, src_port if dim == "src_port" else dst_port)
             keep = None

@@ -177,7 +177,7 @@ class SqliteDialect(_Dialect):
     kind = "sqlite"
 
     def bucket(self, col, step):
-        # Whole seconds first, so the bucket agrees exactly with minutes_sqlite() and the range filter.
+        # Whole seconds first, so the bucket agrees exactly with rollup_batch.minute_buckets and the range filter.
         return "CAST(%s AS INTEGER) / %d * %d" % (col, step, step)
 
 

@@ -276,10 +276,13 @@ def test_retention_drops_whole_partitions(pg):
     assert w.drop_partitions_before(today - dt.timedelta(days=3)) == [dt.date(2023, 11, 16)]
     assert count(pg) == 40
     w.close()
-    # The option does the same at open (and hourly), relative to the writer's clock.
+    # The option does the same in the hourly housekeeping (the collector's maintenance thread),
+    # relative to the writer's clock; opening alone drops nothing.
     w = PostgresWriter(dsn=pg, retention_days=1)
     w.clock = lambda: now
     w.open()
+    assert len(w.partitions()) == 4
+    w.housekeeping()
     assert w.partitions() == [dt.date(2023, 11, 19), today]
     assert count(pg) == 20
     # A late batch for a dropped day gets its partition back (and loses it at the next pass).

@@ -311,18 +311,17 @@ def test_bucket_math():
 
 
 def test_minutes_follow_what_each_database_stores():
-    rows = [[0] * 8 + [t] for t in (T0 + 59.9999996, T0 + 59.4, T0 + 120.0)]
-    assert rollup.minutes_sqlite(rows) == {T0, T0 + 120}
-    # PostgreSQL rounds to microseconds, so 59.9999996 s is stored as 60 s: both minutes are marked.
-    assert rollup.minutes_postgresql(rows) == {T0, T0 + 60, T0 + 120}
-    assert rollup.minutes_postgresql([[0] * 8 + [T0 + 58.4]]) == {T0}
-
-
-def test_postgresql_minutes_cover_the_rounded_time():
+    # The batch partials bucket each flow as its database stores it: PostgreSQL rounds to
+    # microseconds (59.9999996 s is stored as 60 s), SQLite keeps the float (whole seconds).
+    import numpy as np
+    from myason.store.rollup_batch import minute_buckets
+    firsts = np.array([T0 + 59.9999996, T0 + 59.4, T0 + 120.0, T0 + 58.4])
+    assert minute_buckets(np, firsts, "sqlite").tolist() == [T0, T0, T0 + 120, T0]
+    assert minute_buckets(np, firsts, "postgresql").tolist() == [T0 + 60, T0, T0 + 120, T0]
     rnd = random.Random(0)
     for _ in range(2000):
         t = T0 + rnd.randrange(600) + rnd.choice((0.0, 0.9999995, 0.99999949, 0.9999999, rnd.random()))
-        assert round(t * 1e6) // 60000000 * 60 in rollup.minutes_postgresql([[0] * 8 + [t]])
+        assert minute_buckets(np, np.array([t]), "postgresql")[0] == round(t * 1e6) // 60000000 * 60
 
 
 def test_partitions_are_named_and_bounded():
