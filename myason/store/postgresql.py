@@ -161,6 +161,9 @@ class PostgresWriter(Writer):
         conn = self._conn
         applied = []
         with _tx(conn):
+            # Under the lock too: two connections opening at once (a writer and its maintenance)
+            # both pass IF NOT EXISTS and the second fails on the catalogue's unique index.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
                          " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
         for version, name, sql in load_migrations("postgresql"):

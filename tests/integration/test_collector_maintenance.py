@@ -49,4 +49,4 @@ def test_a_maintenance_held_up_does_not_hold_up_ingest(tmp_path, servers):
         assert totals == 520 * ROWS_PER_DATAGRAM
         assert c.stop() == 0, c.log()
     summary = c.summary()
-    assert summary["maintenance"]["postgresql"]["errors"] == 0
+    assert summary["maintenance"]["postgresql"]["errors"] == 0, c.log()

@@ -37,7 +37,7 @@ def test_status_reports_stages_and_drained_only_when_every_flow_is_stored(tmp_pa
         port = c.metrics_port
         code, status = wait_until(lambda: get(port, "/healthz"), timeout=10, ignore=(OSError,))
         assert code == 200 and status["healthy"] and status["ready"] and status["drained"]
-        assert set(status["stages"]) == {"listener", "processor-0", "writer-sqlite"}
+        assert set(status["stages"]) == {"listener", "processor-0", "writer-sqlite", "maintenance-sqlite"}
         s.send(20)
         wait_until(lambda: len(sqlite_rows(db)) == 20 * ROWS_PER_DATAGRAM, timeout=30)
         assert wait_until(lambda: get(port, "/status")[1]["drained"], timeout=10)

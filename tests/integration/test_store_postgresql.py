@@ -142,6 +142,29 @@ def test_migrate_twice_is_a_no_op(writer, pg):
     assert types["bytes"] == "bigint" and types["proto"] == "smallint"
 
 
+def test_writers_opening_a_fresh_database_at_once_all_succeed(pg):
+    # A writer and its maintenance thread open together at start: both ran CREATE TABLE IF NOT
+    # EXISTS schema_migrations and one failed on the catalogue's unique index.
+    writers = [PostgresWriter(dsn=pg) for _ in range(4)]
+    errors, go = [], threading.Barrier(len(writers))
+
+    def open_one(w):
+        go.wait()
+        try:
+            w.open()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+    threads = [threading.Thread(target=open_one, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for w in writers:
+        w.close()
+    assert errors == []
+    assert [v for v, in query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer, pg):
     writer.write("ix", make_rows(30, t=T0 - DAY + 3600, span=2 * DAY))      # 14, 15, 16 Nov
     writer.index_closed_partitions(today=dt.date(2023, 11, 16))
