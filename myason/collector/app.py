@@ -18,7 +18,8 @@ import time
 from myason.collector import journal
 from myason.collector.capacity import CapacityPlanner
 from myason.collector.journal import load_sequences, sequence_file
-from myason.collector.listener import Listener, RoutingQueue
+from myason.collector.intake import ByteBudget, RoutingQueue, SourceLimiter
+from myason.collector.listener import LIST_MAX_BYTES, Listener
 from myason.collector.processor import DONE, RELOAD, ProcessorThread, build_processor, spool_encoders
 from myason.collector.sink import WriterThread
 from myason.collector.spool import writer_spool
@@ -32,7 +33,7 @@ GAUGES = ("writers_latency_seconds", "writers_connected", "spool_waiting", "spoo
           "maintenance_rollup_lag_seconds", "maintenance_last_run", "maintenance_busy", "maintenance_connected",
           "maintenance_running_seconds", "capacity_rows_per_second", "capacity_spool_growth_bytes_per_second",
           "capacity_spool_seconds_to_full", "capacity_spool_growing",
-          "queue_depth", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled",
+          "queue_depth", "queue_bytes", "agents_last_seen", "processors_alive", "processors_blocked", "processors_stalled",
           # A late datagram that fills a gap takes one back: not a counter.
           "agents_gaps")
 
@@ -138,9 +139,10 @@ class CollectorApp:
         if self.cfg.process_mode:
             from myason.collector.workers import ProcessGroup
             group = ProcessGroup(self.cfg, self.cfg.packet_queue, state, spools)
-            queues = group.queues
+            queues, budgets = group.queues, group.budgets
         else:
             queues = [queue.Queue(self.cfg.packet_queue) for _ in range(self.cfg.processors_number)]
+            budgets = [ByteBudget(self.cfg.queue_max_bytes) for _ in queues]
             procs = []
             for i, q in enumerate(queues):
                 dp, pipeline, detectors = build_processor(self.cfg, state)
@@ -150,13 +152,15 @@ class CollectorApp:
                                              detect_clock=self.cfg.detect_clock,
                                              reload=make_reloader(self.cfg),
                                              encoders=spool_encoders(self.cfg), policy=self.cfg.spool_policy,
-                                             stopping=self.stop_listening))
-        self.queues = queues
+                                             stopping=self.stop_listening, budget=budgets[i]))
+        self.queues, self.budgets = queues, budgets
         if state:
             log.info("sequence numbers of %d agents carried over from the last run", len(state))
-        router = RoutingQueue(queues, block=block, stopping=self.stop_listening)
-        self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, router,
-                                 self.stop_listening, self.cfg.rcvbuf, self.cfg.max_datagram, self.reuseport)
+        router = RoutingQueue(queues, budgets, block=block, stopping=self.stop_listening)
+        limiter = SourceLimiter(self.cfg.source_rate, self.cfg.source_burst) if self.cfg.source_rate else None
+        self.listener = Listener(self.cfg.bind_address, self.cfg.bind_port, router, self.stop_listening,
+                                 self.cfg.rcvbuf, self.cfg.max_datagram, self.reuseport, limiter=limiter,
+                                 list_max_bytes=min(LIST_MAX_BYTES, self.cfg.queue_max_bytes // 8))
         if group is not None:
             group.start()
         for t in writers + maintenance + ([] if group else procs) + [self.listener]:
@@ -338,6 +342,7 @@ class CollectorApp:
                       for sp in {id(w.spool): w.spool for w in writers}.values()}
         s["maintenance"] = {m.name[len("maintenance-"):]: m.snapshot() for m in getattr(self, "maintenance", ())}
         s["queue_depth"] = sum(_qsize(q) for q in self.queues)
+        s["queue_bytes"] = sum(b.queued for b in getattr(self, "budgets", ()))
         s["processors_alive"] = sum(1 for p in procs if p.is_alive())
         return s
 

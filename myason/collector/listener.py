@@ -13,12 +13,11 @@ import socket
 import struct
 import threading
 import time
-import zlib
-
-from myason import wire
-from myason.errors import WireError
 
 log = logging.getLogger("myason.collector.listener")
+
+# Bytes of datagrams in one list handed to the processors (see Listener.list_max_bytes).
+LIST_MAX_BYTES = 1 << 20
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -56,11 +55,19 @@ def open_socket(host, port, rcvbuf, reuseport=False):
 class Listener(threading.Thread):
     """Receives on every bound socket and queues lists of (datagram, sender address, time)."""
 
-    def __init__(self, addresses, port, outbox, stop, rcvbuf=16 << 20, max_datagram=16384, reuseport=False):
+    def __init__(self, addresses, port, outbox, stop, rcvbuf=16 << 20, max_datagram=16384, reuseport=False,
+                 limiter=None, list_max_bytes=LIST_MAX_BYTES):
         super().__init__(name="listener", daemon=True)
         self.outbox, self.stop = outbox, stop
         self.max_datagram = max_datagram
+        # A list handed on holds at most this many bytes of datagrams (and _DRAIN_MAX + 1 of
+        # them): the listener's own memory stays small however big the datagrams are.
+        self.list_max_bytes = list_max_bytes
+        # Per-source rate limits (myason.collector.intake.SourceLimiter), before anything else.
+        self.limiter = limiter
         self.socks = [open_socket(h, port, rcvbuf, reuseport) for h in addresses]
+        self._buf = bytearray(max_datagram + 1)     # +1: a datagram that fills it is oversized
+        self._view = memoryview(self._buf)
         self.datagrams = 0
         self.bytes = 0
         self.oversized = 0
@@ -123,15 +130,32 @@ class Listener(threading.Thread):
             if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
                 self.kernel_drops[s.fileno()] = _U32.unpack_from(value)[0]
         self._accept(batch, data, addr, now)
-        recv = s.recvfrom
+        # The rest into one reused buffer: a datagram the limits refuse costs no allocation, so a
+        # flood from one source is thrown away at the rate the kernel hands it over.
+        buf, mv = self._buf, self._view
+        recv_into = s.recvfrom_into
+        allow = self.limiter.allow if self.limiter is not None else None
+        max_datagram = self.max_datagram
+        size, cap = len(data), self.list_max_bytes
+        n_in = n_bytes = 0
         for _ in range(_DRAIN_MAX):
+            if size >= cap:
+                break
             try:
-                data, addr = recv(bufsize)
-            except (BlockingIOError, InterruptedError):
+                n, addr = recv_into(buf)
+            except OSError:         # BlockingIOError (drained), InterruptedError, ICMP errors
                 break
-            except OSError:
-                break
-            self._accept(batch, data, addr, now)
+            n_in += 1
+            n_bytes += n
+            if n > max_datagram:
+                self.oversized += 1
+                continue
+            if allow is not None and not allow(addr[0], now):
+                continue
+            batch.append((bytes(mv[:n]), addr[0], now))
+            size += n
+        self.datagrams += n_in
+        self.bytes += n_bytes
         return batch
 
     def _accept(self, batch, data, addr, now):
@@ -140,66 +164,14 @@ class Listener(threading.Thread):
         if len(data) > self.max_datagram:
             self.oversized += 1
             return
+        if self.limiter is not None and not self.limiter.allow(addr[0], now):
+            return
         batch.append((data, addr[0], now))
 
     def stats(self):
         """Counters for the summary and metrics."""
+        limiter = self.limiter
         return {"datagrams": self.datagrams, "bytes": self.bytes, "oversized": self.oversized,
-                "queue_dropped": self.queue_dropped, "kernel_drops": sum(self.kernel_drops.values())}
-
-
-class RoutingQueue:
-    """What the listener puts into: routes each datagram to its agent's processor queue.
-
-    With `block` (spool policy block), a full processor queue makes the listener wait, so a
-    backlog waits in the kernel's receive buffer (what overflows it is counted as kernel drops)
-    instead of being received and thrown away. Without it (spool policy reject), a full queue
-    drops only that processor's part of the list, counted in `dropped` (the listener adds it
-    to its queue_dropped counter). Once `stopping` is set a wait lasts at most STOP_WAIT
-    seconds: a processor that died cannot take its part any more.
-    """
-
-    STOP_WAIT = 10.0
-
-    def __init__(self, queues, block=False, stopping=None):
-        # The list itself, not a copy: a restarted processor process gets a new queue in it.
-        self.queues = queues
-        self.block = block
-        self.stopping = stopping if stopping is not None else threading.Event()
-        self.dropped = 0
-        self.waited = 0.0           # seconds the listener waited for a processor queue
-
-    def put_nowait(self, batch):
-        """Split a drained list by agent (crc32 of the id) and queue the parts; never raises."""
-        n = len(self.queues)
-        if n == 1:
-            parts = [batch]
-        else:
-            parts = [[] for _ in self.queues]
-            for item in batch:
-                try:
-                    agent = wire.peek_agent(item[0])
-                except WireError:
-                    agent = ""          # the processor counts it by reason
-                parts[zlib.crc32(agent.encode()) % n].append(item)
-        for i, part in enumerate(parts):
-            if part:
-                self._put(i, part)
-
-    def _put(self, i, part):
-        if not self.block:
-            try:
-                self.queues[i].put_nowait(part)
-            except queue.Full:
-                self.dropped += len(part)
-            return
-        t0 = time.monotonic()
-        while True:
-            try:
-                self.queues[i].put(part, timeout=0.2)
-                break
-            except queue.Full:
-                if self.stopping.is_set() and time.monotonic() - t0 > self.STOP_WAIT:
-                    self.dropped += len(part)
-                    break
-        self.waited += time.monotonic() - t0
+                "queue_dropped": self.queue_dropped, "kernel_drops": sum(self.kernel_drops.values()),
+                "rate_limited": limiter.dropped if limiter is not None else 0,
+                "rate_limited_by_network": dict(limiter.by_network) if limiter is not None else {}}

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 
+from myason.collector.intake import nbytes
 from myason.collector.journal import BatchJournal
 from myason.collector.spool import batch_name
 from myason.logs import RateLimiter
@@ -44,7 +45,7 @@ class ProcessorThread(threading.Thread):
 
     def __init__(self, name, proc, inbox, spools, batch_rows, batch_interval, state_path=None, fsync=False,
                  pipeline=None, detectors=None, detect_clock="wall", reload=None, report=None, encoders=None,
-                 policy="block", stopping=None):
+                 policy="block", stopping=None, budget=None):
         super().__init__(name=name, daemon=True)
         self.proc, self.inbox, self.spools = proc, inbox, list(spools)
         self.journal = BatchJournal(self.spools, state_path, fsync)
@@ -52,6 +53,8 @@ class ProcessorThread(threading.Thread):
         # at the end (processor processes send their counters to the parent this way).
         self.reload, self.report = reload, report
         self.policy = policy
+        # The bytes queued for this processor (intake.ByteBudget): given back as lists are taken.
+        self.budget = budget
         # Set when the collector stops: the queue is then drained whatever the spools' cap.
         self.stopping = stopping if stopping is not None else threading.Event()
         self._carried = []          # events of replaced detectors, committed with the next batch
@@ -132,6 +135,8 @@ class ProcessorThread(threading.Thread):
             items = self.inbox.get(timeout=timeout)
         except queue.Empty:
             return []
+        if self.budget is not None and isinstance(items, list):
+            self.budget.give(nbytes(items))
         if self.policy == "reject" and isinstance(items, list):
             full = self._full()
             if full is not None:
@@ -240,6 +245,8 @@ class ProcessorThread(threading.Thread):
                 if self._limiter.allow("commit"):
                     log.error("%s: cannot write to the spools (%s): holding %s and the intake, retrying "
                               "(%d failures so far)", self.name, exc, what, self.commit_errors)
+                if self.report is not None:
+                    self.report(self.snapshot())    # a child's parent learns of the stall now, not after it
                 time.sleep(delay)
                 delay = min(delay * 2, COMMIT_BACKOFF[1])
         if first_error is not None:

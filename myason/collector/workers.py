@@ -23,6 +23,7 @@ import threading
 import time
 
 from myason.collector import journal
+from myason.collector.intake import ByteBudget
 from myason.collector.processor import ProcessorThread, build_processor, spool_encoders
 from myason.collector.spool import writer_spool
 
@@ -68,7 +69,7 @@ class _PipeHandler(logging.handlers.QueueHandler):
             self.conn.send(("log", record))
 
 
-def child_main(index, cfg, inbox, conn, log_level, state, stopping):
+def child_main(index, cfg, inbox, conn, log_level, state, stopping, budget):
     """Entry point of processor process `index` (spawned): run one processor until DONE.
 
     `conn` is this child's own pipe to the parent (counters and log records): a child that is
@@ -93,7 +94,7 @@ def child_main(index, cfg, inbox, conn, log_level, state, stopping):
                                  cfg.batch_rows, cfg.batch_interval, journal.sequence_file(cfg.spool_dir, index),
                                  cfg.fsync, pipeline=pipeline, detectors=detectors, detect_clock=cfg.detect_clock,
                                  reload=make_reloader(cfg), report=report, encoders=spool_encoders(cfg),
-                                 policy=cfg.spool_policy, stopping=stopping)
+                                 policy=cfg.spool_policy, stopping=stopping, budget=budget)
         tune_gc()
         worker.run()            # in this process's main thread
         if pipeline is not None:
@@ -174,7 +175,7 @@ def add_snapshots(base, new):
 class ProcessorProcess:
     """The parent's handle on one processor process: looks like a ProcessorThread to the app."""
 
-    def __init__(self, index, cfg, inbox, state, ctx, stopping):
+    def __init__(self, index, cfg, inbox, state, ctx, stopping, budget):
         self.index, self.cfg, self.inbox = index, cfg, inbox
         self.name = "processor-%d" % index
         self.pipeline = None            # lives in the child
@@ -186,7 +187,7 @@ class ProcessorProcess:
         self.conn, child_conn = ctx.Pipe(duplex=False)
         level = logging.getLogger("myason").getEffectiveLevel()
         self.process = ctx.Process(target=child_main, name=self.name, daemon=True,
-                                   args=(index, cfg, inbox, child_conn, level, state, stopping))
+                                   args=(index, cfg, inbox, child_conn, level, state, stopping, budget))
         self._child_conn = child_conn
 
     def start(self):
@@ -242,7 +243,9 @@ class ProcessGroup:
         # Set at shutdown: the children then drain their queues whatever the spools' cap.
         self.stopping = self.ctx.Event()
         self.queues = [self.ctx.Queue(queue_size) for _ in range(cfg.processors_number)]
-        self.procs = [ProcessorProcess(i, cfg, q, state, self.ctx, self.stopping)
+        # Bytes queued per child, in shared memory: the parent's listener takes, the child gives.
+        self.budgets = [ByteBudget(cfg.queue_max_bytes, self.ctx) for _ in self.queues]
+        self.procs = [ProcessorProcess(i, cfg, q, state, self.ctx, self.stopping, self.budgets[i])
                       for i, q in enumerate(self.queues)]
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -274,7 +277,9 @@ class ProcessGroup:
             self.queues[i] = self.ctx.Queue(self.queue_size)    # the listener routes by this list
             old.cancel_join_thread()
             old.close()
-            new = ProcessorProcess(i, self.cfg, self.queues[i], state_loader(), self.ctx, self.stopping)
+            self.budgets[i].reset()         # what waited in the old queue is gone with it
+            new = ProcessorProcess(i, self.cfg, self.queues[i], state_loader(), self.ctx, self.stopping,
+                                   self.budgets[i])
             new.base = p.snapshot()         # counters continue, totals never go backwards
             with self._lock:
                 self.procs[i] = new
