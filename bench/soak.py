@@ -302,9 +302,16 @@ class Soak:
                   "send_errors": sum(s["send_errors"] for s in sent), "pg_rows": pg[0], "influx_flows": influx[0],
                   "pg_bytes_packets": pg[1:], "influx_bytes_packets": influx[1:], "gaps": gaps,
                   "kernel_drops": summary.get("kernel_drops"), "queue_dropped": summary.get("queue_dropped"),
+                  # Every other way a received datagram can end unstored, so a loss is explained.
+                  "rejects": summary.get("rejects", {}), "rate_limited": summary.get("rate_limited"),
+                  "spool_dropped": summary.get("spool_dropped"), "oversized": summary.get("oversized"),
+                  "datagrams_received": summary.get("datagrams"),
                   "machine_rcvbuf_errors": udp_rcvbuf_errors() - kernel0, "drain_s": round(drain_s, 1),
                   "rss_collector_mib": [s["coll_mb"] for s in samples], "rss_pg_mib": [s["pg_mb"] for s in samples]}
         result["zero_loss"] = (pg[0] == influx[0] == flows_sent and pg[1:] == influx[1:] and gaps == 0)
+        if not result["zero_loss"] and out:
+            # The collector's log goes with the temporary directory: keep it beside the results.
+            shutil.copy(self.work / "collector.log", "%s.collector-%d.log" % (out.name, rate))
         last = [s["coll_mb"] for s in samples if s["t"] >= duration / 3]
         if len(last) >= 2:
             result["rss_growth_last_two_thirds"] = round(last[-1] / last[0] - 1, 4)
