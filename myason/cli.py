@@ -15,6 +15,7 @@ import time
 
 from myason import __version__
 from myason.errors import CaptureError, ConfigError, KeyFileError
+from myason.redact import redact_text
 
 log = logging.getLogger("myason")
 
@@ -178,10 +179,10 @@ def _run(args):
         if args.command == "keygen":
             return _keygen(args)
     except ConfigError as exc:
-        print("myason: config error: %s" % exc, file=sys.stderr)
+        print("myason: config error: %s" % redact_text(str(exc)), file=sys.stderr)
         return EXIT_CONFIG
     except KeyFileError as exc:
-        print("myason: key error: %s" % exc, file=sys.stderr)
+        print("myason: key error: %s" % redact_text(str(exc)), file=sys.stderr)
         return EXIT_CONFIG
     except CaptureError as exc:
         print("myason: capture error: %s" % exc, file=sys.stderr)
@@ -191,7 +192,7 @@ def _run(args):
     except OSError as exc:
         # Start-up failures outside the config checks (an --output file that cannot be
         # created, a collector name that does not resolve): a message, not a traceback.
-        print("myason: error: %s" % exc, file=sys.stderr)
+        print("myason: error: %s" % redact_text(str(exc)), file=sys.stderr)
         return EXIT_FAIL
     return EXIT_CONFIG
 
@@ -282,6 +283,13 @@ def _check_export(cfg):
     keys.load_key_file(cfg.key_file)
 
 
+def _config_text(cfg):
+    """--check-config's YAML of a config, with passwords and tokens masked (myason.redact)."""
+    import yaml
+    from myason.redact import redact_config
+    return yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False)
+
+
 def _check_agent_config(args, cfg):
     """--check-config: the effective config on stdout, and on stderr what it was checked for.
 
@@ -311,8 +319,7 @@ def _check_agent_config(args, cfg):
     else:
         mode += " without export (run it with --no-export)"
         needs.append("export needs key_file and collectors")
-    import yaml
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(_config_text(cfg), end="")
     print("myason: config checked for %s" % "; ".join([mode] + needs), file=sys.stderr)
     return EXIT_OK
 
@@ -330,8 +337,7 @@ def _collector(args):
     try:
         cfg = _collector_config(args)
         if args.check_config:
-            import yaml
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            print(_config_text(cfg), end="")
             return EXIT_OK
         from myason.collector.app import CollectorApp
         app = CollectorApp(cfg, config_path=args.collector_conf)
@@ -385,7 +391,8 @@ def _maintain(args):
             writer.retention_days = raw_days
             done = writer.maintain(now)
         except _database_errors() + (WriterError, OSError) as exc:
-            print("myason: writers[%d] %s: %s" % (i, kind, " ".join(str(exc).split())[:300]), file=sys.stderr)
+            print("myason: writers[%d] %s: %s" % (i, kind, redact_text(" ".join(str(exc).split()))[:300]),
+                  file=sys.stderr)
             code = EXIT_FAIL
         else:
             # Outside the writer's error handling: a closed stdout is not a database failure.
@@ -453,8 +460,7 @@ def _api(args):
     database = resolve_database(cfg)
     token = resolve_token(cfg)
     if args.check_config:
-        import yaml
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(_config_text(cfg), end="")
         return EXIT_OK
     from myason.logs import setup_logging
     handle = setup_logging(args.logger_conf, json_format=args.log_json)

@@ -14,6 +14,7 @@ import time
 
 from myason.config import read_yaml_mapping
 from myason.errors import ConfigError
+from myason.redact import redact_text
 
 MESSENGER_THREAD = "messenger"
 
@@ -94,13 +95,16 @@ class _RoutingQueueHandler(logging.handlers.QueueHandler):
     def prepare(self, record):
         """Copy `record` with its message merged and exception pre-formatted, ready for another thread."""
         record = copy.copy(record)
-        record.msg = record.message = record.getMessage()
+        # Passwords and tokens never reach a log (a driver's error may quote a DSN or URL).
+        record.msg = record.message = redact_text(record.getMessage())
         record.args = None
         if record.exc_info:
             # Format now, in the emitting thread, while the traceback is still accurate; keep it in
             # exc_text (not merged into msg) so the JSON formatter can report it separately.
             record.exc_text = record.exc_text or _PLAIN.formatException(record.exc_info)
             record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
         setattr(record, _TARGETS_ATTR, self.targets)
         return record
 

@@ -5,6 +5,7 @@ import sys
 
 import orjson
 
+from myason import fsmode
 from myason.record import FIELDS
 
 
@@ -30,7 +31,8 @@ class RecordFile:
                 self.format = "jsonl"
             else:
                 raise ValueError("--output %s: use a .csv or .jsonl file name, or '-' for stdout" % path)
-            self._fh = open(path, "wb")
+            # Flow records are personal data: mode 0600 whatever the umask.
+            self._fh = fsmode.open_file(path, "wb", fsmode.PRIVATE_FILE)
             self._text = None
             self._own = True
         self.rows = 0

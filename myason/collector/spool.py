@@ -13,6 +13,8 @@ import os
 import threading
 import time
 
+from myason import fsmode
+
 SUBDIRS = ("tmp", "incoming", "pending", "errors")
 
 # What the processors do when a spool holds spool_max_bytes or more (myason/collector/processor.py):
@@ -42,7 +44,9 @@ class Spool:
         self.path = str(path)
         self.max_bytes = int(max_bytes)
         self.fsync = fsync
-        # Flows are personal data: the spool is the collector's alone, whatever the umask.
+        # Flows are personal data: the spool is the collector's alone, whatever the umask
+        # (spool_dir too, when it is made here: os.makedirs gives parents the umask's mode).
+        fsmode.make_dirs(self.path)
         for sub in SUBDIRS:
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         self._cond = threading.Condition()

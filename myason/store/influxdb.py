@@ -7,6 +7,7 @@ the interval that is unique per batch (`seq`, allocated and persisted by the wri
 batches never produce the same measurement+tags+timestamp, while a retried batch reproduces its
 own points exactly and InfluxDB's overwrite makes the retry harmless.
 """
+import base64
 import fcntl
 import http.client
 import json
@@ -18,7 +19,9 @@ import urllib.parse
 from collections import OrderedDict
 from itertools import count, repeat
 
+from myason import fsmode
 from myason.errors import ConfigError
+from myason.redact import redact_text
 from myason.store import influx_retention
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
 from myason.store.events import detector_of, parse_time
@@ -309,7 +312,7 @@ class SeqState:
             return
         tmp = self.path + ".tmp"
         data = json.dumps({"next": self.next, "recent": list(self.recent.items())}).encode()
-        with open(tmp, "wb") as fh:
+        with fsmode.open_file(tmp, "wb", fsmode.PRIVATE_FILE) as fh:
             fh.write(data)
             if self.fsync:
                 fh.flush()
@@ -331,30 +334,62 @@ def _status_error(status, text):
     return WriterError("InfluxDB answered HTTP %d: %s" % (status, text[:300].strip()), permanent=permanent)
 
 
+def endpoint(url):
+    """host:port of a URL, for messages: never the user and password a URL may carry."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return "(unparsable URL)"
+    host = "[%s]" % host if ":" in host else host
+    return "%s:%d" % (host, port) if port else host
+
+
+def basic_auth(username, password):
+    """The Authorization header value of HTTP Basic authentication (RFC 7617, UTF-8)."""
+    pair = "%s:%s" % (username, password or "")
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
 class V1Transport:
-    """InfluxDB 1.x HTTP API: POST /write?db=...&precision=ns, one kept-alive connection."""
+    """InfluxDB 1.x HTTP API: POST /write?db=...&precision=ns, one kept-alive connection.
+
+    Credentials travel in the Authorization header only, never in a URL (which servers and
+    proxies log): username/password (also from the URL's user:password@) as HTTP Basic, which
+    InfluxDB accepts since 1.0, or a token as `Token ...` (InfluxDB 1.8+ and 2.x compatibility).
+    """
 
     def __init__(self, url, database, token=None, username=None, password=None, timeout=10.0,
                  create_database=True, rp=None):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("url", "must be http://host:port or https://host:port, got %r" % url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("url", "must be http://host:port or https://host:port, got %r" % endpoint(url))
+        if parts.username is not None and username is None:
+            username = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "") if password is None else password
+        if token and username:
+            raise ConfigError("token", "give either a token (token, token_file) or username and password, not both")
         self.parts = parts
+        self.where = endpoint(url)
         self.database = database
         self.timeout = timeout
         self.create_database = create_database
         self.headers = {"Content-Type": "text/plain; charset=utf-8"}
         if token:
             self.headers["Authorization"] = "Token " + token
+        elif username:
+            self.headers["Authorization"] = basic_auth(username, password)
         query = {"db": database, "precision": "ns"}
         if rp:
             query["rp"] = rp
-        if username:
-            query.update(u=username, p=password or "")
         base = parts.path.rstrip("/")
         self.write_path = base + "/write?" + urllib.parse.urlencode(query)
         self.query_path = base + "/query"
-        self.auth_query = {"u": username, "p": password or ""} if username else {}
         self.conn = None
 
     def _request(self, method, path, body=None, headers=None):
@@ -367,7 +402,7 @@ class V1Transport:
             text = resp.read().decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise WriterError("InfluxDB at %s unreachable: %s" % (self.parts.netloc, exc)) from None
+            raise WriterError("InfluxDB at %s unreachable: %s" % (self.where, exc)) from None
         return resp.status, text
 
     def open(self):
@@ -376,7 +411,7 @@ class V1Transport:
         if status >= 300:
             raise _status_error(status, text)
         if self.create_database:
-            query = dict(self.auth_query, q='CREATE DATABASE "%s"' % self.database.replace('"', '\\"'))
+            query = {"q": 'CREATE DATABASE "%s"' % self.database.replace('"', '\\"')}
             headers = dict(self.headers, **{"Content-Type": "application/x-www-form-urlencoded"})
             status, text = self._request("POST", self.query_path, urllib.parse.urlencode(query), headers)
             if status >= 300:
@@ -390,7 +425,7 @@ class V1Transport:
 
     def query(self, q):
         """Run one InfluxQL statement (POST /query) and return the parsed answer; WriterError on error."""
-        body = urllib.parse.urlencode(dict(self.auth_query, q=q, db=self.database))
+        body = urllib.parse.urlencode({"q": q, "db": self.database})
         headers = dict(self.headers, **{"Content-Type": "application/x-www-form-urlencoded"})
         status, text = self._request("POST", self.query_path, body, headers)
         if status >= 300:
@@ -418,6 +453,7 @@ class V2Transport:
 
     def __init__(self, url, bucket, org="", token=None, timeout=10.0):
         self.url, self.bucket, self.org, self.token = url, bucket, org, token
+        self.where = endpoint(url)
         self.timeout = timeout
         self.client = self.api = None
 
@@ -433,7 +469,7 @@ class V2Transport:
                                          timeout=int(self.timeout * 1000))
             self.api = self.client.write_api(write_options=SYNCHRONOUS)
         if not self.client.ping():
-            raise WriterError("InfluxDB at %s does not answer /ping" % self.url)
+            raise WriterError("InfluxDB at %s does not answer /ping" % self.where)
 
     def send(self, lines):
         """Write line protocol lines; WriterError on failure."""
@@ -444,7 +480,7 @@ class V2Transport:
         except ApiException as exc:
             raise _status_error(exc.status or 0, str(exc.body or exc.reason)) from None
         except (HTTPError, OSError) as exc:
-            raise WriterError("InfluxDB at %s unreachable: %s" % (self.url, exc)) from None
+            raise WriterError("InfluxDB at %s unreachable: %s" % (self.where, redact_text(str(exc)))) from None
 
     def close(self):
         """Close the client."""

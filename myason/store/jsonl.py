@@ -19,6 +19,7 @@ import time
 
 import orjson
 
+from myason import fsmode
 from myason.config import check_int, check_str
 from myason.store.base import ENRICHED_ROW_FIELDS, REQUIRED, ROW_FIELDS, Writer, WriterError, parse_options, register
 
@@ -98,7 +99,9 @@ class JsonlWriter(Writer):
     split, so a single larger batch makes a larger file); rotate_hours (default 1, 0 = off):
     start a new file when the UTC period of that many hours changes; keep_files (default 0 =
     all): delete the oldest files beyond this number. The options apply to the flows and the
-    events series each on its own. One writer instance per dir (locked).
+    events series each on its own. One writer instance per dir (locked). file_mode (default
+    0600): the mode of every file, whatever the umask (0640 for a reader in the collector's
+    group); the dir, when the writer creates it, gets 0700 (0750 with a group-readable mode).
     """
 
     name = "jsonl"
@@ -108,6 +111,7 @@ class JsonlWriter(Writer):
         "max_bytes": (100 << 20, check_int(lo=1)),
         "rotate_hours": (1, check_int(lo=0)),
         "keep_files": (0, check_int(lo=0)),
+        "file_mode": (fsmode.PRIVATE_FILE, fsmode.check_file_mode),
     }
 
     def __init__(self, **options):
@@ -117,6 +121,7 @@ class JsonlWriter(Writer):
         self.max_bytes = opts["max_bytes"]
         self.rotate_hours = opts["rotate_hours"]
         self.keep_files = opts["keep_files"]
+        self.file_mode = opts["file_mode"]
         self.clock = time.time      # tests replace it to cross rotation periods
         self.skipped = 0            # batches not written again because the ledger has them
         self.truncated_bytes = 0    # unledgered bytes removed by open() (a crashed batch)
@@ -134,7 +139,7 @@ class JsonlWriter(Writer):
         """Lock the dir, cut unledgered bytes off the data files, load the known batch ids."""
         self.close()
         try:
-            os.makedirs(self.dir, exist_ok=True)
+            fsmode.make_dirs(self.dir, fsmode.dir_mode_for(self.file_mode))
             self._lock()
             self._entries = self._read_ledger()
             last = {}
@@ -153,13 +158,16 @@ class JsonlWriter(Writer):
                     series.next_seq = int(series.pattern.match(files[-1]).group(1)) + 1
                     self._use(series, files[-1])
             self._compact(force=True, files=present)
-            self._ledger = open(os.path.join(self.dir, LEDGER), "ab")
+            # Files of an older version (made under the umask) or a changed file_mode.
+            for name in sorted(present) + [LEDGER, ".lock"]:
+                fsmode.ensure_mode(os.path.join(self.dir, name), self.file_mode)
+            self._ledger = self._open(LEDGER, "ab")
         except OSError as exc:
             self.close()
             raise WriterError("jsonl: cannot open %s: %s" % (self.dir, exc)) from None
 
     def _lock(self):
-        fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = fsmode.open_fd(os.path.join(self.dir, ".lock"), os.O_RDWR, self.file_mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -214,7 +222,7 @@ class JsonlWriter(Writer):
         return False
 
     def _use(self, series, name):
-        series.fh = open(os.path.join(self.dir, name), "ab")
+        series.fh = self._open(name, "ab")
         series.file = name
         series.size = series.fh.tell()
         created = calendar.timegm(time.strptime(series.pattern.match(name).group(2), "%Y%m%dT%H%M%SZ"))
@@ -300,7 +308,7 @@ class JsonlWriter(Writer):
     def _new_file(self, series, now):
         name = "%s-%08d-%s.jsonl" % (series.prefix, series.next_seq,
                                      time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
-        fh = open(os.path.join(self.dir, name), "xb")
+        fh = self._open(name, "xb")
         # The directory entry must be durable before the ledger can point into the file.
         _fsync_dir(self.dir)
         series.close()
@@ -336,7 +344,11 @@ class JsonlWriter(Writer):
             return
         path = os.path.join(self.dir, LEDGER)
         tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
+        try:
+            os.unlink(tmp)      # a crash's leftover would keep its mode
+        except FileNotFoundError:
+            pass
+        with fsmode.open_file(tmp, "wb", self.file_mode) as fh:
             fh.write(b"".join(_dump_entry(e) for e in keep))
             fh.flush()
             os.fsync(fh.fileno())
@@ -346,7 +358,11 @@ class JsonlWriter(Writer):
         self._known = {e[0] for e in keep}
         if self._ledger is not None:
             self._ledger.close()
-            self._ledger = open(path, "ab")
+            self._ledger = self._open(LEDGER, "ab")
+
+    def _open(self, name, how):
+        # Every file of the dir is created with file_mode, never the umask's mode.
+        return fsmode.open_file(os.path.join(self.dir, name), how, self.file_mode)
 
     def close(self):
         """Close the files and release the dir lock."""

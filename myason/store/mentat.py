@@ -16,6 +16,7 @@ import time
 
 import orjson
 
+from myason import fsmode
 from myason.config import check_bool, check_int, check_str
 from myason.store.base import REQUIRED, Writer, WriterError, parse_options, register
 
@@ -45,7 +46,11 @@ class MentatWriter(Writer):
 
     Options: queue_dir (required): the queue (tmp/ and incoming/ are created); fsync (default
     true): flush each file and directory before it counts as delivered; marker_keep_days
-    (default 7): how long delivered batch markers are kept for retries.
+    (default 7): how long delivered batch markers are kept for retries; file_mode (default
+    0640): the mode of each event file, whatever the umask: Mentat reads them through the
+    group (make the queue directory setgid to Mentat's group), others get nothing. Folders the
+    writer creates: incoming/ 0770 for a group-readable mode (Mentat moves files out), else 0700;
+    tmp/ and the batch markers 0700 (the writer's alone).
     """
 
     name = "mentat"
@@ -54,6 +59,7 @@ class MentatWriter(Writer):
         "queue_dir": (REQUIRED, check_str(allow_empty=False, expected="a directory path")),
         "fsync": (True, check_bool()),
         "marker_keep_days": (7, check_int(lo=1)),
+        "file_mode": (0o640, fsmode.check_file_mode),
     }
 
     def __init__(self, **options):
@@ -62,6 +68,7 @@ class MentatWriter(Writer):
         self.queue_dir = opts["queue_dir"]
         self.fsync = opts["fsync"]
         self.marker_keep_days = opts["marker_keep_days"]
+        self.file_mode = opts["file_mode"]
         self.tmp = os.path.join(self.queue_dir, "tmp")
         self.incoming = os.path.join(self.queue_dir, "incoming")
         self.markers = os.path.join(self.queue_dir, MARKERS)
@@ -72,8 +79,10 @@ class MentatWriter(Writer):
     def open(self):
         """Create the queue folders."""
         try:
-            for d in (self.tmp, self.incoming, self.markers):
-                os.makedirs(d, exist_ok=True)
+            fsmode.make_dirs(self.queue_dir, fsmode.dir_mode_for(self.file_mode))
+            fsmode.make_dirs(self.incoming, fsmode.dir_mode_for(self.file_mode, group_writes=True))
+            for d in (self.tmp, self.markers):
+                fsmode.make_dirs(d)
         except OSError as exc:
             raise WriterError("mentat: cannot create %s: %s" % (self.queue_dir, exc)) from None
 
@@ -95,8 +104,7 @@ class MentatWriter(Writer):
                 self._deliver(name, data)
             if self.fsync:
                 _fsync_dir(self.incoming)
-            with open(marker, "wb"):
-                pass
+            os.close(fsmode.open_fd(marker, os.O_WRONLY))
         except OSError as exc:
             raise WriterError("mentat: cannot write to %s: %s" % (self.queue_dir, exc)) from None
         if self.clock() >= self._next_housekeeping:
@@ -105,7 +113,7 @@ class MentatWriter(Writer):
 
     def _deliver(self, name, data):
         tmp = os.path.join(self.tmp, name)
-        with open(tmp, "wb") as fh:
+        with fsmode.open_file(tmp, "wb", self.file_mode) as fh:
             fh.write(data)
             if self.fsync:
                 fh.flush()

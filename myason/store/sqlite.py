@@ -7,9 +7,11 @@ durable before the spool deletes its batch.
 """
 import datetime as dt
 import logging
+import os
 import sqlite3
 import time
 
+from myason import fsmode
 from myason.config import check_float, check_int, check_str
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
@@ -61,7 +63,10 @@ class SqliteWriter(Writer):
     retention ({raw, 1m, 15m, 1h, 1d: duration or 0}): per resolution, rollups deleted after it
     (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N list;
     maintain_interval (default 60 s; 0 = only `myason maintain`): period of the collector's
-    maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping().
+    maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping();
+    file_mode (default 0640): the mode of the database file and its -wal and -shm files, whatever
+    the umask, set at every open: the group (the collector's own, which `myason api`'s user joins)
+    may read, others get nothing.
     """
 
     name = "sqlite"
@@ -71,6 +76,7 @@ class SqliteWriter(Writer):
         "retention_days": (0, check_int(lo=0)),
         "batch_keep_days": (7, check_int(lo=1)),
         "busy_timeout": (30.0, check_float(lo=0)),
+        "file_mode": (0o640, fsmode.check_file_mode),
         **rollup.option_spec(),
     }
 
@@ -81,6 +87,7 @@ class SqliteWriter(Writer):
         rollup.apply_options(self, opts)
         self.batch_keep_days = opts["batch_keep_days"]
         self.busy_timeout = opts["busy_timeout"]
+        self.file_mode = opts["file_mode"]
         self.clock = time.time
         self.skipped = 0
         self._conn = None
@@ -89,6 +96,10 @@ class SqliteWriter(Writer):
     def open(self, application=None):
         """Open the file in WAL mode and apply the pending migrations (`application`: unused here)."""
         self.close()
+        try:
+            self._create_file()
+        except OSError as exc:
+            raise WriterError("sqlite: cannot open %s: %s" % (self.path, exc)) from None
         try:
             # Autocommit at the driver level: transactions are opened explicitly below.
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
@@ -102,6 +113,17 @@ class SqliteWriter(Writer):
         except sqlite3.Error as exc:
             self.close()
             raise WriterError("sqlite: cannot open %s: %s" % (self.path, exc)) from None
+
+    def _create_file(self):
+        # SQLite would create the file with 0644 cut by the umask; made here first, with
+        # file_mode, SQLite gives its -wal and -shm files the database file's mode (unix VFS).
+        if self.path == ":memory:":
+            return
+        os.close(fsmode.open_fd(self.path, os.O_RDWR, self.file_mode))
+        # Files of an older version (made under the umask) or a changed file_mode.
+        for suffix in ("", "-wal", "-shm"):
+            if fsmode.ensure_mode(self.path + suffix, self.file_mode):
+                log.info("sqlite: %s%s: mode set to %04o (file_mode)", self.path, suffix, self.file_mode)
 
     def migrate(self):
         """Apply the migrations not yet in schema_migrations; returns the versions applied."""

@@ -6,6 +6,7 @@ import pytest
 
 from myason.agent.output import RecordFile
 from myason.record import FIELDS
+from tests.unit.modes import umask022  # noqa: F401 - fixture
 
 ROW = ["10.0.0.1", "2001:db8::1", 1234, 80, 6, 0, 3, 180, 1.5, 2.25, 27,
        "a1", "eth0", 2, 3, 4, 100, "10.0.0.254", 24, 64, 64500, 0, "fin"]
@@ -48,3 +49,17 @@ def test_empty_write_is_a_no_op(tmp_path):
     out.write([])
     out.close()
     assert (tmp_path / "f.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("name", ["f.csv", "f.jsonl"])
+def test_record_files_are_private_under_umask_022(tmp_path, umask022, name):
+    """Issue 12 item 13: --output files hold flows (personal data): 0600, also when replaced."""
+    path = tmp_path / name
+    path.write_text("old")          # 0644 under umask 022
+    out = RecordFile(str(path))
+    out.write([ROW])
+    out.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.unlink()
+    RecordFile(str(path)).close()
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -129,12 +129,15 @@ def test_discard_staged_by_a_dead_process_keeps_the_others(tmp_path):
 def test_files_and_directories_are_private_whatever_the_umask(tmp_path):
     old = os.umask(0)
     try:
-        s = Spool(tmp_path / "s")
+        s = Spool(tmp_path / "spool" / "s")
         s.put(b"flows")
     finally:
         os.umask(old)
-    assert (tmp_path / "s" / "incoming").stat().st_mode & 0o777 == 0o700
-    (f,) = (tmp_path / "s" / "incoming").iterdir()
+    # spool_dir too, when the spool makes it (os.makedirs gave it the umask's mode).
+    assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "spool" / "s").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "spool" / "s" / "incoming").stat().st_mode & 0o777 == 0o700
+    (f,) = (tmp_path / "spool" / "s" / "incoming").iterdir()
     assert f.stat().st_mode & 0o777 == 0o600
 
 

@@ -9,6 +9,7 @@ from myason.errors import ConfigError
 from myason.store import jsonl
 from myason.store.base import ROW_FIELDS, WriterError, writer_class
 from myason.store.jsonl import JsonlWriter
+from tests.unit.modes import tree_modes, umask022, world_readable  # noqa: F401 - fixture
 
 T0 = 1700000000.0
 
@@ -486,3 +487,33 @@ def test_events_through_the_writer_thread(tmp_path):
     assert t.events == 3 and t.batches == 2
     assert read_events(tmp_path / "j") == make_events(3)
     assert len(read_all(tmp_path / "j")) == 2
+
+
+def test_files_are_never_world_readable_under_umask_022(tmp_path, monkeypatch, umask022):
+    """Issue 12 item 13: the dir, data files (rotated too), ledger and lock get 0700/0600."""
+    monkeypatch.setattr(jsonl, "LEDGER_KEEP", 2)        # compaction rewrites the ledger too
+    d = tmp_path / "data" / "j"
+    w = JsonlWriter(dir=str(d), max_bytes=600, rotate_hours=0)
+    w.open()
+    for i in range(8):
+        w.write("b%d" % i, make_rows(2, start=10 * i), events=make_events(1, start=i))
+    w.close()
+    modes = tree_modes(str(tmp_path))
+    assert len(w.files()) > 1 and len(w.event_files()) > 1
+    assert world_readable(modes) == {}
+    assert {p: m for p, m in modes.items() if p.startswith("data/j/")} == {
+        "data/j/" + n: 0o600 for n in os.listdir(d)}
+    assert modes["data"] == modes["data/j"] == 0o700
+
+
+def test_file_mode_for_a_reader_in_the_group(tmp_path, umask022):
+    d = tmp_path / "j"
+    w = JsonlWriter(dir=str(d), file_mode=0o640)
+    w.open()
+    w.write("b0", make_rows(1), events=make_events(1))
+    w.close()
+    modes = tree_modes(str(d))
+    assert modes.pop(".") == 0o750 and set(modes.values()) == {0o640}, modes
+    with pytest.raises(ConfigError) as info:
+        JsonlWriter(dir=str(d), file_mode="0644")
+    assert info.value.key == "jsonl.file_mode"

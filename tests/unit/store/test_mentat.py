@@ -7,6 +7,7 @@ import pytest
 from myason.errors import ConfigError
 from myason.store.base import WriterError, writer_class
 from myason.store.mentat import MARKERS, MentatWriter, event_file_name
+from tests.unit.modes import tree_modes, umask022, world_readable  # noqa: F401 - fixture
 
 
 def events(n, tag="e"):
@@ -67,3 +68,25 @@ def test_unserialisable_event_is_permanent(writer):
     with pytest.raises(WriterError) as exc:
         writer.write("b1", [], events=[{"ID": object()}])
     assert exc.value.permanent
+
+
+def test_files_are_never_world_readable_under_umask_022(tmp_path, umask022):
+    """Issue 12 item 13: event files 0640 (Mentat reads them through the group), nothing for others."""
+    w = MentatWriter(queue_dir=str(tmp_path / "q"), fsync=False)
+    w.open()
+    assert w.write("b1", [], events=events(2)) is True
+    modes = tree_modes(str(tmp_path / "q"))
+    assert world_readable(modes) == {}
+    assert modes == {".": 0o750, "tmp": 0o700, "incoming": 0o770, MARKERS: 0o700, MARKERS + "/b1": 0o600,
+                     **{"incoming/" + n: 0o640 for n in incoming(tmp_path)}}
+
+
+def test_private_file_mode(tmp_path, umask022):
+    w = MentatWriter(queue_dir=str(tmp_path / "q"), fsync=False, file_mode="0600")
+    w.open()
+    w.write("b1", [], events=events(1))
+    modes = tree_modes(str(tmp_path / "q"))
+    assert modes["."] == modes["incoming"] == 0o700
+    assert {m for p, m in modes.items() if p.startswith("incoming/")} == {0o600}
+    with pytest.raises(ConfigError, match="mentat.file_mode"):
+        MentatWriter(queue_dir=str(tmp_path / "q"), file_mode=0o644)

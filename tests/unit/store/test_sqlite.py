@@ -1,5 +1,6 @@
 """The sqlite writer: schema and migrations, round trip, exactly once across retries and crashes."""
 import datetime as dt
+import os
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from myason.errors import ConfigError
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, WriterError, writer_class
 from myason.store.sqlite import SqliteWriter, retention_cutoff
+from tests.unit.modes import tree_modes, umask022  # noqa: F401 - fixture
 
 T0 = 1700000000.0   # 2023-11-14 22:13:20 UTC
 
@@ -183,3 +185,35 @@ def test_bad_options_name_the_key(options, key):
     with pytest.raises(ConfigError) as info:
         SqliteWriter(**options)
     assert info.value.key == key
+
+
+def test_files_are_never_world_readable_under_umask_022(tmp_path, umask022):
+    """Issue 12 item 13: the database and its -wal/-shm get file_mode (0640), not the umask's 0644."""
+    db = str(tmp_path / "flows.db")
+    w = SqliteWriter(path=db)
+    w.open()
+    try:
+        assert w.write("b1", make_rows(3)) is True
+        modes = tree_modes(str(tmp_path))
+        assert {p: m for p, m in modes.items() if p != "."} == {
+            "flows.db": 0o640, "flows.db-wal": 0o640, "flows.db-shm": 0o640}, modes
+    finally:
+        w.close()
+
+
+def test_file_mode_option_and_files_of_older_versions(tmp_path, umask022):
+    db = str(tmp_path / "flows.db")
+    conn = sqlite3.connect(db)      # made under the umask, as before file_mode
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    assert os.stat(db).st_mode & 0o777 == 0o644
+    w = SqliteWriter(path=db, file_mode="0600")
+    w.open()
+    try:
+        w.write("b1", make_rows(1))
+        assert all(m == 0o600 for p, m in tree_modes(str(tmp_path)).items() if p != "."), tree_modes(str(tmp_path))
+    finally:
+        w.close()
+    with pytest.raises(ConfigError) as info:
+        SqliteWriter(path=db, file_mode=0o644)
+    assert info.value.key == "sqlite.file_mode"
