@@ -1,8 +1,6 @@
 """The FastAPI application: routes, bearer-token auth, CSV answers, caching, errors as {"error": ...}."""
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import re
 import secrets
@@ -21,9 +19,11 @@ from myason import __version__
 from myason.api import models, queries
 from myason.api.cache import Jobs, Memo
 from myason.api.config import ApiConfig, resolve_database, resolve_token
+from myason.api.csvout import csv_response, wants_csv
 from myason.api.db import Database, DatabaseError, open_database
 from myason.api.grammar import GrammarError, parse_address, parse_query, parse_time, resolve_time
 from myason.api.periods import PERIODS, get_period
+from myason.api.security import SecurityHeaders, TrustedHost, trusted_host_names
 from myason.errors import ConfigError
 
 log = logging.getLogger("myason.api")
@@ -59,20 +59,6 @@ def _validation_message(exc):
         where = ".".join(str(x) for x in err.get("loc", ())[1:]) or "request"
         parts.append("%s: %s" % (where, err.get("msg", "invalid")))
     return "; ".join(parts) or "invalid request"
-
-
-def wants_csv(request: Request, name: str = "") -> bool:
-    """True for a `.csv` path or an Accept header asking for text/csv."""
-    return name.endswith(".csv") or "text/csv" in request.headers.get("accept", "")
-
-
-def csv_response(columns, rows) -> Response:
-    """rows (lists) under a header line, as text/csv."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    w.writerows(rows)
-    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8")
 
 
 def _parse_since(key, text):
@@ -118,14 +104,16 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
         database = open_database(spec, config.pool_size, config.query_timeout)
     if config.auth and token is None:
         token = resolve_token(config)
+    # /docs and /redoc load their scripts from a CDN without integrity checks: off unless asked for.
     app = FastAPI(title="myason API", version=__version__, dependencies=[Depends(known_params_only)],
+                  docs_url="/docs" if config.docs else None, redoc_url="/redoc" if config.docs else None,
                   description="Flow search (Docket-style path grammar), traffic, top lists, events and "
                               "store health. Authenticate with `Authorization: Bearer TOKEN`.")
     app.state.db = database
     app.state.token = token if config.auth else None
     app.state.config = config
-    app.state.memo = memo = Memo(config.query_cache_size)
-    app.state.periods = periods = Memo(config.period_cache_size)
+    app.state.memo = memo = Memo(config.query_cache_size, config.query_cache_bytes)
+    app.state.periods = periods = Memo(config.period_cache_size, config.period_cache_bytes)
     app.state.jobs = jobs = Jobs(config.known_ids)
     from myason.api.telemetry import Telemetry
     app.state.telemetry = telemetry = Telemetry(lambda: {"cache": {"query": memo.stats(), "period": periods.stats()}})
@@ -317,8 +305,8 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
     @app.get("/greylist.csv", dependencies=auth, tags=["events"], response_class=Response,
              responses={**models.ERRORS, 200: _CSV}, summary="Source addresses of stored events (CSV, for firewalls)")
     def greylist_csv(since: str = Query("7d", pattern=DURATION, description="how far back: 1d, 7d, 30d, ...")):
-        from myason.store.query import format_greylist
-        return Response(format_greylist(greylist_rows(since), "csv"), media_type="text/csv; charset=utf-8")
+        from myason.store.query import GREYLIST_FIELDS, greylist_table
+        return csv_response(GREYLIST_FIELDS, greylist_table(greylist_rows(since)))
 
     # -- health and service ---------------------------------------------------------------------------
 
@@ -347,9 +335,12 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
         page = STATIC_DIR / "index.html"
         if page.is_file():
             return FileResponse(page, media_type="text/html")
-        return HTMLResponse("<!doctype html><title>myason</title><p>myason API: see /docs and /openapi.json</p>")
+        return HTMLResponse("<!doctype html><title>myason</title><p>myason API: see /openapi.json</p>")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    # The last added is the outermost: the headers go on every answer, the Host check's 400 too.
+    app.add_middleware(TrustedHost, names=trusted_host_names(config.trusted_hosts, config.auth, config.bind[0]))
+    app.add_middleware(SecurityHeaders, docs=config.docs)
     return app
 
 

@@ -37,6 +37,20 @@ def check_database(key, value):
     return {"type": value["type"], need: value[need]}
 
 
+def check_trusted_hosts(key, value):
+    """None (check only without auth: loopback names and the bind address) or a list of host names."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(key, "must be a non-empty list of host names (or null), got %r" % (value,))
+    out = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in " /@,"):
+            raise ConfigError("%s[%d]" % (key, i), "must be a host name or address without port, got %r" % (name,))
+        out.append(name.strip().lower().strip("[]"))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """Everything `myason api` reads from api.yaml; see conf/api.yaml for each key."""
@@ -54,11 +68,22 @@ class ApiConfig:
     default_limit: int = field(default=100, metadata=_meta(check_int(1, 1000000)))
     query_cache_size: int = field(default=256, metadata=_meta(check_int(0, 100000)))
     query_cache_ttl: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    # Both caches are bounded in bytes too (myason.api.cache.approx_size): one search may hold
+    # max_limit rows, so a count alone does not bound memory.
+    query_cache_bytes: int = field(default=64 << 20, metadata=_meta(check_int(0, 1 << 40)))
     period_cache_size: int = field(default=512, metadata=_meta(check_int(0, 100000)))
+    period_cache_bytes: int = field(default=32 << 20, metadata=_meta(check_int(0, 1 << 40)))
     known_ids: int = field(default=1000, metadata=_meta(check_int(1, 1000000)))
     query_timeout: float = field(default=30.0, metadata=_meta(check_float(lo=0, lo_open=True)))
     pool_size: int = field(default=4, metadata=_meta(check_int(1, 64)))
     events_limit: int = field(default=1000, metadata=_meta(check_int(1, 1000000)))
+    # Connection limits (myason.api.protocol): slow or idle clients must not hold the server.
+    max_connections: int = field(default=256, metadata=_meta(check_int(1, 100000)))
+    header_timeout: float = field(default=10.0, metadata=_meta(check_float(lo=0, lo_open=True)))
+    keepalive_timeout: float = field(default=5.0, metadata=_meta(check_float(lo=0, lo_open=True)))
+    max_header_bytes: int = field(default=16384, metadata=_meta(check_int(1024, 1 << 20)))
+    trusted_hosts: tuple | None = field(default=None, metadata=_meta(check_trusted_hosts))
+    docs: bool = field(default=False, metadata=_meta(check_bool()))
 
     def __post_init__(self):
         _validate_fields(self)
@@ -108,6 +133,11 @@ def resolve_token(cfg: ApiConfig) -> str | None:
             raise ConfigError("token_file", "%s is empty" % cfg.token_file)
         return token
     return secrets.token_urlsafe(24)
+
+
+def token_is_generated(cfg: ApiConfig) -> bool:
+    """True when resolve_token makes a new random token (auth on, neither token nor token_file)."""
+    return cfg.auth and not cfg.token and not cfg.token_file
 
 
 def is_loopback(host: str) -> bool:

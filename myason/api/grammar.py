@@ -14,15 +14,20 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_LIMIT = 100
+# More clauses than a real question needs only make the SQL longer (1,000 clauses reached the
+# databases' limits, a 503): refused with 400 instead.
+MAX_CLAUSES = 64
+# A duration back from now must stay a time the databases can hold (999999999w is 19 million years).
+MAX_AGO = 100 * 366 * 86400
 # Canonical clause order; also the list of known clauses.
 CLAUSES = ("agent", "host", "src", "dst", "net", "port", "proto", "after", "before", "limit")
 PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmp6": 58, "icmpv6": 58, "sctp": 132}
 PROTOCOL_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
 _AGENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_DURATION_RE = re.compile(r"^(\d{1,9})([smhdw])$")
+_DURATION_RE = re.compile(r"^([0-9]{1,9})([smhdw])$")
 _UNITS = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 _UNIT_SECONDS = dict(_UNITS)
-_EPOCH_RE = re.compile(r"^\d{9,11}(\.\d{1,6})?$")
+_EPOCH_RE = re.compile(r"^[0-9]{9,11}(\.[0-9]{1,6})?$")
 
 
 class GrammarError(ValueError):
@@ -70,7 +75,7 @@ def parse_address(text: str) -> str:
 
 def parse_net(addr: str, prefix: str) -> str:
     """A network 'ADDR/PREFIX' (host bits cleared); GrammarError otherwise."""
-    if not re.fullmatch(r"\d{1,3}", prefix or ""):
+    if not re.fullmatch(r"[0-9]{1,3}", prefix or ""):
         raise GrammarError("net needs ADDR/PREFIX, e.g. net/10.0.0.0/8, got prefix %r" % (prefix,))
     try:
         return str(ipaddress.ip_network("%s/%s" % (addr, prefix), strict=False))
@@ -80,7 +85,7 @@ def parse_net(addr: str, prefix: str) -> str:
 
 def parse_port(text: str) -> str:
     """A port number 0-65535 as a string."""
-    if not re.fullmatch(r"\d{1,5}", text) or int(text) > 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
         raise GrammarError("not a port (0-65535): %r" % (text,))
     return str(int(text))
 
@@ -90,7 +95,7 @@ def parse_proto(text: str) -> str:
     low = text.lower()
     if low in PROTOCOLS:
         return str(PROTOCOLS[low])
-    if re.fullmatch(r"\d{1,3}", text) and int(text) <= 255:
+    if re.fullmatch(r"[0-9]{1,3}", text) and int(text) <= 255:
         return str(int(text))
     raise GrammarError("not a protocol (tcp, udp, icmp, icmp6, ... or 0-255): %r" % (text,))
 
@@ -101,9 +106,13 @@ def parse_time(text: str) -> str:
     Relative times stay relative in the canonical form (so a repeated question keeps its id) and
     are written in their largest whole unit ('300s' -> '5m'); absolute times become UTC ISO 8601.
     """
+    if not text.isascii():
+        raise GrammarError("not a time (ASCII digits only): %r" % (text,))
     m = _DURATION_RE.match(text)
     if m:
         seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        if seconds > MAX_AGO:
+            raise GrammarError("out of range (at most %d days ago): %r" % (MAX_AGO // 86400, text))
         for unit, size in _UNITS:
             if seconds % size == 0:
                 return "%d%s" % (seconds // size, unit)
@@ -116,7 +125,10 @@ def parse_time(text: str) -> str:
             raise GrammarError("not a time (e.g. 30m, 2h, 7d, 2024-05-01T12:00:00Z): %r" % (text,)) from None
         if t.tzinfo is None:
             t = t.replace(tzinfo=dt.timezone.utc)
-        t = t.astimezone(dt.timezone.utc)
+        try:
+            t = t.astimezone(dt.timezone.utc)
+        except OverflowError:       # 9999-12-31T23:59:59-23:59 is in year 10000 in UTC
+            raise GrammarError("time out of range: %r" % (text,)) from None
     if not 1970 <= t.year <= 9999:
         raise GrammarError("time out of range: %r" % (text,))
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (".%06d" % t.microsecond if t.microsecond else "") + "Z"
@@ -132,7 +144,7 @@ def resolve_time(value: str, now: float) -> float:
 
 def parse_limit(text: str, max_limit: int) -> int:
     """A row limit between 1 and max_limit."""
-    if not re.fullmatch(r"\d{1,9}", text) or not 1 <= int(text) <= max_limit:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not 1 <= int(text) <= max_limit:
         raise GrammarError("limit must be between 1 and %d, got %r" % (max_limit, text))
     return int(text)
 
@@ -150,10 +162,13 @@ _PARSERS = {"host": parse_address, "src": parse_address, "dst": parse_address, "
 
 def parse_query(path: str, max_limit: int = 10000, default_limit: int = DEFAULT_LIMIT) -> Query:
     """Parse a clause path ('host/1.2.3.4/net/10.0.0.0/8/limit/50'); GrammarError when it is wrong."""
+    if not path.isascii():
+        # Only ASCII is meaningful here; other scripts' digits must not pass for numbers.
+        raise GrammarError("only ASCII characters are allowed in a query, got %r" % (path[:100],))
     segments = [s for s in path.strip().split("/") if s]
     if not segments:
         raise GrammarError("empty query: give at least one clause, e.g. host/10.0.0.1")
-    clauses, limit, i = set(), None, 0
+    clauses, limit, i, count = set(), None, 0, 0
     while i < len(segments):
         name = segments[i].lower()
         if name not in CLAUSES:
@@ -165,6 +180,9 @@ def parse_query(path: str, max_limit: int = 10000, default_limit: int = DEFAULT_
                 raise GrammarError("net needs ADDR/PREFIX, e.g. net/10.0.0.0/8")
             raise GrammarError("clause %r needs a value" % name)
         i += 1 + need
+        count += 1
+        if count > MAX_CLAUSES:
+            raise GrammarError("too many clauses: at most %d" % MAX_CLAUSES)
         if name == "limit":
             if limit is not None:
                 raise GrammarError("limit given twice")

@@ -11,7 +11,9 @@ import os
 import shutil
 import time
 
-from myason.api.db import DatabaseError, MissingTable
+import orjson
+
+from myason.api.db import MissingTable
 from myason.api.grammar import PROTOCOL_NAMES, resolve_time
 
 FLOW_COLUMNS = ("first", "last", "agent", "if_name", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
@@ -254,22 +256,26 @@ def data_range(db) -> dict:
 # -- events ---------------------------------------------------------------------------------------
 
 def events(db, since, category=None, source=None, limit=100, now=None, until=None) -> list:
-    """IDEA events detected in the `since` seconds before `until` (default now), newest first, at most `limit`."""
-    from myason.store.query import fetch_events
+    """IDEA events detected in the `since` seconds before `until` (default now), newest first, at most `limit`.
+
+    Through `db` (the pool, the read-only session and the query timeout, as every other route),
+    sorted and limited by the database.
+    """
+    from myason.store.query import events_sql
     end = (time.time() if now is None else now) if until is None else until
-    try:
-        evs = fetch_events(db.writer_config(), end - since, category or None, source or None,
-                           until=None if until is None else end)
-    except OSError as exc:
-        raise DatabaseError(str(exc)) from None
-    evs.reverse()
-    return evs[:limit]
+    sql, params = events_sql(db.kind, end - since, category or None, source or None,
+                             until=None if until is None else end, limit=limit, newest_first=True)
+    _, rows = _fetch(db, sql, params)
+    # PostgreSQL gives jsonb as dicts, SQLite the JSON text.
+    return [orjson.loads(r[0]) if isinstance(r[0], (str, bytes)) else r[0] for r in rows]
 
 
 def greylist(db, since, now=None) -> list:
-    """Greylist rows (myason.store.query.greylist) of the events of the last `since` seconds."""
-    from myason.store.query import greylist as build
-    return build(events(db, since, limit=None, now=now))
+    """Greylist rows (myason.store.query.greylist) of the events of the last `since` seconds, aggregated in SQL."""
+    from myason.store.query import greylist_from_groups, greylist_sql
+    now = time.time() if now is None else now
+    _, rows = _fetch(db, *greylist_sql(db.kind, now - since))
+    return greylist_from_groups(rows)
 
 
 # -- health ---------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ from prometheus_client.registry import CollectorRegistry
 from myason.metrics import StatsCollector
 
 # Latency buckets (seconds): cached answers take about a millisecond, big searches seconds.
+# The method is whatever the client sent (any token up to the header limit, answered 405 without
+# a token): only these are labels, every other method counts as OTHER, so the series stay few.
+METHODS = ("GET", "HEAD")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -20,11 +23,11 @@ class Telemetry:
                                 ("route", "method", "status"), registry=self.registry)
         self.latency = Histogram("myason_api_request_seconds", "HTTP request latency by route",
                                  ("route",), buckets=BUCKETS, registry=self.registry)
-        self.registry.register(StatsCollector(stats_fn, gauges=("cache_entries",), prefix="myason_api"))
+        self.registry.register(StatsCollector(stats_fn, gauges=("cache_entries", "cache_bytes"), prefix="myason_api"))
 
     def observe(self, route, method, status, seconds) -> None:
         """Count one request and its latency."""
-        self.requests.labels(route, method, str(status)).inc()
+        self.requests.labels(route, method if method in METHODS else "OTHER", str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
     def render(self):

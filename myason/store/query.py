@@ -49,20 +49,78 @@ def fetch_events(writer: dict, since: float, category=None, source=None, until=N
     return _fetch_postgresql(writer["dsn"], since, category, source, until)
 
 
-def _fetch_sqlite(path, since, category, source, until=None):
-    import sqlite3
-    sql = "SELECT event FROM events WHERE detecttime >= ?"
+def events_sql(kind, since, category=None, source=None, until=None, limit=None, newest_first=False):
+    """(sql, params) selecting the `event` column of stored events, since <= DetectTime (< until).
+
+    `kind` is "sqlite" or "postgresql"; ordered by DetectTime (then id), oldest first unless
+    newest_first, at most `limit` rows when given: the database sorts and stops, through the
+    detecttime index, instead of the caller reading every event.
+    """
+    pg = kind == "postgresql"
+    p, t = ("%s", "to_timestamp(%s)") if pg else ("?", "?")
+    sql = "SELECT event FROM events WHERE detecttime >= %s" % t
     args = [since]
     if until is not None:
-        sql += " AND detecttime < ?"
+        sql += " AND detecttime < %s" % t
         args.append(until)
     if category:
-        sql += " AND EXISTS (SELECT 1 FROM json_each(events.category) WHERE value = ?)"
+        sql += (" AND category @> ARRAY[%s]::text[]" if pg
+                else " AND EXISTS (SELECT 1 FROM json_each(events.category) WHERE value = ?)")
         args.append(category)
     if source:
-        sql += " AND EXISTS (SELECT 1 FROM json_each(events.source_ip) WHERE value = ?)"
+        sql += (" AND source_ip @> ARRAY[%s]::inet[]" if pg
+                else " AND EXISTS (SELECT 1 FROM json_each(events.source_ip) WHERE value = ?)")
         args.append(source)
-    sql += " ORDER BY detecttime, id"
+    sql += " ORDER BY detecttime DESC, id DESC" if newest_first else " ORDER BY detecttime, id"
+    if limit is not None:
+        sql += " LIMIT %s" % p
+        args.append(int(limit))
+    return sql, args
+
+
+def greylist_sql(kind, since, until=None):
+    """(sql, params) of the greylist's groups: one row per source address and stored category list,
+    (address, categories, events, first_seen, last_seen) with times as Unix seconds.
+
+    The database aggregates, so the answer's size follows the number of addresses, not of events;
+    greylist_from_groups merges an address's rows (one per distinct category list).
+    """
+    if kind == "postgresql":
+        first = "coalesce((e.event->>'EventTime')::timestamptz, e.detecttime)"
+        sql = ("SELECT host(s.addr), e.category, count(*), extract(epoch FROM min(%s))::float8,"
+               " extract(epoch FROM max(e.detecttime))::float8"
+               " FROM events e CROSS JOIN LATERAL unnest(e.source_ip) AS s(addr)"
+               " WHERE e.detecttime >= to_timestamp(%%s)%s GROUP BY s.addr, e.category"
+               % (first, "" if until is None else " AND e.detecttime < to_timestamp(%s)"))
+    else:
+        # julianday() reads RFC 3339 with a zone or Z; NULL (no EventTime, or unreadable) falls back.
+        first = ("coalesce(round((julianday(json_extract(e.event, '$.EventTime')) - 2440587.5) * 86400.0, 3),"
+                 " e.detecttime)")
+        sql = ("SELECT s.value, e.category, count(*), min(%s), max(e.detecttime)"
+               " FROM events e, json_each(e.source_ip) s WHERE e.detecttime >= ?%s GROUP BY s.value, e.category"
+               % (first, "" if until is None else " AND e.detecttime < ?"))
+    return sql, [since] + ([] if until is None else [until])
+
+
+def greylist_from_groups(rows) -> list:
+    """Greylist rows (as greylist() makes them) from the rows of greylist_sql, busiest address first."""
+    out = {}
+    for addr, categories, count, first, last in rows:
+        if isinstance(categories, str):     # SQLite keeps the list as a JSON array
+            categories = orjson.loads(categories)
+        e = out.get(addr)
+        if e is None:
+            e = out[addr] = {"address": addr, "categories": set(), "first_seen": first, "last_seen": last, "events": 0}
+        e["categories"].update(categories)
+        e["first_seen"] = min(e["first_seen"], first)
+        e["last_seen"] = max(e["last_seen"], last)
+        e["events"] += int(count)
+    return _finish_greylist(out)
+
+
+def _fetch_sqlite(path, since, category, source, until=None):
+    import sqlite3
+    sql, args = events_sql("sqlite", since, category, source, until)
     try:
         conn = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
     except sqlite3.Error as exc:
@@ -79,18 +137,7 @@ def _fetch_sqlite(path, since, category, source, until=None):
 
 def _fetch_postgresql(dsn, since, category, source, until=None):
     import psycopg
-    sql = "SELECT event FROM events WHERE detecttime >= to_timestamp(%s)"
-    args = [since]
-    if until is not None:
-        sql += " AND detecttime < to_timestamp(%s)"
-        args.append(until)
-    if category:
-        sql += " AND category @> ARRAY[%s]::text[]"
-        args.append(category)
-    if source:
-        sql += " AND source_ip @> ARRAY[%s]::inet[]"
-        args.append(source)
-    sql += " ORDER BY detecttime, id"
+    sql, args = events_sql("postgresql", since, category, source, until)
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             return [r[0] for r in conn.execute(sql, args)]
@@ -116,6 +163,10 @@ def greylist(events) -> list:
                 e["first_seen"] = min(e["first_seen"], first)
                 e["last_seen"] = max(e["last_seen"], t)
                 e["events"] += 1
+    return _finish_greylist(out)
+
+
+def _finish_greylist(out):
     rows = sorted(out.values(), key=lambda e: (-e["events"], e["address"]))
     for e in rows:
         e["categories"] = sorted(e["categories"])
@@ -135,9 +186,13 @@ def format_greylist(rows, fmt="csv") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(GREYLIST_FIELDS)
-    for e in rows:
-        w.writerow([e["address"], ";".join(e["categories"]), e["first_seen"], e["last_seen"], e["events"]])
+    w.writerows(greylist_table(rows))
     return buf.getvalue()
+
+
+def greylist_table(rows) -> list:
+    """The greylist's CSV rows (GREYLIST_FIELDS, categories joined by ';')."""
+    return [[e["address"], ";".join(e["categories"]), e["first_seen"], e["last_seen"], e["events"]] for e in rows]
 
 
 def format_event_line(ev) -> str:

@@ -191,6 +191,12 @@ def browser(tmp_path, request):
         driver.quit()
 
 
+def page_errors(driver):
+    """Script errors and Content-Security-Policy refusals the browser logged (the page must cause none)."""
+    return [e for e in driver.get_log("browser")
+            if e.get("source") == "javascript" or "Content Security Policy" in e.get("message", "")]
+
+
 def wait_for(driver, pred, what):
     """Poll pred(driver) until it returns something truthy; fail with the page's state after DEADLINE."""
     deadline = time.monotonic() + DEADLINE
@@ -309,7 +315,7 @@ def test_page_layout_at_1400_and_420(api, browser, tmp_path):
         else:
             # Too wide for a phone: the table's own box scrolls, not the page.
             assert m["box"][0] > m["box"][1] and m["boxOverflow"] in ("auto", "scroll"), where
-    assert not [e for e in browser.get_log("browser") if e.get("source") == "javascript"]
+    assert not page_errors(browser)
 
 
 def test_page_offers_the_range_where_data_exists(past_api, browser, past_store):
@@ -352,7 +358,7 @@ def test_page_offers_the_range_where_data_exists(past_api, browser, past_store):
     shown.find_element("css selector", "button").click()
     wait_for(browser, lambda d: [e for e in css(d, "#range-notice") if e.is_displayed()], "the notice again")
     assert not [e for e in css(browser, "#range") if e.is_displayed()]
-    assert not [e for e in browser.get_log("browser") if e.get("source") == "javascript"]
+    assert not page_errors(browser)
 
 
 def test_page_shows_stored_traffic_tops_events_and_searches(api, browser, store):
@@ -403,7 +409,7 @@ def test_page_shows_stored_traffic_tops_events_and_searches(api, browser, store)
     status = wait_for(browser, lambda d: css(d, "#search-status.error"), "the search error")[0]
     assert "Search failed" in status.text and "99999" in status.text
     assert not css(browser, "#search-results tbody tr")
-    assert not [e for e in browser.get_log("browser") if e.get("source") == "javascript"]
+    assert not page_errors(browser)
 
 
 def test_page_without_token_says_so(api, browser):

@@ -173,7 +173,8 @@ def test_pooled_connection_killed_under_it_is_replaced(pg):
 # -- a real process ---------------------------------------------------------------------------------
 
 class ApiProcess:
-    """`myason api` in a subprocess: its page address (with token) from the first stdout line."""
+    """`myason api` in a subprocess: its page address from the first stdout line, its token from the
+    config (`token`, `token_file`) or from the 0600 file the line names for a generated one."""
 
     def __init__(self, config_text, tmp_path, extra=()):
         conf = tmp_path / "api.yaml"
@@ -186,9 +187,18 @@ class ApiProcess:
         if not m:
             self.stop()
             raise AssertionError("no address printed: %r\n%s" % (line, self.proc.stderr.read()))
-        self.base, self.token = m.group(1), m.group(2)
+        self.line = line
+        self.base, self.token = m.group(1), m.group(2) or self._token(config_text, line)
         wait_until(lambda: self.get("healthz", auth=False)[0] == 200, timeout=20,
                    ignore=(urllib.error.URLError, ConnectionError))
+
+    @staticmethod
+    def _token(config_text, line):
+        import yaml
+        conf = yaml.safe_load(config_text) or {}
+        m = re.search(r"\(token in (\S+?)[,)]", line)
+        path = conf.get("token_file") or (m.group(1) if m else None)
+        return conf.get("token") or (Path(path).read_text().split("\n")[0] if path else None)
 
     def get(self, path, auth=True, accept=None):
         """(status, body text) of GET base+path."""
@@ -234,7 +244,8 @@ def test_real_process_over_postgresql(pg, tmp_path):
                          % (tmp_path / "x.jsonl", pg))
     api = ApiProcess("token_file: %s\n" % token_file, tmp_path, ("-cc", str(collector)))
     try:
-        assert api.token == "file-token"
+        # The token is read from the file and never printed (it would land in the journal).
+        assert api.token == "file-token" and "file-token" not in api.line and str(token_file) in api.line
         assert api.get("q/host/10.7.0.1", auth=False)[0] == 401
         body = api.json("q/host/10.7.0.1/after/1h")
         assert body["count"] == 30 and body["rows"][0][4] == "10.7.0.1"

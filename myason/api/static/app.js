@@ -68,7 +68,8 @@
   function el(tag, attrs, ...kids) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'text') node.textContent = v; else node.setAttribute(k, v);
+      // Styles through the CSSOM: a style attribute would be refused by the page's CSP.
+      if (k === 'text') node.textContent = v; else if (k === 'style') node.style.cssText = v; else node.setAttribute(k, v);
     }
     for (const kid of kids) if (kid != null) node.append(kid);
     return node;
