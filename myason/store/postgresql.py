@@ -166,15 +166,20 @@ class PostgresWriter(Writer):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
                          " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        for version, name, sql in load_migrations("postgresql"):
-            with _tx(conn):
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone():
-                    continue
-                conn.execute(sql)
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
-            applied.append(version)
-            log.info("postgresql: applied migration %03d_%s", version, name)
+        # A migration's warnings (e.g. 007: no CREATEROLE for the reader role) go to the log.
+        conn.add_notice_handler(_log_warning)
+        try:
+            for version, name, sql in load_migrations("postgresql"):
+                with _tx(conn):
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone():
+                        continue
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                applied.append(version)
+                log.info("postgresql: applied migration %03d_%s", version, name)
+        finally:
+            conn.remove_notice_handler(_log_warning)
         return applied
 
     def partitions(self):
@@ -412,6 +417,12 @@ def _psycopg():
     # Imported on first use so the other writers work without the driver.
     import psycopg
     return psycopg
+
+
+def _log_warning(diag):
+    # Notices (IF NOT EXISTS ... skipping) are routine; warnings are for the operator.
+    if diag.severity_nonlocalized == "WARNING":
+        log.warning("postgresql: %s", diag.message_primary)
 
 
 def _short(exc):

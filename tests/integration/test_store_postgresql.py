@@ -130,7 +130,7 @@ def test_migrate_twice_is_a_no_op(writer, pg):
     w2.close()
     assert query(pg, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "flows"), (2, "closed_partition_indexes"), (3, "enrich_events"), (4, "rollups"),
-        (5, "service_port"), (6, "rollup_candidates")]
+        (5, "service_port"), (6, "rollup_candidates"), (7, "reader_role")]
     assert query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
     indexes = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
     # Address btrees live on closed partitions only (migration 002); the parent keeps BRIN on time.
@@ -162,7 +162,7 @@ def test_writers_opening_a_fresh_database_at_once_all_succeed(pg):
     for w in writers:
         w.close()
     assert errors == []
-    assert [v for v, in query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6]
+    assert [v for v, in query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer, pg):
@@ -346,3 +346,47 @@ def test_writer_thread_and_spool_exactly_once_across_an_outage(servers, pg, tmp_
     assert count(pg) == 50 * per
     assert query(pg, "SELECT count(DISTINCT src_port) FROM flows") == [(50 * per,)]
     assert query(pg, "SELECT count(*), sum(rows) FROM batches") == [(50, 50 * per)]
+
+
+@pytest.fixture
+def reader(pg, writer):
+    """The DSN of a new login role granted myason_reader, as docs/operations.md makes one for the API."""
+    name = "r_%s" % uuid.uuid4().hex[:12]
+    query(pg, "CREATE ROLE %s LOGIN" % name)
+    query(pg, "GRANT myason_reader TO %s" % name)
+    yield psycopg.conninfo.make_conninfo(pg, user=name)
+    # Its own privileges are none (they are the group's): it can go at once.
+    query(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+    query(pg, "DROP ROLE IF EXISTS %s" % name)
+
+
+def test_reader_role_may_select_and_nothing_else(writer, pg, reader):
+    """Issue 12 item 15: the API's role (granted myason_reader by migration 007) reads and cannot write."""
+    writer.write("r1", make_rows(5))
+    writer.write("r2", make_rows(3, start=100, t=T0 + 3 * DAY))      # a day partition made after 007
+    writer.maintain(now=T0 + 4 * DAY)
+    # A table a later migration adds is readable too (default privileges).
+    query(pg, "CREATE TABLE future_table (x int)")
+    query(pg, "INSERT INTO future_table VALUES (1)")
+    assert query(reader, "SELECT count(*) FROM flows") == [(8,)]
+    for table in ("events", "rollup_1m", "rollup_top_1h", "health_samples", "future_table", "schema_migrations"):
+        query(reader, "SELECT count(*) FROM %s" % table)
+    assert query(reader, "SELECT count(*) FROM %s" % partition_name(dt.date(2023, 11, 18))) == [(3,)]
+    refused = ["INSERT INTO flows (src_ip) VALUES ('10.0.0.1')", "DELETE FROM flows", "UPDATE flows SET bytes = 0",
+               "TRUNCATE flows", "DELETE FROM %s" % partition_name(dt.date(2023, 11, 15)), "DELETE FROM events",
+               "DELETE FROM rollup_1m", "DELETE FROM batches", "INSERT INTO future_table VALUES (2)",
+               "CREATE TABLE mine (x int)", "DROP TABLE future_table", "ALTER TABLE flows ADD COLUMN x int"]
+    for sql in refused:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            query(reader, sql)
+    assert count(pg) == 8
+
+
+def test_reader_role_migration_is_idempotent(writer, pg):
+    """Re-applied (tests drop schema_migrations) with the role already there: no error, same grants."""
+    query(pg, "DELETE FROM schema_migrations WHERE version = 7")
+    assert writer.migrate() == [7]
+    assert writer.migrate() == []
+    assert query(pg, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'myason_reader'") == [(False,)]
+    assert query(pg, "SELECT has_table_privilege('myason_reader', 'flows', 'SELECT'),"
+                     " has_table_privilege('myason_reader', 'flows', 'INSERT')") == [(True, False)]
