@@ -220,6 +220,10 @@ def _keygen(args):
 
 
 def _agent(args):
+    # Before numpy is first imported: its OpenBLAS would start worker threads at import, and a
+    # live agent drops CAP_NET_ADMIN after setup in its own threads only (capset() is per
+    # thread), so threads started earlier would keep it. The agent does no linear algebra.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from myason.agent.capture import check_interfaces
     from myason.config import load_agent_config
     from myason.logs import setup_logging

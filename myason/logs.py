@@ -230,6 +230,21 @@ def _install_queue(loggers, json_format):
     return handle
 
 
+def restart_messenger() -> bool:
+    """Replace the messenger thread of the running setup with a new one started by the caller.
+
+    A new thread starts with its creator's privileges: the agent calls this after dropping a
+    capability so that no thread keeps it. Records queued meanwhile are written by the new
+    thread. False when no setup runs.
+    """
+    handle = _active
+    if handle is None or not handle.running:
+        return False
+    handle.listener.stop()
+    handle.listener.start()
+    return True
+
+
 class RateLimiter:
     """At most `burst` logs per key per interval; suppressed(key) tells how many were skipped before.
 

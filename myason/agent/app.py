@@ -322,6 +322,8 @@ class AgentApp(reloading.LiveReload):
                 src = self._make_source(iface, self.cfg)
                 src.open()
                 self.lanes[iface.name] = self._lane(iface, src)
+            # Before any capture thread starts, so that none inherits it.
+            self._drop_net_admin()
             threads = [t for lane in self.lanes.values() for t in lane.threads()]
         else:
             fast = self._fast_replay()
@@ -372,6 +374,29 @@ class AgentApp(reloading.LiveReload):
         for t in failed:
             log.error("%s: %s", t.name, t.error)
         return 1 if failed else 0
+
+    def _drop_net_admin(self):
+        """Give up CAP_NET_ADMIN once the capture sockets have their buffers (SO_RCVBUFFORCE).
+
+        It was needed for nothing else; sockets a SIGHUP reload opens later get what
+        net.core.rmem_max allows (docs/operations.md).
+        """
+        from myason.agent import caps
+        from myason.logs import restart_messenger
+        try:
+            if not caps.drop(caps.CAP_NET_ADMIN):
+                return
+            # The log thread started before the drop and still holds it: a new one does not.
+            restart_messenger()
+            left = caps.holders(caps.CAP_NET_ADMIN)
+        except (OSError, AttributeError, ValueError) as exc:
+            # AttributeError: a libc without capget/capset (not glibc or musl).
+            log.warning("cannot drop CAP_NET_ADMIN after opening the capture sockets: %s", exc)
+            return
+        if left:
+            log.warning("CAP_NET_ADMIN dropped, but threads %s still hold it", left)
+        else:
+            log.info("capture sockets open: CAP_NET_ADMIN dropped")
 
     def _fast_replay(self):
         if self.engine == "python":

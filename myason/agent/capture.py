@@ -3,12 +3,15 @@ import ctypes
 import errno
 import fcntl
 import ipaddress
+import logging
 import select
 import socket
 import struct
 import time
 
 from myason.errors import CaptureError
+
+log = logging.getLogger("myason.agent.capture")
 
 # Linux constants the socket module does not export (include/uapi/linux/if_packet.h, asm/socket.h).
 SOL_PACKET = 263
@@ -304,11 +307,19 @@ class LiveSource:
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
         except OSError:
-            # Without CAP_NET_ADMIN: ask anyway, the kernel caps it at net.core.rmem_max.
+            # Without CAP_NET_ADMIN (the unit does not grant it; an agent that had it dropped it
+            # after start, myason.agent.caps): the kernel caps the buffer at net.core.rmem_max,
+            # which the install raises (conf/60-myason.conf).
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
             except OSError:
                 pass
+            # The kernel reports twice what it grants for data (its bookkeeping half).
+            got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+            if got < RCVBUF_BYTES:
+                log.warning("capture buffer of %s: %d bytes, not %d: bursts beyond it are lost (kernel_drops); "
+                            "raise net.core.rmem_max (conf/60-myason.conf: sysctl -w net.core.rmem_max=%d)",
+                            self.ifname, got, RCVBUF_BYTES, RCVBUF_BYTES)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         sock.bind((self.ifname, ETH_P_ALL))

@@ -181,8 +181,12 @@ class RouteTable:
         self._cached = functools.lru_cache(maxsize=max(0, int(cache_size)))(self._lookup)
 
     @classmethod
-    def from_system(cls, proc_root: str = "/proc", cache_size: int = 65536) -> "RouteTable":
-        """Table from the running host's /proc; missing or unreadable files give fewer routes."""
+    def from_system(cls, proc_root: str = "/proc/self", cache_size: int = 65536) -> "RouteTable":
+        """Table from the running host's /proc; missing or unreadable files give fewer routes.
+
+        /proc/self/net is what /proc/net links to (this process's network namespace), and it
+        stays visible under the agent unit's ProcSubset=pid, which hides /proc/net.
+        """
         routes = []
         for name, parse in (("route", lambda t: parse_proc_route(t, sys.byteorder)),
                             ("ipv6_route", parse_proc_ipv6_route)):

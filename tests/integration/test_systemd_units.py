@@ -1,20 +1,28 @@
 """conf/*.service checked by systemd itself (`systemd-analyze verify` and `security`, offline).
 
 systemd does not need to be running. The units' /opt/myason paths are pointed at this tree so
-that verify can check the command exists; anything verify prints is a finding.
+that verify can check the command exists; anything verify prints is a finding. Two settings
+are also tried on the code itself, without systemd: the agent's route table under a /proc
+mounted like ProcSubset=pid, and the API under the kernel's own memory-deny-write-execute.
 """
+import ctypes
 import os
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.integration.services import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 UNITS = ("myason-agent.service", "myason-collector.service", "myason-api.service")
-# `systemd-analyze security` grades exposure from 0 (locked down) to 10; 3.0 is still "OK".
-MAX_EXPOSURE = 3.0
+# `systemd-analyze security` grades exposure from 0 (locked down) to 10; issue 12 item 17 asks
+# for 1.5 at most (systemd 252: agent 1.5, collector 1.1, api 1.1; docs/operations.md).
+MAX_EXPOSURE = 1.5
 
 
 def _analyze():
@@ -77,3 +85,94 @@ def test_exposure_score_is_low(analyze, units, name):
         pytest.skip("this systemd-analyze has no offline security check: %s" % r.stderr.strip()[:200])
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) <= MAX_EXPOSURE, r.stdout
+
+
+def test_route_table_is_read_under_proc_subset_pid():
+    """ProcSubset=pid (agent unit) hides /proc/net; the agent reads /proc/self/net, which stays."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (util-linux)")
+    script = textwrap.dedent("""
+        import os, sys
+        from myason.agent.routes import RouteTable
+        print(os.path.exists("/proc/net/route"), len(RouteTable.from_system()), len(RouteTable.from_system("/proc")))
+    """)
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        "mount -t proc -o subset=pid,hidepid=invisible proc /proc && exec \"$0\" -c \"$1\"",
+                        sys.executable, script], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    if r.returncode != 0 and "subset" in r.stderr:
+        pytest.skip("this kernel cannot mount /proc with subset=pid: %s" % r.stderr.strip()[:200])
+    assert r.returncode == 0, r.stderr
+    visible, ours, theirs = r.stdout.split()
+    assert (visible, theirs) == ("False", "0")      # /proc/net is gone, as under the unit
+    assert int(ours) > 0                            # and the routes are still read
+
+
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+
+
+def _mdwe():
+    """preexec_fn: the kernel's memory-deny-write-execute (Linux 6.3+), as MemoryDenyWriteExecute= does by seccomp."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        os._exit(97)
+
+
+def _mdwe_available():
+    r = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_mdwe, timeout=30)
+    return r.returncode == 0
+
+
+def test_api_serves_under_memory_deny_write_execute(tmp_path):
+    """The API unit sets MemoryDenyWriteExecute=yes: it must start and answer with no W+X memory."""
+    if not _mdwe_available():
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    import json
+    import socket
+    import sqlite3
+    import urllib.request
+    from myason.store.sqlite import SqliteWriter
+    db = tmp_path / "flows.db"
+    w = SqliteWriter(path=str(db))
+    w.open()
+    w.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = tmp_path / "api.yaml"
+    api.write_text(json.dumps({"bind": "127.0.0.1:%d" % port, "database": {"type": "sqlite", "path": str(db)}}))
+    proc = subprocess.Popen([sys.executable, str(REPO / "myason.py"), "api", "-ac", str(api), "--no-auth"],
+                            preexec_fn=_mdwe, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        def answer():
+            if proc.poll() is not None:
+                raise AssertionError("the API exited (%s): %s" % (proc.returncode, proc.stderr.read()))
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=2) as resp:
+                    return resp.status
+            except OSError:
+                return None
+        assert wait_until(answer, timeout=60, interval=0.2) == 200
+        with urllib.request.urlopen("http://127.0.0.1:%d/q/after/1h/limit/5" % port, timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert sqlite3.connect(str(db)).execute("SELECT count(*) FROM flows").fetchone() == (0,)
+
+
+def test_numba_jit_fails_under_memory_deny_write_execute():
+    """The control, and why the agent and collector units do without MemoryDenyWriteExecute."""
+    if not _mdwe_available():
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    pytest.importorskip("numba")
+    code = "from numba import njit\nprint(njit('int64(int64)')(lambda x: x + 1)(41))"
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert free.stdout.strip() == "42", free.stderr
+    denied = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            preexec_fn=_mdwe)
+    assert denied.returncode != 0 and denied.stdout.strip() != "42"
