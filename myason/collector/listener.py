@@ -3,7 +3,7 @@
 Per readable socket it drains everything the kernel holds (non-blocking) and queues one list,
 which halves the cost of the hand-over to the processors compared to one put per datagram
 (../shared/anchors/collector/RESULTS.md). The kernel's drop counter for each socket comes with
-SO_RXQ_OVFL on the first datagram of every drain.
+SO_RXQ_OVFL, and each datagram's arrival time with SO_TIMESTAMPNS.
 """
 import errno
 import logging
@@ -21,7 +21,12 @@ LIST_MAX_BYTES = 1 << 20
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _U32 = struct.Struct("I")
+_TIMESPEC = struct.Struct("qq")
+# Room for both control messages that come with a datagram: its arrival time and the drop count.
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
 _DRAIN_MAX = 2048
 
 
@@ -44,6 +49,7 @@ def open_socket(host, port, rcvbuf, reuseport=False):
             log.warning("receive buffer for %s:%d is %d bytes, asked for %d: raise net.core.rmem_max "
                         "(or run as root) to avoid drops under load", host, port, got, rcvbuf)
         s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.bind((host, port))
         s.setblocking(False)
     except OSError:
@@ -68,6 +74,7 @@ class Listener(threading.Thread):
         self.socks = [open_socket(h, port, rcvbuf, reuseport) for h in addresses]
         self._buf = bytearray(max_datagram + 1)     # +1: a datagram that fills it is oversized
         self._view = memoryview(self._buf)
+        self._bufs = [self._buf]
         self.datagrams = 0
         self.bytes = 0
         self.oversized = 0
@@ -90,21 +97,20 @@ class Listener(threading.Thread):
                 s.close()
 
     def _loop(self):
-        bufsize = self.max_datagram + 1
         while not self.stop.is_set():
             try:
                 readable, _, _ = select.select(self.socks, [], [], 0.2)
             except InterruptedError:
                 continue
             for s in readable:
-                batch = self._drain(s, bufsize)
+                batch = self._drain(s)
                 if not batch:
                     continue
                 self._queue(batch)
         # Stopping: what the kernel already holds was sent to us; take it before closing.
         for s in self.socks:
             for _ in range(64):
-                batch = self._drain(s, bufsize)
+                batch = self._drain(s)
                 if not batch:
                     break
                 self._queue(batch)
@@ -115,58 +121,49 @@ class Listener(threading.Thread):
         except queue.Full:
             self.queue_dropped += len(batch)
 
-    def _drain(self, s, bufsize):
+    def _drain(self, s):
+        # Everything into one reused buffer: a datagram the limits refuse costs no allocation, so
+        # a flood from one source is thrown away at the rate the kernel hands it over.
         batch = []
         now = time.time()
-        try:
-            data, anc, _flags, addr = s.recvmsg(bufsize, 64)
-        except (BlockingIOError, InterruptedError):
-            return batch
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOBUFS):
-                raise
-            return batch
-        for level, kind, value in anc:
-            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
-                self.kernel_drops[s.fileno()] = _U32.unpack_from(value)[0]
-        self._accept(batch, data, addr, now)
-        # The rest into one reused buffer: a datagram the limits refuse costs no allocation, so a
-        # flood from one source is thrown away at the rate the kernel hands it over.
-        buf, mv = self._buf, self._view
-        recv_into = s.recvfrom_into
+        mv, bufs = self._view, self._bufs
+        recv = s.recvmsg_into
         allow = self.limiter.allow if self.limiter is not None else None
-        max_datagram = self.max_datagram
-        size, cap = len(data), self.list_max_bytes
-        n_in = n_bytes = 0
-        for _ in range(_DRAIN_MAX):
+        max_datagram, cap = self.max_datagram, self.list_max_bytes
+        size = n_in = n_bytes = 0
+        for _ in range(_DRAIN_MAX + 1):
             if size >= cap:
                 break
             try:
-                n, addr = recv_into(buf)
-            except OSError:         # BlockingIOError (drained), InterruptedError, ICMP errors
+                n, anc, _flags, addr = recv(bufs, _ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if n_in == 0 and exc.errno not in (errno.ECONNREFUSED, errno.ENOBUFS):
+                    raise
                 break
             n_in += 1
             n_bytes += n
+            # The kernel's arrival time: a datagram that waited in the socket's buffer (the
+            # collector starved of CPU, or holding its intake under `block`) is judged by when
+            # it came, so the token's ttl never turns a backlog into `expired` rejects.
+            at = now
+            for _level, kind, value in anc:     # SOL_SOCKET only: nothing else is enabled
+                if kind == SCM_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack_from(value)
+                    at = sec + nsec * 1e-9
+                elif kind == SO_RXQ_OVFL:
+                    self.kernel_drops[s.fileno()] = _U32.unpack_from(value)[0]
             if n > max_datagram:
                 self.oversized += 1
                 continue
             if allow is not None and not allow(addr[0], now):
                 continue
-            batch.append((bytes(mv[:n]), addr[0], now))
+            batch.append((bytes(mv[:n]), addr[0], at))
             size += n
         self.datagrams += n_in
         self.bytes += n_bytes
         return batch
-
-    def _accept(self, batch, data, addr, now):
-        self.datagrams += 1
-        self.bytes += len(data)
-        if len(data) > self.max_datagram:
-            self.oversized += 1
-            return
-        if self.limiter is not None and not self.limiter.allow(addr[0], now):
-            return
-        batch.append((data, addr[0], now))
 
     def stats(self):
         """Counters for the summary and metrics."""

@@ -206,3 +206,26 @@ def _rss_mib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+@pytest.mark.root
+def test_datagrams_that_waited_in_the_kernel_buffer_past_the_token_ttl_are_accepted(tmp_path):
+    """The whole collector stopped (starved of CPU, say) for longer than token_ttl while an agent
+    sends: its datagrams wait in the socket's buffer. The token's age is judged at the kernel's
+    arrival time, not when the listener got round to reading them."""
+    db = tmp_path / "flows.db"
+    c = collector(tmp_path, [{"type": "sqlite", "path": str(db)}], token_ttl=2.0)
+    s = Stream(c)
+    with c:
+        s.send(5)
+        wait_until(lambda: len(sqlite_rows(db)) == 5 * ROWS_PER_DATAGRAM, timeout=30)
+        os.kill(c.proc.pid, signal.SIGSTOP)
+        try:
+            s.send(50)
+            time.sleep(4.0)             # the stop itself: twice the ttl
+        finally:
+            os.kill(c.proc.pid, signal.SIGCONT)
+        wait_until(lambda: len(sqlite_rows(db)) == 55 * ROWS_PER_DATAGRAM, timeout=30, interval=0.2)
+        assert c.stop() == 0, c.log()
+    summary = c.summary()
+    assert summary["rejects"] == {} and summary["agents"][s.agent]["gaps"] == 0
