@@ -7,7 +7,6 @@ durable before the spool deletes its batch.
 """
 import datetime as dt
 import logging
-import os
 import sqlite3
 import time
 
@@ -97,30 +96,29 @@ class SqliteWriter(Writer):
         """Open the file in WAL mode and apply the pending migrations (`application`: unused here)."""
         self.close()
         try:
-            self._create_file()
-        except OSError as exc:
-            raise WriterError("sqlite: cannot open %s: %s" % (self.path, exc)) from None
-        try:
             # Autocommit at the driver level: transactions are opened explicitly below.
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             self._conn = conn
+            self._set_modes()
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 log.warning("sqlite: %s: journal mode is %s, not wal", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")
             self.migrate()
             self._rollups = SqliteBackend(conn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.close()
             raise WriterError("sqlite: cannot open %s: %s" % (self.path, exc)) from None
 
-    def _create_file(self):
-        # SQLite would create the file with 0644 cut by the umask; made here first, with
-        # file_mode, SQLite gives its -wal and -shm files the database file's mode (unix VFS).
+    def _set_modes(self):
+        # SQLite creates the file with 0644 cut by the umask, empty until the first write below:
+        # set to file_mode now, before anything is written, it is never readable by others, and
+        # SQLite gives the -wal and -shm it creates later the database file's mode (unix VFS).
+        # By path, never by opening the file: closing any descriptor of it would drop this
+        # process's POSIX locks on it, which SQLite's other connections here (the maintenance
+        # thread's) rely on. Also fixes the files of an older version, or a changed file_mode.
         if self.path == ":memory:":
             return
-        os.close(fsmode.open_fd(self.path, os.O_RDWR, self.file_mode))
-        # Files of an older version (made under the umask) or a changed file_mode.
         for suffix in ("", "-wal", "-shm"):
             if fsmode.ensure_mode(self.path + suffix, self.file_mode):
                 log.info("sqlite: %s%s: mode set to %04o (file_mode)", self.path, suffix, self.file_mode)
