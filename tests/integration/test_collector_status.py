@@ -35,7 +35,9 @@ def test_status_reports_stages_and_drained_only_when_every_flow_is_stored(tmp_pa
     s = Stream(c)
     with c:
         port = c.metrics_port
-        code, status = wait_until(lambda: get(port, "/healthz"), timeout=10, ignore=(OSError,))
+        # 503 until every stage has started (the writers connect in their own threads).
+        code, status = wait_until(lambda: (lambda r: r[0] == 200 and r)(get(port, "/healthz")), timeout=10,
+                                  ignore=(OSError,))
         assert code == 200 and status["healthy"] and status["ready"] and status["drained"]
         assert set(status["stages"]) == {"listener", "processor-0", "writer-sqlite", "maintenance-sqlite"}
         s.send(20)

@@ -40,7 +40,8 @@ def quoted(cell):
 
 def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
     db = tmp_path / "flows.db"
-    c = collector(tmp_path, [{"type": "sqlite", "path": str(db)}, {"type": "jsonl", "dir": str(tmp_path / "jsonl")}])
+    c = collector(tmp_path, [{"type": "sqlite", "path": str(db)}, {"type": "jsonl", "dir": str(tmp_path / "jsonl")}],
+                  source_rate=0.01, source_burst=20)
     stream = Stream(c)
     with c:
         port = c.metrics_port
@@ -49,8 +50,15 @@ def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
         # One datagram of each kind of trouble that has a family of its own: a reject.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"not a myason datagram", ("127.0.0.1", c.port))
+        # And a source over its rate: 20 pass (its burst) and are rejected, the 21st is limited.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.2", 0))
+            for _ in range(21):
+                s.sendto(b"not a myason datagram", ("127.0.0.1", c.port))
         wait_until(lambda: len(sqlite_rows(db)) == 10 * ROWS_PER_DATAGRAM, timeout=30)
-        wait_until(lambda: 'myason_rejects_total{key="bad_magic"} 1.0' in get(port, "/metrics")[1], timeout=10)
+        wait_until(lambda: 'myason_rejects_total{key="bad_magic"} 21.0' in get(port, "/metrics")[1], timeout=10)
+        wait_until(lambda: 'myason_rate_limited_by_network_total{key="127.0.0.0/24"} 1.0' in get(port, "/metrics")[1],
+                   timeout=10)
         status = json.loads(wait_until(lambda: (lambda r: json.loads(r[1])["drained"] and r[1])(get(port, "/status")),
                                        timeout=30))
         code, metrics = get(port, "/metrics")
@@ -86,7 +94,7 @@ def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
         assert nested, key
         for inner in nested.values():
             assert set(inner) == quoted(rows[key][3]), key
-    assert summary["rejects"] == {"bad_magic": 1}
+    assert summary["rejects"] == {"bad_magic": 21} and summary["rate_limited_by_network"] == {"127.0.0.0/24": 1}
     assert summary["processors_alive"] == 0
 
 
