@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -210,7 +211,6 @@ class Soak:
         self.port = _free_udp()
         spool = self.work / "spool"
         if spool.exists():
-            import shutil
             shutil.rmtree(spool)
         (self.work / "keystore").write_text("".join("%s %s\n" % kv for kv in self.keys.items()))
         os.chmod(self.work / "keystore", 0o600)
@@ -309,13 +309,13 @@ class Soak:
                   "machine_rcvbuf_errors": udp_rcvbuf_errors() - kernel0, "drain_s": round(drain_s, 1),
                   "rss_collector_mib": [s["coll_mb"] for s in samples], "rss_pg_mib": [s["pg_mb"] for s in samples]}
         result["zero_loss"] = (pg[0] == influx[0] == flows_sent and pg[1:] == influx[1:] and gaps == 0)
-        if not result["zero_loss"] and out:
-            # The collector's log goes with the temporary directory: keep it beside the results.
-            shutil.copy(self.work / "collector.log", "%s.collector-%d.log" % (out.name, rate))
         last = [s["coll_mb"] for s in samples if s["t"] >= duration / 3]
         if len(last) >= 2:
             result["rss_growth_last_two_thirds"] = round(last[-1] / last[0] - 1, 4)
         print("# result %s" % json.dumps({k: v for k, v in result.items() if not k.startswith("rss_")}), flush=True)
+        if not result["zero_loss"] and out:
+            # The collector's log goes with the temporary directory: keep it beside the results.
+            shutil.copy(self.work / "collector.log", "%s.collector-%d.log" % (out.name, rate))
         if out:
             out.write(json.dumps(dict(result, kind="result")) + "\n")
             out.flush()
