@@ -131,6 +131,7 @@ class Listener(threading.Thread):
         allow = self.limiter.allow if self.limiter is not None else None
         max_datagram, cap = self.max_datagram, self.list_max_bytes
         size = n_in = n_bytes = 0
+        fd = s.fileno()
         for _ in range(_DRAIN_MAX + 1):
             if size >= cap:
                 break
@@ -153,7 +154,7 @@ class Listener(threading.Thread):
                     sec, nsec = _TIMESPEC.unpack_from(value)
                     at = sec + nsec * 1e-9
                 elif kind == SO_RXQ_OVFL:
-                    self.kernel_drops[s.fileno()] = _U32.unpack_from(value)[0]
+                    self.kernel_drops[fd] = _U32.unpack_from(value)[0]
             if n > max_datagram:
                 self.oversized += 1
                 continue
