@@ -79,11 +79,11 @@ class ProcessorThread(threading.Thread):
                 elif now >= next_tick:
                     proc.tick(now)
                     next_tick = now + self.tick_every
-            rows = proc.take_rows()
+            rows = proc.take_batch()
             if rows:
                 self.outbox.put(rows)
         proc.flush("shutdown")
-        rows = proc.take_rows()
+        rows = proc.take_batch()
         if rows:
             self.outbox.put(rows)
         self.outbox.put(DONE)

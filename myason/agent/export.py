@@ -167,11 +167,16 @@ class Exporter(threading.Thread):
             self.record_file.close()
 
     def _handle(self, rows):
+        # rows: a list of rows, or a fastoutput.RecordBlock (the fast engine's arrays), which
+        # the record file writes as it is and which makes rows only for the batcher.
         self.flows += len(rows)
-        self.flow_bytes += sum(r[7] for r in rows)     # FIELDS[7] is "bytes"
+        total = getattr(rows, "bytes_total", None)
+        self.flow_bytes += total if total is not None else sum(r[7] for r in rows)   # FIELDS[7]: bytes
         if self.record_file is not None:
             self.record_file.write(rows)
         if self.batcher is not None:
+            if total is not None:
+                rows = rows.rows()
             add, send = self.batcher.add, self.sender.send
             for row in rows:
                 try:

@@ -49,25 +49,32 @@ class RecordFile:
         self._fh.write(data.encode())
 
     def write(self, rows):
-        """Append rows."""
+        """Append rows: a list of rows, or a fastoutput.RecordBlock (formatted from its arrays,
+        the same bytes as its rows would give)."""
         if not rows or self.reader_gone:
             return
         self.rows += len(rows)
         try:
+            if rows.__class__ is not list and hasattr(rows, "bytes_total"):
+                from myason.agent.fastoutput import format_block
+                self._put(format_block(rows, self.format))
+                return
             if self.format == "csv":
                 self._csv.writerows(rows)
                 self._drain()
                 return
             dumps = orjson.dumps
-            data = b"".join(dumps(dict(zip(FIELDS, r))) + b"\n" for r in rows)
-            if self._fh is not None:
-                self._fh.write(data)
-            else:
-                self._text.write(data.decode())
+            self._put(b"".join(dumps(dict(zip(FIELDS, r))) + b"\n" for r in rows))
         except BrokenPipeError:
             if self._own:
                 raise
             self.reader_gone = True
+
+    def _put(self, data):
+        if self._fh is not None:
+            self._fh.write(data)
+        else:
+            self._text.write(data.decode())
 
     def close(self):
         """Flush and close (stdout is flushed, not closed)."""

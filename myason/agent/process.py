@@ -3,17 +3,14 @@
 Two engines give identical records: "python" (FlowCache, one frame at a time: the reference
 and the live path) and "fast" (numba: fastdecode chunks into FastFlowCache, used by replay).
 """
-import gc
 import logging
 import socket
 import struct
-from itertools import repeat
 
 import numpy as np
 
 from myason.agent import decode as dec
 from myason.agent.cache import FlowCache
-from myason.record import END_REASONS
 
 log = logging.getLogger("myason.agent.process")
 
@@ -197,15 +194,7 @@ class PacketProcessor:
     def take_rows(self):
         """Expired flows as rows in myason.record.FIELDS order."""
         if self.engine == "fast":
-            # ~1e5 new lists at a time: the cyclic GC would rescan them again and again, and
-            # rows hold no cycles.
-            was = gc.isenabled()
-            gc.disable()
-            try:
-                return self._rows_from_arrays(*self.cache.take_arrays())
-            finally:
-                if was:
-                    gc.enable()
+            return self._rows_from_arrays(*self.cache.take_arrays())
         rows = []
         agent = self.agent_id
         names = self.if_names
@@ -229,32 +218,20 @@ class PacketProcessor:
 
     def _rows_from_arrays(self, k, u, f, s):
         """take_rows() for FastFlowCache's record arrays: the same rows, built column-wise."""
-        n = len(s)
-        if not n:
-            return []
-        misc = k[:, 4]
-        ver = misc & 0xFF
-        v4 = ver == 4
-        src = _addr_texts(k[:, 0], k[:, 1], v4)
-        dst = _addr_texts(k[:, 2], k[:, 3], v4)
-        ifx = k[:, 5].tolist()
-        names = self.if_names
-        name = [names.get(x, "") for x in ifx] if names else repeat("", n)
-        reason = np.array(END_REASONS, dtype=object)[s >> 24].tolist()
-        first, last = f[:, 0], f[:, 1]
-        if self.time_shift:
-            first, last = first + self.time_shift, last + self.time_shift
-        cols = [src, dst, (misc >> 48).tolist(), ((misc >> 32) & 0xFFFF).tolist(),
-                ((misc >> 24) & 0xFF).tolist(), ((misc >> 16) & 0xFF).tolist(),
-                u[:, 0].tolist(), u[:, 1].tolist(), round6(first), round6(last),
-                (s & 0xFF).tolist(), repeat(self.agent_id, n), name, ifx, repeat(0, n),
-                ver.tolist(), ((s >> 8) & 0xFFFF).tolist(), repeat("", n), repeat(0, n),
-                repeat(0, n), repeat(0, n), repeat(0, n), reason]
-        routes, asn = self.routes, self.asn
-        if routes is not None or asn is not None:
-            ann = [_annotate(w, v, routes, asn) for w, v in zip(k.tolist(), cols[15])]
-            cols[14], cols[17], cols[18], cols[19], cols[20], cols[21] = zip(*ann)
-        return list(map(list, zip(*cols)))
+        return self._block(k, u, f, s).rows()
+
+    def _block(self, k, u, f, s):
+        from myason.agent.fastoutput import RecordBlock
+        return RecordBlock(k, u, f, s, self.agent_id, self.if_names, self.time_shift, self.routes, self.asn)
+
+    def take_batch(self):
+        """What the processor hands the exporter: take_rows(), or with the fast engine a
+        fastoutput.RecordBlock of the same records (rows are made only if export asks;
+        --output writes the arrays directly). Empty: an empty list."""
+        if self.engine != "fast":
+            return self.take_rows()
+        k, u, f, s = self.cache.take_arrays()
+        return self._block(k, u, f, s) if len(s) else []
 
     def stats(self):
         """Counters for logging and the summary."""
@@ -294,7 +271,17 @@ def _annotate(w, version, routes, asn):
 
 def round6(x):
     """[round(v, 6) for v in x] for a float64 array, exactly, without a Python call per value."""
-    with np.errstate(invalid="ignore", over="ignore"):   # inf and nan are redone below
+    _, out, exact = round6_units(x)
+    if not exact.all():
+        odd = ~exact
+        out[odd] = [round(v, 6) for v in x[odd].tolist()]
+    return out.tolist()
+
+
+def round6_units(x):
+    """(n, n / 1e6, exact) for a float64 array: where exact (|v| < 4e9), n is the integer
+    (as float64) with round(v, 6) == n / 1e6; elsewhere round() itself is needed."""
+    with np.errstate(invalid="ignore", over="ignore"):   # inf and nan are redone by the caller
         hi = x * 1e6
         # Dekker's product: hi + lo is exactly x * 10**6 (1e6 needs no split: 14 bits).
         c = 134217729.0 * x
@@ -306,7 +293,4 @@ def round6(x):
         n = np.where(tie & (lo > 0), fl + 1.0, np.where(tie & (lo < 0), fl, np.rint(hi)))
         # n / 1e6 is correctly rounded, like the decimal string round() converts back.
         out = n / 1e6
-    odd = ~(np.abs(x) < 4e9)   # x * 1e6 beyond 2**52, inf, nan: round() itself
-    if odd.any():
-        out[odd] = [round(v, 6) for v in x[odd].tolist()]
-    return out.tolist()
+    return n, out, np.abs(x) < 4e9   # x * 1e6 beyond 2**52, inf, nan: not exact
