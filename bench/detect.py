@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from myason.detect import build_detectors, detector_class  # noqa: E402
 from myason.enrich import build_pipeline  # noqa: E402
-from myason.store.base import ROW_FIELDS  # noqa: E402
+from myason.schema import ROW_FIELDS  # noqa: E402
 
 T0 = 1_700_000_000.0
 _TEMPLATE = {n: 0 for n in ROW_FIELDS}

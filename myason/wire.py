@@ -16,7 +16,7 @@ from itertools import accumulate
 from cryptography.fernet import InvalidToken
 
 from myason.errors import WireError
-from myason.record import FIELDS
+from myason.schema import FIELDS
 
 MAGIC = b"MYAS"
 VERSION = 1

@@ -22,7 +22,7 @@ from contextlib import closing
 
 from myason.agent import reload as reloading
 from myason.agent.export import DONE, Exporter, UdpSender
-from myason.agent.lanes import Lane, SnifferThread  # noqa: F401 - SnifferThread: its old home
+from myason.agent.lanes import Lane, SnifferThread
 from myason.agent.process import PacketProcessor
 
 log = logging.getLogger("myason.agent")

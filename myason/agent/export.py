@@ -39,10 +39,6 @@ class UdpSender:
         self.bytes = 0
         self.errors = 0
 
-    def local_ports(self):
-        """The source ports of the export sockets (bound on first send)."""
-        return [s.getsockname()[1] for s in self.socks.values()]
-
     def send(self, datagram):
         """Send one datagram to all collectors."""
         for family, addr in self.targets:

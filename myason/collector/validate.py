@@ -1,6 +1,6 @@
 """Per-flow validation of decoded agent rows: types, ranges, address syntax and a sane clock.
 
-Pure functions. A row is a list in myason.record.FIELDS order, as wire.decode_datagram returns
+Pure functions. A row is a list in myason.schema.FIELDS order, as wire.decode_datagram returns
 it. The fast path checks every field in one chained condition (about 2 us per row here); only a
 row that fails it goes through the slow path, which finds the exact reason.
 """
@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 
 from myason.errors import MyasonError
-from myason.record import END_REASONS, FIELDS, FLOAT_FIELDS, INT_FIELDS
+from myason.schema import END_REASONS, FIELDS, FLOAT_FIELDS, INT_FIELDS
 
 # The epoch: replayed captures (test suites, synthetic traces) do carry times near 0, so only
 # negative times are impossible.

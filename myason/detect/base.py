@@ -20,12 +20,12 @@ import collections
 from myason.detect.idea import build_event, check_node_name
 from myason.enrich.nets import NetSet
 from myason.errors import ConfigError
-from myason.record import FIELDS
+from myason.schema import FIELDS, indexes
 
 # Flow columns detectors read (rows start with FIELDS whatever follows).
 SRC, DST, SPORT, DPORT, PROTO, PACKETS, BYTES, FIRST, LAST, FLAGS = (
-    FIELDS.index(n) for n in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "packets",
-                              "bytes", "first", "last", "tcp_flags"))
+    indexes("src_ip", "dst_ip", "src_port", "dst_port", "proto", "packets", "bytes", "first", "last",
+            "tcp_flags"))
 _NCOLS = FLAGS + 1
 _ROW_DEFAULTS = {"src_ip": "", "dst_ip": "", "first": 0.0, "last": 0.0}
 

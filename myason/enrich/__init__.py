@@ -1,4 +1,4 @@
-"""Flow enrichment: configured steps append ENRICH_FIELDS columns to each collector row.
+"""Flow enrichment: configured steps append the myason.schema.ENRICH columns to each collector row.
 
 Config (the collector's `enrich` mapping)::
 
@@ -10,14 +10,13 @@ Config (the collector's `enrich` mapping)::
 """
 from __future__ import annotations
 
-from myason.enrich.base import (DEFAULT_ORDER, ENRICH_DEFAULTS, ENRICH_FIELDS, ENRICH_INT_FIELDS,
-                                Enricher, enricher_class, enricher_names, register, report_setup_notes,
-                                setup_note)
+from myason.enrich.base import (DEFAULT_ORDER, Enricher, enricher_class, enricher_names, register,
+                                report_setup_notes, setup_note)
 from myason.errors import ConfigError
+from myason.schema import ENRICH_DEFAULTS
 
-__all__ = ["ENRICH_FIELDS", "ENRICH_INT_FIELDS", "ENRICH_DEFAULTS", "Enricher", "Pipeline",
-           "build_pipeline", "enricher_class", "enricher_names", "register", "report_setup_notes",
-           "setup_note"]
+__all__ = ["Enricher", "Pipeline", "build_pipeline", "enricher_class", "enricher_names", "register",
+           "report_setup_notes", "setup_note"]
 
 
 class Pipeline:
@@ -32,14 +31,6 @@ class Pipeline:
     def names(self):
         """Names of the active steps, in order."""
         return [step.name for step in self.steps]
-
-    def enrich_row(self, row):
-        """Append the ENRICH_FIELDS values to one row (in place) and return it."""
-        out = list(ENRICH_DEFAULTS)
-        for apply in self._applies:
-            apply(row, out)
-        row.extend(out)
-        return row
 
     def enrich(self, rows):
         """Extend each row (list, FIELDS first) in place by len(ENRICH_FIELDS) values; return rows.

@@ -4,24 +4,12 @@ from __future__ import annotations
 import importlib
 import threading
 
-from myason.record import FIELDS
+from myason.schema import ENRICH_FIELDS, INDEX
 
-# Columns enrichment appends to a row (after ROW_FIELDS), in this order. Unknown values are ''
-# for text and 0 for numbers. Interface name and agent id are already flow columns (if_name,
-# agent), so no enrichment step adds them.
-ENRICH_FIELDS = (
-    "direction", "service",
-    "src_country", "dst_country",
-    "src_asn", "dst_asn",
-    "src_as_org", "dst_as_org",
-    "src_host", "dst_host",
-)
-ENRICH_INT_FIELDS = frozenset(("src_asn", "dst_asn"))
-ENRICH_DEFAULTS = tuple(0 if f in ENRICH_INT_FIELDS else "" for f in ENRICH_FIELDS)
-# Index of each enriched column inside the `out` list an enricher fills.
+# Index of each enriched column (myason.schema.ENRICH) inside the `out` list an enricher fills.
 OUT = {name: i for i, name in enumerate(ENRICH_FIELDS)}
-# Index of the flow columns enrichers read; rows start with FIELDS whatever follows.
-COL = {name: i for i, name in enumerate(FIELDS)}
+# Index of the flow columns enrichers read (rows start with the wire fields whatever follows).
+COL = INDEX
 
 DEFAULT_ORDER = ("direction", "service", "geoip", "rdns")
 

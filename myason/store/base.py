@@ -8,17 +8,10 @@ exactly once.
 import orjson
 
 from myason.config import suggest_key
-from myason.enrich.base import ENRICH_DEFAULTS, ENRICH_FIELDS
 from myason.errors import ConfigError, MyasonError
-from myason.record import FIELDS
 
-# Columns the collector adds to each agent row, after FIELDS: when the datagram arrived and from
-# which address it came.
-COLLECTOR_FIELDS = ("received", "exporter")
-ROW_FIELDS = FIELDS + COLLECTOR_FIELDS
-# Collector rows after enrichment (issue 4): ROW_FIELDS, then the enrichment columns. Writers
-# accept both lengths, since a spool may still hold batches of plain rows (format v1).
-ENRICHED_ROW_FIELDS = ROW_FIELDS + ENRICH_FIELDS
+# Rows are in myason.schema.ROW_FIELDS or ENRICHED_ROW_FIELDS order: writers accept both
+# lengths, since a spool may still hold batches of plain rows (format v1).
 BATCH_VERSION = 2
 
 _REGISTRY = {}
@@ -48,7 +41,7 @@ class Writer:
         """Connect and create or migrate the schema; raise WriterError when it cannot."""
 
     def write(self, batch_id, rows):
-        """Store the rows (lists in ROW_FIELDS order) once, whatever the number of calls."""
+        """Store the rows (lists in myason.schema.ROW_FIELDS order) once, whatever the number of calls."""
         raise NotImplementedError
 
     @classmethod
@@ -106,12 +99,6 @@ def writer_class(name):
         return _REGISTRY[name]
     except KeyError:
         raise KeyError("unknown writer %r (known: %s)" % (name, ", ".join(sorted(_REGISTRY)))) from None
-
-
-def writer_names():
-    """Names of every registered writer."""
-    _load_builtin()
-    return sorted(_REGISTRY)
 
 
 def _load_builtin():
@@ -183,9 +170,3 @@ def decode_batch_events(data):
         raise WriterError("unknown spool batch version", permanent=True)
     return rows, events
 
-
-def enriched(row):
-    """The row in ENRICHED_ROW_FIELDS order: a plain (v1) row gets the enrichment defaults."""
-    if len(row) == len(ROW_FIELDS):
-        return list(row) + list(ENRICH_DEFAULTS)
-    return row

@@ -21,7 +21,8 @@ import orjson
 
 from myason import fsmode
 from myason.config import check_int, check_str
-from myason.store.base import ENRICHED_ROW_FIELDS, REQUIRED, ROW_FIELDS, Writer, WriterError, parse_options, register
+from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
+from myason.store.base import REQUIRED, Writer, WriterError, parse_options, register
 
 log = logging.getLogger("myason.store.jsonl")
 

@@ -20,9 +20,9 @@ a microsecond per flow in the processors, where the batch is encoded anyway.
 """
 from __future__ import annotations
 
-from myason.store.base import ENRICHED_ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS, INDEX
 
-_I = {f: i for i, f in enumerate(ENRICHED_ROW_FIELDS)}
+_I = INDEX
 # The top-N dimensions (myason.store.rollup.DIMENSIONS) and how a row gives each key.
 _STR_DIMS = ("src_ip", "dst_ip", "src_country", "dst_country")
 _INT_DIMS = ("src_port", "dst_port", "src_asn", "dst_asn")

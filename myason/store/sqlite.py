@@ -12,7 +12,8 @@ import time
 
 from myason import fsmode
 from myason.config import check_float, check_int, check_str
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, register
+from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS
+from myason.store.base import Writer, WriterError, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store import rollup
@@ -22,7 +23,7 @@ from myason.store.schema import load_migrations
 
 log = logging.getLogger("myason.store.sqlite")
 
-_NEXT_HOP = ROW_FIELDS.index("next_hop")
+_NEXT_HOP = INDEX["next_hop"]
 # The agent's "" next hop is stored as NULL, as in PostgreSQL where it is an inet.
 INSERT_SQL = "INSERT INTO flows (%s) VALUES (%s)" % (
     ", ".join('"%s"' % f for f in ROW_FIELDS),

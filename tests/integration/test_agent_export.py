@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from myason import keys, wire
 from myason.errors import WireError
-from myason.record import FIELDS, FLOAT_FIELDS, INT_FIELDS, FlowRecord
+from myason.schema import FIELDS, FLOAT_FIELDS, INT_FIELDS, make_row
 from tests import trafficgen as gen
 from tests.integration.summary import parse_summary
 
@@ -313,9 +313,9 @@ def test_exporter_sends_partial_datagrams_every_interval(tmp_path):
         exp.start()
 
         def row(i):
-            return FlowRecord(src_ip="10.0.0.%d" % i, dst_ip="10.0.0.254", src_port=i, dst_port=53,
-                              proto=17, packets=i, bytes=100 * i, first=1.0, last=2.0,
-                              agent=AGENT_ID, ip_version=4, end_reason="idle").to_row()
+            return make_row(src_ip="10.0.0.%d" % i, dst_ip="10.0.0.254", src_port=i, dst_port=53,
+                            proto=17, packets=i, bytes=100 * i, first=1.0, last=2.0,
+                            agent=AGENT_ID, ip_version=4, end_reason="idle")
         put_at = []
         for round_no in range(3):
             put_at.append(time.monotonic())

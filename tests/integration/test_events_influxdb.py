@@ -1,6 +1,6 @@
 """Enriched rows (direction tag) and event counts by category and detector in a real InfluxDB 1.x."""
 
-from myason.enrich.base import ENRICH_DEFAULTS
+from myason.schema import ENRICH_DEFAULTS
 from myason.store.influxdb import event_lines
 from tests.integration.services import influx_query, influx_rows
 from tests.integration.test_store_influxdb import influx_db, make_rows, totals, v1_writer  # noqa: F401

@@ -1,8 +1,7 @@
 """Enriched flows and IDEA events in a real PostgreSQL: columns, events table, indexes, exactly once."""
 import pytest
 
-from myason.enrich.base import ENRICH_FIELDS
-from myason.store.base import ENRICHED_ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_FIELDS
 from myason.store.postgresql import PostgresWriter
 from myason.store.query import fetch_events, greylist
 from tests.integration.test_store_postgresql import T0, make_rows, pg, query  # noqa: F401 - fixture

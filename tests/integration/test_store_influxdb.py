@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from myason.schema import ROW_FIELDS
+from myason.store.base import WriterError, writer_class
 from tests.integration.services import influx_query, influx_rows, influx_write, vm_export
 
 T0 = 1700000000.0

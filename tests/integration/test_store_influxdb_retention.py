@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from myason.store.base import ROW_FIELDS, writer_class
+from myason.schema import ROW_FIELDS
+from myason.store.base import writer_class
 from tests.integration.services import influx_query, influx_rows
 
 HOUR = 3600

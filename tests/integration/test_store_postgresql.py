@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from myason.store.base import ROW_FIELDS, WriterError, decode_prepared, encode_batch, writer_class
+from myason.schema import ROW_FIELDS
+from myason.store.base import WriterError, decode_prepared, encode_batch, writer_class
 from myason.store.postgresql import (_ENCODE_ERRORS, COPY_COLUMNS, PostgresWriter, encode_binary, encode_text,
                                      partition_name, prepare_batch)
 

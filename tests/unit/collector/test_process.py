@@ -14,7 +14,7 @@ from myason import wire
 from myason.collector.keystore import Keystore
 from myason.collector.process import DatagramProcessor
 from myason.record import FIELDS
-from myason.store.base import ROW_FIELDS
+from myason.schema import ROW_FIELDS
 
 NOW = 1_700_000_100.0
 KEY = Fernet.generate_key()

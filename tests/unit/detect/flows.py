@@ -4,7 +4,7 @@ import uuid
 
 import orjson
 
-from myason.store.base import ROW_FIELDS
+from myason.schema import ROW_FIELDS
 
 T0 = 1_700_000_000.0
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08

@@ -3,7 +3,8 @@ import logging
 
 import pytest
 
-from myason.enrich.base import ENRICH_DEFAULTS, OUT
+from myason.schema import ENRICH_DEFAULTS
+from myason.enrich.base import OUT
 from myason.enrich.direction import DirectionEnricher, direction_of
 from myason.errors import ConfigError
 

@@ -1,10 +1,9 @@
 """Tests for myason.enrich: the registry, build_pipeline and Pipeline.enrich."""
 import pytest
 
-from myason.enrich import (ENRICH_DEFAULTS, ENRICH_FIELDS, Enricher, Pipeline, build_pipeline,
-                           enricher_class, enricher_names, register)
+from myason.enrich import Enricher, Pipeline, build_pipeline, enricher_class, enricher_names, register
 from myason.errors import ConfigError
-from myason.store.base import ROW_FIELDS
+from myason.schema import ENRICH_DEFAULTS, ENRICH_FIELDS, ROW_FIELDS
 
 BASE = {"local_networks": ["10.0.0.0/8"], "services_file": None}
 

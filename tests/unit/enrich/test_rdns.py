@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from myason.enrich.base import ENRICH_DEFAULTS, OUT
+from myason.schema import ENRICH_DEFAULTS
+from myason.enrich.base import OUT
 from myason.enrich.rdns import RdnsEnricher, ReverseCache, resolve
 from myason.errors import ConfigError
 

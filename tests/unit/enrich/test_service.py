@@ -1,7 +1,8 @@
 """Tests for myason.enrich.service."""
 import pytest
 
-from myason.enrich.base import ENRICH_DEFAULTS, OUT
+from myason.schema import ENRICH_DEFAULTS
+from myason.enrich.base import OUT
 from myason.enrich.service import (ServiceEnricher, builtin_table, load_table, parse_services,
                                    server_service)
 

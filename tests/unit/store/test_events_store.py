@@ -4,10 +4,9 @@ import sqlite3
 import pytest
 
 from myason.collector.config import load_collector_config
-from myason.enrich.base import ENRICH_DEFAULTS, ENRICH_FIELDS
 from myason.errors import ConfigError
-from myason.store.base import (ENRICHED_ROW_FIELDS, ROW_FIELDS, WriterError, decode_batch, decode_batch_events,
-                               encode_batch, enriched)
+from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_DEFAULTS, ENRICH_FIELDS, ROW_FIELDS
+from myason.store.base import WriterError, decode_batch, decode_batch_events, encode_batch
 from myason.store.events import detector_of, event_columns, parse_time
 from myason.store.query import fetch_events, format_greylist, greylist, parse_duration
 from myason.store.sqlite import SqliteWriter
@@ -33,14 +32,6 @@ def test_batch_v1_and_v2_round_trip():
         with pytest.raises(WriterError) as exc:
             decode_batch_events(bad)
         assert exc.value.permanent
-
-
-def test_enriched_fields_and_padding():
-    assert ENRICHED_ROW_FIELDS == ROW_FIELDS + ENRICH_FIELDS
-    row = list(range(len(ROW_FIELDS)))
-    assert enriched(row) == row + list(ENRICH_DEFAULTS)
-    full = row + list(ENRICH_DEFAULTS)
-    assert enriched(full) is full
 
 
 def test_event_columns_are_sorted_unique_lists():

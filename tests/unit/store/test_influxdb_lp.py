@@ -5,7 +5,8 @@ import re
 import pytest
 
 from myason.errors import ConfigError
-from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from myason.schema import ROW_FIELDS
+from myason.store.base import WriterError, writer_class
 from myason.store import influxdb as ix
 
 

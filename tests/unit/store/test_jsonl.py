@@ -7,7 +7,8 @@ import pytest
 
 from myason.errors import ConfigError
 from myason.store import jsonl
-from myason.store.base import ROW_FIELDS, WriterError, writer_class
+from myason.schema import ROW_FIELDS
+from myason.store.base import WriterError, writer_class
 from myason.store.jsonl import JsonlWriter
 from tests.unit.modes import tree_modes, umask022, world_readable  # noqa: F401 - fixture
 

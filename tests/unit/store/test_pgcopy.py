@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from myason.store import pgcopy
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.pgcopy import _ENCODE_ERRORS, COPY_COLUMNS, ENRICH_COPY_COLUMNS, encode_binary, encode_binary_python
 
 compiled = pytest.mark.skipif(pgcopy._kernels() is None, reason="numba is not installed")

@@ -8,7 +8,7 @@ import pytest
 from myason.enrich.service import builtin_table
 from myason.errors import ConfigError
 from myason.store import rollup
-from myason.store.base import ENRICHED_ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS
 from myason.store.sqlite import SqliteWriter
 
 T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC

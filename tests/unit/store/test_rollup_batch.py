@@ -5,7 +5,7 @@ from collections import defaultdict
 import pytest
 
 from myason.store import rollup
-from myason.store.base import ROW_FIELDS
+from myason.schema import ROW_FIELDS
 from myason.store.rollup_batch import CAND_COLUMNS, batch_partials as columnar, coarse_totals, rollup_buckets
 from tests.unit.store.test_rollup import DIMENSIONS, I, T0, make_rows, ref_key
 

@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from myason.errors import ConfigError
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, WriterError, writer_class
+from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
+from myason.store.base import WriterError, writer_class
 from myason.store.sqlite import SqliteWriter, retention_cutoff
 from tests.unit.modes import tree_modes, umask022  # noqa: F401 - fixture
 
