@@ -28,21 +28,15 @@ def build(ctx, auth):
                                 [[x["t"], x.get("key", ""), x["bytes"], x["packets"], x["flows"]] for x in res["points"]])
         return JSONResponse(_drop_none_keys(res))
 
+    # One handler for both paths: the .csv path answers CSV whatever the Accept header says.
     @router.get("/traffic", summary="Bytes, packets and flows over time from the rollups", **traffic_doc)
+    @router.get("/traffic.csv", summary="/traffic as CSV", **traffic_doc)
     def traffic(request: Request, period: PeriodName = "1h",
                 agent: Optional[str] = Query(None, pattern=AGENT, description="an agent id"),
                 if_name: Optional[str] = Query(None, pattern=IF_NAME, description="an interface name"),
                 by: Literal["none", "proto", "direction"] = "none",
                 end: Optional[str] = Query(None, max_length=40, description=END_HELP)):
-        return traffic_answer(request, period, agent, if_name, by, end, False)
-
-    @router.get("/traffic.csv", summary="/traffic as CSV", **traffic_doc)
-    def traffic_csv(request: Request, period: PeriodName = "1h",
-                    agent: Optional[str] = Query(None, pattern=AGENT, description="an agent id"),
-                    if_name: Optional[str] = Query(None, pattern=IF_NAME, description="an interface name"),
-                    by: Literal["none", "proto", "direction"] = "none",
-                    end: Optional[str] = Query(None, max_length=40, description=END_HELP)):
-        return traffic_answer(request, period, agent, if_name, by, end, True)
+        return traffic_answer(request, period, agent, if_name, by, end, request.url.path.endswith(".csv"))
 
     @router.get("/top/{dimension}", response_model=models.TopOut, responses={**models.ERRORS, 200: CSV_DOC},
                 summary="Top keys of a dimension by bytes over a period")
