@@ -62,7 +62,7 @@ def make_batch(rnd, n, t0, t1, weights_cum):
 
 
 def fill(dsn, flows, now, seed=1):
-    from myason.store import rollup
+    from myason.store import rollup, rollup_maintain
     from myason.store.postgresql import PostgresWriter
     rnd = random.Random(seed)
     weights, acc = [], 0.0
@@ -88,7 +88,7 @@ def fill(dsn, flows, now, seed=1):
     w._conn.commit()
     index_s = time.monotonic() - t
     t = time.monotonic()
-    summary = rollup.maintain(w, now=now)
+    summary = rollup_maintain.maintain(w, now=now)
     maintain_s = time.monotonic() - t
     w.close()
     print("stored %d flows in %.0f s (%.0f flows/s); indexes + analyze %.0f s; rollup maintenance %.0f s (%s)"

@@ -117,7 +117,7 @@ def measure(name, conn, reset, flows, now, repeat, top):
         reset(conn)
         with PhaseTimer() as pt:
             t = time.perf_counter()
-            summary = rollup.maintain(conn, now=now, top=top, retention={})
+            summary = rollup_maintain.maintain(conn, now=now, top=top, retention={})
             s = time.perf_counter() - t
         totals.append(s)
         for k, v in pt.seconds.items():

@@ -24,7 +24,7 @@ from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
-from myason.store import rollup
+from myason.store import rollup, rollup_maintain
 from myason.store.rollup_batch import batch_partials, rollup_buckets
 from myason.store.rollup_sql import PostgresBackend, autocommit, drop_partition
 from myason.store.pgcopy import (_ENCODE_ERRORS, COPY_COLUMNS, ENRICH_COPY_COLUMNS,  # noqa: F401 - re-exported
@@ -367,10 +367,10 @@ class PostgresWriter(Writer):
         """
         self._connection()
         now = self.clock() if now is None else now
-        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
+        s = rollup_maintain.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
         if s["busy"]:
             return s
-        r = rollup.apply_retention(self._conn, self.retention, now)
+        r = rollup_maintain.apply_retention(self._conn, self.retention, now)
         s["dropped"] += r["dropped"]
         s["deleted"].update(r["deleted"])
         if self.retention_days:

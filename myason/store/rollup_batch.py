@@ -21,6 +21,7 @@ a microsecond per flow in the processors, where the batch is encoded anyway.
 from __future__ import annotations
 
 from myason.schema import ENRICHED_ROW_FIELDS, INDEX
+from myason.store.rollup import DIMENSIONS, PORT_PROTOCOLS, RESOLUTIONS, service_ports
 
 _I = INDEX
 # The top-N dimensions (myason.store.rollup.DIMENSIONS) and how a row gives each key.
@@ -29,7 +30,6 @@ _INT_DIMS = ("src_port", "dst_port", "src_asn", "dst_asn")
 
 
 def _dims():
-    from myason.store.rollup import DIMENSIONS
     return DIMENSIONS
 
 
@@ -80,7 +80,6 @@ def _int_codes(np, values):
 
 def service_ports_of(np, proto, src, dst):
     """Service port of each flow (docs/api.md, "Top lists"), -1 for a protocol without ports."""
-    from myason.store.rollup import PORT_PROTOCOLS, service_ports
     known = np.array(service_ports(), dtype=np.int64)
     src_ok = (src < 1024) | np.isin(src, known)
     dst_ok = (dst < 1024) | np.isin(dst, known)
@@ -258,7 +257,6 @@ def _totals(np, group, minutes, agents, cols, enriched, proto, nbytes, packets):
 
 def coarse_totals(totals):
     """The 1m totals summed into each coarser resolution: {res: [(bucket, ...same as totals)]}."""
-    from myason.store.rollup import RESOLUTIONS
     out = {}
     for res, step in RESOLUTIONS.items():
         if res == "1m":
@@ -274,6 +272,5 @@ def coarse_totals(totals):
 
 def rollup_buckets(totals):
     """[(resolution, bucket)] of every rollup bucket the 1m totals add to (their partitions)."""
-    from myason.store.rollup import RESOLUTIONS
     minutes = {t[0] for t in totals}
     return sorted({(res, m // step * step) for res, step in RESOLUTIONS.items() for m in minutes})

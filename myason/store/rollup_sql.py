@@ -11,8 +11,9 @@ import contextlib
 import datetime as dt
 import logging
 
-from myason.store.rollup import (DIMENSIONS, FINER, PG_MEMORY, PORT_PROTOCOLS, RAW_CHUNK, RESOLUTIONS, partition_of,
-                                  period_of_partition, service_ports)
+from myason.store.rollup import (DIMENSIONS, FINER, PG_LOCK, PG_MEMORY, PORT_PROTOCOLS, RAW_CHUNK, RESOLUTIONS,
+                                  partition_of, period_of_partition, service_ports)
+from myason.store.rollup_batch import CAND_COLUMNS, coarse_totals
 
 log = logging.getLogger("myason.store.rollup")
 
@@ -234,7 +235,6 @@ class SqliteBackend(_Backend):
 
     def add_batch(self, totals, candidates):
         """A stored batch's rollup partials (myason.store.rollup_batch), inside its transaction."""
-        from myason.store.rollup_batch import CAND_COLUMNS, coarse_totals
         ex = self.conn.executemany
         for res, rows in [("1m", sorted(totals))] + sorted(coarse_totals(totals).items(), key=_res_order):
             ex("INSERT INTO rollup_%s VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, agent, if_name, proto,"
@@ -347,7 +347,6 @@ class PostgresBackend(_Backend):
         Totals are added to every resolution in one order (1m, 15m, 1h, 1d; rows sorted), so
         writers sharing rows lock them in the same order and never deadlock.
         """
-        from myason.store.rollup_batch import CAND_COLUMNS, coarse_totals
         ex = self.conn.execute
         for res, rows in [("1m", sorted(totals))] + sorted(coarse_totals(totals).items(), key=_res_order):
             if rows:
@@ -507,7 +506,6 @@ class PostgresBackend(_Backend):
 
 
 def _lock_key():
-    from myason.store.rollup import PG_LOCK
     return PG_LOCK
 
 

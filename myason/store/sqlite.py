@@ -16,7 +16,7 @@ from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS
 from myason.store.base import Writer, WriterError, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.base import REQUIRED, parse_options
-from myason.store import rollup
+from myason.store import rollup, rollup_maintain
 from myason.store.rollup_batch import batch_partials
 from myason.store.rollup_sql import SqliteBackend
 from myason.store.schema import load_migrations
@@ -211,8 +211,8 @@ class SqliteWriter(Writer):
         if self._conn is None:
             self.open()
         now = self.clock() if now is None else now
-        s = rollup.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
-        r = rollup.apply_retention(self._conn, self.retention, now)
+        s = rollup_maintain.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
+        r = rollup_maintain.apply_retention(self._conn, self.retention, now)
         s["dropped"] += r["dropped"]
         s["deleted"].update(r["deleted"])
         if self.retention_days:

@@ -85,13 +85,13 @@ def _event(detect_time=None):
 
 
 def _fill(path, rows, event):
-    from myason.store import rollup
+    from myason.store import rollup, rollup_maintain
     from myason.store.sqlite import SqliteWriter
     writer = SqliteWriter(path=str(path))
     writer.open()
     try:
         assert writer.write("page-test-1", rows, events=[event])
-        rollup.maintain(writer)
+        rollup_maintain.maintain(writer)
     finally:
         writer.close()
 

@@ -21,7 +21,7 @@ from myason.api.app import create_app
 from myason.api.config import ApiConfig
 from myason.api.db import PostgresDatabase
 from myason.collector.health import _write_postgresql, health_rows
-from myason.store import rollup
+from myason.store import rollup, rollup_maintain
 from myason.store.postgresql import PostgresWriter
 from tests.integration.services import wait_until
 from tests.unit.api.test_app_sqlite import A, AUTH, B, C, D, NOW, REPLIES, TOKEN, idea, row
@@ -59,7 +59,7 @@ def fill(dsn, batches, now, health=None):
     try:
         for batch_id, rows, events in batches:
             assert w.write(batch_id, rows, events)
-        rollup.maintain(w, now=now)
+        rollup_maintain.maintain(w, now=now)
     finally:
         w.close()
     if health:

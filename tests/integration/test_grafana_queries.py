@@ -96,7 +96,7 @@ def stack(servers, tmp_path_factory):
         assert c.stop() == 0, c.log()
     # Events land at shutdown (detector windows close); the flows' minutes are rolled up now with
     # a clock days ahead, so every coarse bucket counts as closed and gets its top-N lists.
-    from myason.store.rollup import maintain
+    from myason.store.rollup_maintain import maintain
     with psycopg.connect(dsn, autocommit=True) as conn:
         maintain(conn, now=time.time() + 3 * 86400)
     assert pg_query(dsn, "SELECT count(*) FROM events")[0][0] >= 5

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from myason.store import rollup
+from myason.store import rollup, rollup_maintain
 from myason.store.postgresql import PostgresWriter
 from tests.unit.store.test_rollup import (I, RES, SERVICE_CASES, RefRollups, assert_bounded, expected_tops,
                                          make_rows, ref_candidates, ref_tops, ref_totals, written)
@@ -145,7 +145,7 @@ def test_two_maintainers_and_two_writers_at_once(pg):
         try:
             with psycopg.connect(pg) as conn:
                 while not done.is_set():
-                    rollup.maintain(conn, now=T0 + 2 * DAY, top=5)
+                    rollup_maintain.maintain(conn, now=T0 + 2 * DAY, top=5)
         except Exception as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
