@@ -110,7 +110,8 @@ def agent_config_keys():
 def cut_capture(src, frames, tmp):
     """The first `frames` frames of src in a new file (editcap); the file's frame count."""
     out = Path(tmp) / "slice.pcap"
-    subprocess.run(["editcap", "-r", str(src), str(out), "1-%d" % frames], check=True, capture_output=True)
+    subprocess.run(["editcap", "-F", "pcap", "-r", str(src), str(out), "1-%d" % frames],
+                   check=True, capture_output=True)
     return out
 
 
@@ -383,8 +384,8 @@ def one_run(link, args, keys, pcap, rate, sink_port):
 
 def rate_label(rate, pps=None):
     if rate == "top":
-        return "top (%s pps)" % ("{:,.0f}".format(pps) if pps else "?")
-    return "{:,}".format(rate)
+        return "top speed (%s pps sent)" % ("{:,.0f}".format(pps) if pps else "?")
+    return "{:,} pps".format(rate)
 
 
 def clean(res, sent):
@@ -454,7 +455,7 @@ def main():
                         sent, backlog, res = one_run(link, args, keys, pcap, rate, sink_port)
                         run = {"rate": rate, "repeat": rep, "sent": sent, "backlog_dropped": backlog, "meters": res}
                         runs.append(run)
-                        say("%s pps #%d: sent %s at %s pps; %s" % (
+                        say("%s #%d: sent %s at %s pps; %s" % (
                             rate_label(rate), rep + 1, sent["sent"], sent["pps"],
                             "; ".join("%s metered %d drops %d cpu %.2f s" % (k, v["metered"], v["drops"], v["cpu"])
                                       for k, v in res.items())))
@@ -515,7 +516,8 @@ def report(runs, rates, args):
             elif not row["clean"]:
                 broken[m] = True
             print("%-14s %10s %-10s %9d %9d %9d %8d %7.3f %8.1f %10s" % (
-                "top" if rate == "top" else "{:,}".format(rate), "{:,.0f}".format(pps), m, sent, row["metered"], row["drops"], row["backlog"], row["cpu"],
+                "top" if rate == "top" else "{:,}".format(rate), "{:,.0f}".format(pps), m, sent,
+                row["metered"], row["drops"], row["backlog"], row["cpu"],
                 row["rss_mib"], "%.2f" % row["cpu_per_mframe"] if row["cpu_per_mframe"] else "-"))
     print()
     for m in args.meters:
@@ -523,10 +525,10 @@ def report(runs, rates, args):
         if k is None:
             print("%-10s zero-loss knee: below the lowest rate offered" % m)
         elif not broken[m]:
-            print("%-10s zero-loss knee: >= %s pps (clean at every rate offered%s)" % (
+            print("%-10s zero-loss knee: >= %s (clean at every rate offered%s)" % (
                 m, rate_label(k[0], k[1]), ": the sender is the limit" if k[0] == "top" else ""))
         else:
-            print("%-10s zero-loss knee: %s pps (the highest clean rate)" % (m, rate_label(k[0], k[1])))
+            print("%-10s zero-loss knee: %s (the highest clean rate)" % (m, rate_label(k[0], k[1])))
     cpm = {m: (c / f * 1e6 if f else None) for m, (c, f) in per_m.items()}
     for m in args.meters:
         if cpm[m] is not None:
