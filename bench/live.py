@@ -102,7 +102,10 @@ def agent_python():
 
 def agent_config_keys():
     """The agent's configuration keys (AgentConfig fields) of this checkout."""
-    code = "import dataclasses, myason.config as c; print(' '.join(f.name for f in dataclasses.fields(c.AgentConfig)))"
+    code = ("import dataclasses\n"
+            "try:\n    from myason.agent.config import AgentConfig\n"
+            "except ImportError:\n    from myason.config import AgentConfig\n"
+            "print(' '.join(f.name for f in dataclasses.fields(AgentConfig)))")
     out = subprocess.run([agent_python(), "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
