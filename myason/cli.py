@@ -225,7 +225,7 @@ def _agent(args):
     # thread), so threads started earlier would keep it. The agent does no linear algebra.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from myason.agent.capture import check_interfaces
-    from myason.config import load_agent_config
+    from myason.agent.config import load_agent_config
     from myason.logs import setup_logging
     cfg = load_agent_config(args.agent_conf)
     live = not args.read
@@ -301,7 +301,7 @@ def _check_agent_config(args, cfg):
     chooses: what the file is not set up for is reported, not refused. A half-made export setup
     (collectors without a key file, a key file that cannot be used) is still an error.
     """
-    from myason.config import format_endpoint
+    from myason.options import format_endpoint
     exporting = False
     if not args.no_export and (cfg.key_file or cfg.collectors):
         _check_export(cfg)

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 
-from myason.config import read_yaml_mapping
+from myason.options import read_yaml_mapping
 from myason.errors import ConfigError
 from myason.redact import redact_text
 

@@ -159,7 +159,7 @@ def serve_metrics(endpoint, stats_fn):
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
-    from myason.config import parse_endpoint
+    from myason.options import parse_endpoint
     from myason.metrics import StatsCollector
     host, port = parse_endpoint("metrics", endpoint)
     registry = CollectorRegistry(auto_describe=False)
@@ -301,7 +301,7 @@ class AgentApp(reloading.LiveReload):
         else:
             return      # replay to a file or stdout: nothing to tell a collector, and stderr stays quiet
         if self.export:
-            from myason.config import format_endpoint
+            from myason.options import format_endpoint
             where = ", ".join(format_endpoint(h, p) for h, p in self.cfg.collectors)
             # A collector drops every datagram of an id its keystore does not list, and the agent
             # cannot tell: this line is where a mismatch can be seen from this side.

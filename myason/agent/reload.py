@@ -112,7 +112,7 @@ def load_new_config(path, export=True, live=True):
     Raises ConfigError naming the key at fault, as at start-up (a key file problem is
     reported under `key_file`).
     """
-    from myason.config import load_agent_config
+    from myason.agent.config import load_agent_config
     cfg = load_agent_config(path)
     raw = ()
     if export:

@@ -1,4 +1,4 @@
-"""The API's typed configuration (conf/api.yaml), built on myason.config's validators."""
+"""The API's typed configuration (conf/api.yaml), built on myason.options' validators."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from myason.config import (_meta, _plain, _validate_fields, check_bool, check_float, check_int, check_optional,
-                           check_str, load_config, parse_endpoint)
 from myason.errors import ConfigError
+from myason.options import (check_bool, check_float, check_int, check_optional, check_str, load_config, meta,
+                            parse_endpoint, to_plain, validate_fields)
 
 DATABASE_TYPES = ("sqlite", "postgresql")
 
@@ -55,44 +55,44 @@ def check_trusted_hosts(key, value):
 class ApiConfig:
     """Everything `myason api` reads from api.yaml; see conf/api.yaml for each key."""
 
-    bind: tuple = field(default=("127.0.0.1", 8080), metadata=_meta(check_bind))
-    auth: bool = field(default=True, metadata=_meta(check_bool()))
-    token: str | None = field(default=None, metadata=_meta(
+    bind: tuple = field(default=("127.0.0.1", 8080), metadata=meta(check_bind))
+    auth: bool = field(default=True, metadata=meta(check_bool()))
+    token: str | None = field(default=None, metadata=meta(
         check_optional(check_str(allow_empty=False, expected="a non-empty token"))))
-    token_file: str | None = field(default=None, metadata=_meta(
+    token_file: str | None = field(default=None, metadata=meta(
         check_optional(check_str(allow_empty=False, expected="a file path"))))
-    collector_conf: str | None = field(default=None, metadata=_meta(
+    collector_conf: str | None = field(default=None, metadata=meta(
         check_optional(check_str(allow_empty=False, expected="a file path"))))
-    database: dict | None = field(default=None, metadata=_meta(check_database))
-    max_limit: int = field(default=10000, metadata=_meta(check_int(1, 1000000)))
-    default_limit: int = field(default=100, metadata=_meta(check_int(1, 1000000)))
-    query_cache_size: int = field(default=256, metadata=_meta(check_int(0, 100000)))
-    query_cache_ttl: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
+    database: dict | None = field(default=None, metadata=meta(check_database))
+    max_limit: int = field(default=10000, metadata=meta(check_int(1, 1000000)))
+    default_limit: int = field(default=100, metadata=meta(check_int(1, 1000000)))
+    query_cache_size: int = field(default=256, metadata=meta(check_int(0, 100000)))
+    query_cache_ttl: float = field(default=60.0, metadata=meta(check_float(lo=0)))
     # Both caches are bounded in bytes too (myason.api.cache.approx_size): one search may hold
     # max_limit rows, so a count alone does not bound memory.
-    query_cache_bytes: int = field(default=64 << 20, metadata=_meta(check_int(0, 1 << 40)))
-    period_cache_size: int = field(default=512, metadata=_meta(check_int(0, 100000)))
-    period_cache_bytes: int = field(default=32 << 20, metadata=_meta(check_int(0, 1 << 40)))
-    known_ids: int = field(default=1000, metadata=_meta(check_int(1, 1000000)))
-    query_timeout: float = field(default=30.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    pool_size: int = field(default=4, metadata=_meta(check_int(1, 64)))
-    events_limit: int = field(default=1000, metadata=_meta(check_int(1, 1000000)))
+    query_cache_bytes: int = field(default=64 << 20, metadata=meta(check_int(0, 1 << 40)))
+    period_cache_size: int = field(default=512, metadata=meta(check_int(0, 100000)))
+    period_cache_bytes: int = field(default=32 << 20, metadata=meta(check_int(0, 1 << 40)))
+    known_ids: int = field(default=1000, metadata=meta(check_int(1, 1000000)))
+    query_timeout: float = field(default=30.0, metadata=meta(check_float(lo=0, lo_open=True)))
+    pool_size: int = field(default=4, metadata=meta(check_int(1, 64)))
+    events_limit: int = field(default=1000, metadata=meta(check_int(1, 1000000)))
     # Connection limits (myason.api.protocol): slow or idle clients must not hold the server.
-    max_connections: int = field(default=256, metadata=_meta(check_int(1, 100000)))
-    header_timeout: float = field(default=10.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    keepalive_timeout: float = field(default=5.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    max_header_bytes: int = field(default=16384, metadata=_meta(check_int(1024, 1 << 20)))
-    trusted_hosts: tuple | None = field(default=None, metadata=_meta(check_trusted_hosts))
-    docs: bool = field(default=False, metadata=_meta(check_bool()))
+    max_connections: int = field(default=256, metadata=meta(check_int(1, 100000)))
+    header_timeout: float = field(default=10.0, metadata=meta(check_float(lo=0, lo_open=True)))
+    keepalive_timeout: float = field(default=5.0, metadata=meta(check_float(lo=0, lo_open=True)))
+    max_header_bytes: int = field(default=16384, metadata=meta(check_int(1024, 1 << 20)))
+    trusted_hosts: tuple | None = field(default=None, metadata=meta(check_trusted_hosts))
+    docs: bool = field(default=False, metadata=meta(check_bool()))
 
     def __post_init__(self):
-        _validate_fields(self)
+        validate_fields(self)
         if self.default_limit > self.max_limit:
             raise ConfigError("default_limit", "must be <= max_limit (%d), got %d" % (self.max_limit, self.default_limit))
 
     def to_dict(self) -> dict:
         """Plain types that load back to an equal config (the token is masked)."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out = {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["bind"] = "%s:%d" % (("[%s]" % self.bind[0]) if ":" in self.bind[0] else self.bind[0], self.bind[1])
         if self.token:
             out["token"] = "***"

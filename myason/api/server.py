@@ -19,7 +19,7 @@ from myason.api.app import create_app
 from myason.api.config import ApiConfig, token_is_generated
 from myason.api.db import open_database
 from myason.api.protocol import guarded_protocol, raise_open_files_limit
-from myason.config import format_endpoint
+from myason.options import format_endpoint
 from myason.errors import ConfigError
 
 log = logging.getLogger("myason.api")

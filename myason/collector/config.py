@@ -1,16 +1,14 @@
-"""The collector's typed configuration (conf/collector.yaml), built on myason.config's validators."""
+"""The collector's typed configuration (conf/collector.yaml), built on myason.options' validators."""
 from __future__ import annotations
 
 import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from myason.config import (ConfigError, _meta, _plain, _validate_fields, check_bool, check_float, check_int,
-                           check_optional, check_str, load_config, parse_endpoint)
-
-WRITER_TYPES = ("sqlite", "postgresql", "influxdb", "jsonl", "mentat")
-# Options of the `enrich` section besides the steps' own (see myason/enrich/__init__.py).
-_ENRICH_KEYS = {"order", "local_networks", "services_file", "geoip", "rdns", "direction_cache_size"}
+from myason.errors import ConfigError
+from myason.options import (check_bool, check_float, check_int, check_optional, check_str, load_config, meta,
+                            parse_endpoint, to_plain, validate_fields)
+from myason.store.base import writer_names
 
 
 def check_enrich(key, value):
@@ -20,11 +18,8 @@ def check_enrich(key, value):
         return {}
     if not isinstance(value, dict):
         raise ConfigError(key, "must be a mapping, e.g. {local_networks: [10.0.0.0/8]}")
-    for k in value:
-        if k not in _ENRICH_KEYS:
-            raise ConfigError("%s.%s" % (key, k), "unknown option (known: %s)" % ", ".join(sorted(_ENRICH_KEYS)))
-    # Building validates every option (ConfigError names enrich.<option>); geoip databases are
-    # opened and closed again, so a missing file is reported at --check-config time too.
+    # Building validates every key (ConfigError names enrich.<option>, unknown ones too); geoip
+    # databases are opened and closed again, so a missing file is reported at --check-config time.
     build_pipeline(value).close()
     return dict(value)
 
@@ -64,12 +59,13 @@ def check_writers(key, value):
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(key, "must be a non-empty list of writers, e.g. [{type: sqlite, path: flows.db}]")
     out = []
+    types = writer_names()
     for i, item in enumerate(value):
         k = "%s[%d]" % (key, i)
         if not isinstance(item, dict) or "type" not in item:
-            raise ConfigError(k, "must be a mapping with a 'type' (one of %s)" % ", ".join(WRITER_TYPES))
-        if item["type"] not in WRITER_TYPES:
-            raise ConfigError(k + ".type", "must be one of %s, got %r" % (", ".join(WRITER_TYPES), item["type"]))
+            raise ConfigError(k, "must be a mapping with a 'type' (one of %s)" % ", ".join(types))
+        if item["type"] not in types:
+            raise ConfigError(k + ".type", "must be one of %s, got %r" % (", ".join(types), item["type"]))
         out.append(dict(item))
     names = [w.get("name", w["type"]) for w in out]
     if len(set(names)) != len(names):
@@ -81,48 +77,48 @@ def check_writers(key, value):
 class CollectorConfig:
     """Everything the collector reads from collector.yaml; see conf/collector.yaml for each key."""
 
-    bind_address: tuple = field(default=("0.0.0.0", "::"), metadata=_meta(check_addresses))
-    bind_port: int = field(default=9999, metadata=_meta(check_int(1, 65535)))
-    keystore: str | None = field(default=None, metadata=_meta(
+    bind_address: tuple = field(default=("0.0.0.0", "::"), metadata=meta(check_addresses))
+    bind_port: int = field(default=9999, metadata=meta(check_int(1, 65535)))
+    keystore: str | None = field(default=None, metadata=meta(
         check_optional(check_str(allow_empty=False, expected="a file path"))))
-    token_ttl: float = field(default=5.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    rcvbuf: int = field(default=16 << 20, metadata=_meta(check_int(65536, 1 << 30)))
-    max_datagram: int = field(default=16384, metadata=_meta(check_int(512, 65535)))
-    processors_number: int = field(default=1, metadata=_meta(check_int(1, 64)))
-    processors_mode: str = field(default="auto", metadata=_meta(
+    token_ttl: float = field(default=5.0, metadata=meta(check_float(lo=0, lo_open=True)))
+    rcvbuf: int = field(default=16 << 20, metadata=meta(check_int(65536, 1 << 30)))
+    max_datagram: int = field(default=16384, metadata=meta(check_int(512, 65535)))
+    processors_number: int = field(default=1, metadata=meta(check_int(1, 64)))
+    processors_mode: str = field(default="auto", metadata=meta(
         check_str(pattern=re.compile(r"^(auto|thread|process)$"), expected="'auto', 'thread' or 'process'")))
-    reuseport: bool = field(default=False, metadata=_meta(check_bool()))
-    writers_number: int = field(default=1, metadata=_meta(check_int(1, 16)))
-    packet_queue: int = field(default=4096, metadata=_meta(check_int(lo=1)))
-    queue_max_bytes: int = field(default=64 << 20, metadata=_meta(check_int(lo=1 << 16)))
-    source_rate: float = field(default=20000.0, metadata=_meta(check_float(lo=0)))
-    source_burst: float | None = field(default=None, metadata=_meta(check_optional(check_float(lo=1))))
-    seq_window: int = field(default=4096, metadata=_meta(check_int(64, 1 << 20)))
-    clock_skew: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
-    batch_rows: int = field(default=5000, metadata=_meta(check_int(1, 1000000)))
-    batch_interval: float = field(default=0.5, metadata=_meta(check_float(lo=0, lo_open=True)))
-    spool_dir: str = field(default="/var/lib/myason/spool", metadata=_meta(check_str(allow_empty=False)))
-    spool_max_bytes: int = field(default=1 << 30, metadata=_meta(check_int(lo=1 << 20)))
-    spool_policy: str = field(default="block", metadata=_meta(
+    reuseport: bool = field(default=False, metadata=meta(check_bool()))
+    writers_number: int = field(default=1, metadata=meta(check_int(1, 16)))
+    packet_queue: int = field(default=4096, metadata=meta(check_int(lo=1)))
+    queue_max_bytes: int = field(default=64 << 20, metadata=meta(check_int(lo=1 << 16)))
+    source_rate: float = field(default=20000.0, metadata=meta(check_float(lo=0)))
+    source_burst: float | None = field(default=None, metadata=meta(check_optional(check_float(lo=1))))
+    seq_window: int = field(default=4096, metadata=meta(check_int(64, 1 << 20)))
+    clock_skew: float = field(default=60.0, metadata=meta(check_float(lo=0)))
+    batch_rows: int = field(default=5000, metadata=meta(check_int(1, 1000000)))
+    batch_interval: float = field(default=0.5, metadata=meta(check_float(lo=0, lo_open=True)))
+    spool_dir: str = field(default="/var/lib/myason/spool", metadata=meta(check_str(allow_empty=False)))
+    spool_max_bytes: int = field(default=1 << 30, metadata=meta(check_int(lo=1 << 20)))
+    spool_policy: str = field(default="block", metadata=meta(
         check_str(pattern=re.compile(r"^(block|reject)$"), expected="'block' or 'reject'")))
     writers: tuple = field(default=({"type": "sqlite", "path": "/var/lib/myason/flows.db"},),
-                           metadata=_meta(check_writers))
-    stats_interval: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
-    health_interval: float = field(default=10.0, metadata=_meta(check_float(lo=0)))
-    instance: str | None = field(default=None, metadata=_meta(
+                           metadata=meta(check_writers))
+    stats_interval: float = field(default=60.0, metadata=meta(check_float(lo=0)))
+    health_interval: float = field(default=10.0, metadata=meta(check_float(lo=0)))
+    instance: str | None = field(default=None, metadata=meta(
         check_optional(check_str(allow_empty=False, expected="a name for this collector"))))
-    metrics: str | None = field(default=None, metadata=_meta(
+    metrics: str | None = field(default=None, metadata=meta(
         check_optional(check_str(allow_empty=False, expected="host:port for the Prometheus endpoint"))))
-    fsync: bool = field(default=True, metadata=_meta(check_bool()))
-    enrich: dict = field(default_factory=dict, metadata=_meta(check_enrich))
-    detect: dict = field(default_factory=dict, metadata=_meta(check_detect))
-    detect_enabled: bool = field(default=True, metadata=_meta(check_bool()))
-    detect_clock: str = field(default="wall", metadata=_meta(
+    fsync: bool = field(default=True, metadata=meta(check_bool()))
+    enrich: dict = field(default_factory=dict, metadata=meta(check_enrich))
+    detect: dict = field(default_factory=dict, metadata=meta(check_detect))
+    detect_enabled: bool = field(default=True, metadata=meta(check_bool()))
+    detect_clock: str = field(default="wall", metadata=meta(
         check_str(pattern=re.compile(r"^(wall|flow)$"), expected="'wall' or 'flow'")))
-    node_name: str = field(default="org.example.myason", metadata=_meta(check_node_name))
+    node_name: str = field(default="org.example.myason", metadata=meta(check_node_name))
 
     def __post_init__(self):
-        _validate_fields(self)
+        validate_fields(self)
 
     @property
     def process_mode(self) -> bool:
@@ -139,7 +135,7 @@ class CollectorConfig:
 
     def to_dict(self) -> dict:
         """Plain types that load back to an equal config."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def load_collector_config(path=None, overrides=None) -> CollectorConfig:

@@ -8,7 +8,7 @@ import json
 import urllib.error
 import urllib.request
 
-from myason.config import ConfigError, parse_endpoint
+from myason.options import ConfigError, parse_endpoint
 
 # Exit codes: every stage runs and nothing received waits anywhere; every stage runs and data is
 # still on its way to the stores; not reachable, not ready, or a stage stopped.

@@ -19,7 +19,7 @@ import collections
 
 from myason.detect.idea import build_event, check_node_name
 from myason.enrich.nets import NetSet
-from myason.errors import ConfigError
+from myason.options import check_bool, check_float, check_int, parse_options
 from myason.schema import FIELDS, indexes
 
 # Flow columns detectors read (rows start with FIELDS whatever follows).
@@ -34,8 +34,14 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMP6: "ipv6-icmp", SCTP: "sctp"}
 DEFAULT_NODE_NAME = "org.example.myason"
 
-COMMON_DEFAULTS = {"enabled": True, "window": 300.0, "max_keys": 100000, "max_distinct": 256,
-                   "max_pending_events": 10000}
+# Options every detector takes (myason.options spec); a detector's SPEC adds or overrides entries.
+COMMON_SPEC = {
+    "enabled": (True, check_bool()),
+    "window": (300.0, check_float(lo=0, lo_open=True)),
+    "max_keys": (100000, check_int(lo=1)),
+    "max_distinct": (256, check_int(lo=1)),
+    "max_pending_events": (10000, check_int(lo=1)),
+}
 
 
 def proto_name(proto) -> str:
@@ -124,31 +130,20 @@ def _values(current):
 
 
 class Detector:
-    """Base class: subclasses set name and DEFAULTS, and implement _feed(row, t) and _event()."""
+    """Base class: subclasses set name and SPEC, and implement _feed(row, t) and _event()."""
 
     name = ""
-    DEFAULTS = {}
+    SPEC = {}
 
     def __init__(self, options=None, node_name=DEFAULT_NODE_NAME, allowlist=None):
         """options: this detector's config; allowlist: a NetSet (or CIDRs) never reported."""
-        prefix = "detect.%s" % self.name
-        spec = dict(COMMON_DEFAULTS)
-        spec.update(self.DEFAULTS)
-        opts = dict(spec)
-        for key, value in (options or {}).items():
-            if key not in spec:
-                raise ConfigError("%s.%s" % (prefix, key), "unknown option")
-            opts[key] = value
-        for key, default in spec.items():
-            opts[key] = _check_option("%s.%s" % (prefix, key), default, opts[key])
+        opts = parse_options("detect.%s" % self.name, options or {}, {**COMMON_SPEC, **self.SPEC})
         self.options = opts
         self.enabled = opts["enabled"]
-        self.window = float(opts["window"])
-        if self.window <= 0:
-            raise ConfigError(prefix + ".window", "must be > 0")
-        self.max_keys = max(1, int(opts["max_keys"]))
-        self.max_distinct = max(1, int(opts["max_distinct"]))
-        self.max_pending = max(1, int(opts["max_pending_events"]))
+        self.window = opts["window"]
+        self.max_keys = opts["max_keys"]
+        self.max_distinct = opts["max_distinct"]
+        self.max_pending = opts["max_pending_events"]
         self.node_name = check_node_name(node_name, "detect.node_name")
         if allowlist is None or isinstance(allowlist, NetSet):
             self.allow = allowlist if allowlist is not None else NetSet(())
@@ -287,28 +282,3 @@ class Detector:
                             "bytes": win.bytes},
                            description, self.node_name, event_time=win.first,
                            cease_time=win.last, **extra)
-
-
-def _check_option(key, default, value):
-    """value checked against the default's type (bool, int, float, list, str); ConfigError(key)."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(key, "must be true or false, got %r" % (value,))
-        return value
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ConfigError(key, "must be a number >= 0, got %r" % (value,))
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(key, "must be an integer, got %r" % (value,))
-        return int(value)
-    if isinstance(default, (list, tuple)):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(key, "must be a list, got %r" % (value,))
-        return list(value)
-    if isinstance(default, dict) and not isinstance(value, dict):
-        raise ConfigError(key, "must be a mapping, got %r" % (value,))
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(key, "must be a string, got %r" % (value,))
-    return value

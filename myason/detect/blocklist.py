@@ -12,6 +12,7 @@ from myason.detect.base import DPORT, DST, PROTO, SRC, Detector, proto_name
 from myason.detect.idea import check_category
 from myason.enrich.nets import NetSet, read_cidr_file
 from myason.errors import ConfigError
+from myason.options import check_int, check_list
 
 _LIST_KEYS = {"name", "cidrs", "file", "category", "report", "source_type", "target_type"}
 _MAX_PORTS = 16
@@ -44,12 +45,12 @@ class BlocklistDetector(Detector):
     """Any flow touching a listed address; key: (list, listed address)."""
 
     name = "blocklist"
-    DEFAULTS = {"lists": [], "threshold": 1}
+    SPEC = {"lists": ([], check_list), "threshold": (1, check_int(lo=1))}
 
     def configure(self, opts):
         """lists: the CIDR lists (see the module docstring); threshold: flows per window."""
         self.lists = [_List(i, spec) for i, spec in enumerate(opts["lists"])]
-        self.threshold = max(1, int(opts["threshold"]))
+        self.threshold = opts["threshold"]
         if not self.lists:
             self.enabled = False        # nothing to match: stay out of the per-flow path
 

@@ -12,7 +12,7 @@ from itertools import compress
 from operator import itemgetter
 
 from myason.detect.base import ACK, DPORT, DST, FLAGS, PACKETS, PROTO, SRC, TCP, Detector
-from myason.errors import ConfigError
+from myason.options import check_int, check_items, check_mapping, check_optional
 
 CATEGORY = "Attempt.Login"
 # IANA service names of the default login ports, for the event's Proto.
@@ -24,20 +24,16 @@ class BruteForceDetector(Detector):
     """>= threshold short TCP flows from one source to one login port in a window."""
 
     name = "bruteforce"
-    DEFAULTS = {"threshold": 20, "min_packets": 3, "max_packets": 20,
-                "ports": sorted(LOGIN_SERVICES), "services": {}}
+    SPEC = {"threshold": (20, check_int(lo=1)), "min_packets": (3, check_int(lo=0)),
+            "max_packets": (20, check_int(lo=0)), "ports": (sorted(LOGIN_SERVICES), check_items(check_int(1, 65535))),
+            "services": ({}, check_optional(check_mapping))}
 
     def configure(self, opts):
         """threshold: flows per window; ports: login ports; services: extra {port: name}."""
-        self.threshold = max(1, int(opts["threshold"]))
-        self.min_packets = int(opts["min_packets"])
-        self.max_packets = int(opts["max_packets"])
-        ports = set()
-        for port in opts["ports"]:
-            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
-                raise ConfigError("detect.bruteforce.ports", "not a port: %r" % (port,))
-            ports.add(port)
-        self.ports = frozenset(ports)
+        self.threshold = opts["threshold"]
+        self.min_packets = opts["min_packets"]
+        self.max_packets = opts["max_packets"]
+        self.ports = frozenset(opts["ports"])
         self.services = dict(LOGIN_SERVICES)
         self.services.update({int(k): str(v) for k, v in (opts["services"] or {}).items()})
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from myason.detect.base import (ACK, BYTES, DPORT, DST, FIRST, FLAGS, LAST, PACKETS, PROTO, SRC, SYN, TCP,
                                 Detector, proto_name)
+from myason.options import check_float, check_int
 
 DOS, DDOS = "Availability.DoS", "Availability.DDoS"
 _MAX_PORTS = 16
@@ -23,13 +24,14 @@ class DosDetector(Detector):
     """SYN-only packets or packet rate to one target above a threshold."""
 
     name = "dos"
-    DEFAULTS = {"window": 60.0, "syn_packets": 2000, "packet_rate": 100000.0, "ddos_sources": 50}
+    SPEC = {"window": (60.0, check_float(lo=0, lo_open=True)), "syn_packets": (2000, check_int(lo=1)),
+            "packet_rate": (100000.0, check_float(lo=0)), "ddos_sources": (50, check_int(lo=2))}
 
     def configure(self, opts):
         """syn_packets per window; packet_rate in packets/s (0: off); ddos_sources for DDoS."""
-        self.syn_packets = max(1, int(opts["syn_packets"]))
-        self.packet_rate = float(opts["packet_rate"])
-        self.ddos_sources = max(2, int(opts["ddos_sources"]))
+        self.syn_packets = opts["syn_packets"]
+        self.packet_rate = opts["packet_rate"]
+        self.ddos_sources = opts["ddos_sources"]
         self.cap = max(self.max_distinct, self.ddos_sources)
         # A target becomes "hot" at a tenth of the packet-rate threshold; from then on every flow's
         # source and port is recorded, before only those of SYN-only flows.

@@ -16,6 +16,7 @@ from operator import ge, itemgetter
 
 from myason.detect.base import (ACK, DPORT, DST, ICMP, ICMP6, PROTO, SCTP, SPORT, SRC, TCP, UDP,
                                 PACKETS, FLAGS, Detector, proto_name)
+from myason.options import check_int
 
 CATEGORY = "Recon.Scanning"
 _ECHO_REQUEST = {ICMP: 8, ICMP6: 128}
@@ -36,12 +37,12 @@ def is_probe(row, max_packets, icmp=True) -> bool:
 
 
 class _ScanDetector(Detector):
-    DEFAULTS = {"threshold": 50, "probe_max_packets": 3}
+    SPEC = {"threshold": (50, check_int(lo=1)), "probe_max_packets": (3, check_int(lo=0))}
 
     def configure(self, opts):
         """threshold: distinct hosts/ports in a window; probe_max_packets: largest probe flow."""
-        self.threshold = max(1, int(opts["threshold"]))
-        self.probe_max_packets = int(opts["probe_max_packets"])
+        self.threshold = opts["threshold"]
+        self.probe_max_packets = opts["probe_max_packets"]
         # Counting beyond the threshold only sharpens the report; never cap below it.
         self.cap = max(self.max_distinct, self.threshold)
 

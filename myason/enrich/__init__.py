@@ -10,12 +10,13 @@ Config (the collector's `enrich` mapping)::
 """
 from __future__ import annotations
 
-from myason.enrich.base import (DEFAULT_ORDER, Enricher, enricher_class, enricher_names, register,
+from myason.enrich.base import (DEFAULT_ORDER, Enricher, enrich_spec, enricher_class, enricher_names, register,
                                 report_setup_notes, setup_note)
 from myason.errors import ConfigError
+from myason.options import parse_options
 from myason.schema import ENRICH_DEFAULTS
 
-__all__ = ["Enricher", "Pipeline", "build_pipeline", "enricher_class", "enricher_names", "register",
+__all__ = ["Enricher", "Pipeline", "build_pipeline", "enrich_spec", "enricher_class", "enricher_names", "register",
            "report_setup_notes", "setup_note"]
 
 
@@ -62,10 +63,8 @@ def build_pipeline(config: dict | None = None) -> Pipeline:
     Steps whose setup() returns False (nothing configured) are left out. ConfigError names an
     unknown step or a bad option.
     """
-    config = dict(config or {})
-    order = config.get("order", DEFAULT_ORDER)
-    if isinstance(order, str) or not isinstance(order, (list, tuple)):
-        raise ConfigError("enrich.order", "must be a list of step names, got %r" % (order,))
+    config = parse_options("enrich", config or {}, enrich_spec())
+    order = config["order"]
     steps = []
     seen = set()
     for name in order:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import threading
 
+from myason.options import check_list, parse_options
+
 from myason.schema import ENRICH_FIELDS, INDEX
 
 # Index of each enriched column (myason.schema.ENRICH) inside the `out` list an enricher fills.
@@ -52,12 +54,22 @@ def setup_note(logger, level, msg, *args):
 
 
 class Enricher:
-    """One enrichment step: setup(config) once, then apply(row, out) per flow."""
+    """One enrichment step: setup(options) once, then apply(row, out) per flow.
+
+    SPEC declares the keys of the collector's `enrich` mapping this step owns, as a
+    myason.options spec {key: (default, check)}: build_pipeline rejects a key no step owns, and
+    setup() reads its own with self.options(config).
+    """
 
     name = ""
+    SPEC: dict = {}
+
+    def options(self, config: dict) -> dict:
+        """This step's keys of the `enrich` mapping, validated, with their defaults."""
+        return parse_options("enrich", {k: v for k, v in config.items() if k in self.SPEC}, self.SPEC)
 
     def setup(self, config: dict) -> bool:
-        """Read the step's options from the `enrich` config; False switches the step off."""
+        """Read the step's options from the `enrich` mapping (self.options); False switches it off."""
         return True
 
     def apply(self, row, out) -> None:
@@ -92,3 +104,11 @@ def enricher_class(name):
 def enricher_names():
     """Names of the built-in and registered enrichers."""
     return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def enrich_spec():
+    """Every key of the `enrich` mapping: `order`, then each known step's SPEC."""
+    spec = {"order": (list(DEFAULT_ORDER), check_list)}
+    for name in enricher_names():
+        spec.update(enricher_class(name).SPEC)
+    return spec

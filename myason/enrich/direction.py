@@ -5,6 +5,7 @@ import logging
 
 from myason.enrich.base import COL, OUT, Enricher, register, setup_note
 from myason.enrich.nets import NetSet
+from myason.options import check_int, check_list, check_optional
 
 log = logging.getLogger("myason.enrich.direction")
 
@@ -28,10 +29,13 @@ class DirectionEnricher(Enricher):
     def __init__(self):
         self.local = NetSet(())
 
+    SPEC = {"local_networks": ([], check_optional(check_list)), "direction_cache_size": (65536, check_int(lo=1))}
+
     def setup(self, config):
-        """Read `local_networks` and `direction_cache_size` (addresses remembered)."""
-        self.local = NetSet(config.get("local_networks") or (), key="enrich.local_networks",
-                            cache_size=config.get("direction_cache_size", 65536))
+        """`local_networks` (CIDRs) and `direction_cache_size` (addresses remembered)."""
+        options = self.options(config)
+        self.local = NetSet(options["local_networks"] or (), key="enrich.local_networks",
+                            cache_size=options["direction_cache_size"])
         if not self.local:
             setup_note(log, logging.INFO, "direction enrichment off: enrich.local_networks is empty")
             return False

@@ -6,6 +6,9 @@ import logging
 import maxminddb
 
 from myason.enrich.base import COL, Enricher, register, setup_note
+from myason.options import check_int, check_mapping, check_optional, check_str, parse_options
+
+_PATH = check_optional(check_str(expected="a file path"))
 
 log = logging.getLogger("myason.enrich.geoip")
 
@@ -81,13 +84,17 @@ class GeoipEnricher(Enricher):
         self._info = {}
         self._cache_size = 65536
 
+    SPEC = {"geoip": ({}, check_optional(check_mapping))}
+    GEOIP_SPEC = {"country_database": (None, _PATH), "asn_database": (None, _PATH),
+                  "cache_size": (65536, check_int(lo=1))}
+
     def setup(self, config):
-        """Open the databases named in config['geoip']; False when neither is usable."""
-        opts = config.get("geoip") or {}
-        self._cache_size = max(1, int(opts.get("cache_size", 65536)))
+        """Open the databases named in `geoip`; False when neither is usable."""
+        opts = parse_options("enrich.geoip", self.options(config)["geoip"] or {}, self.GEOIP_SPEC)
+        self._cache_size = opts["cache_size"]
         notes = []
         for key in ("country_database", "asn_database"):
-            reader, why = _open("geoip." + key, opts.get(key))
+            reader, why = _open("geoip." + key, opts[key])
             if reader is None:
                 notes.append(why)
                 continue

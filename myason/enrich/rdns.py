@@ -15,12 +15,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from myason.enrich.base import COL, OUT, Enricher, register
-from myason.errors import ConfigError
+from myason.options import check_bool, check_float, check_int, check_mapping, check_optional, parse_options
 
 log = logging.getLogger("myason.enrich.rdns")
 
-DEFAULTS = {"enabled": False, "timeout": 1.0, "max_entries": 10000, "workers": 2,
-            "ttl": 3600.0, "negative_ttl": 300.0, "max_pending": 256}
+# The `rdns` mapping's options (myason.options spec).
+RDNS_SPEC = {"enabled": (False, check_bool()), "timeout": (1.0, check_float(lo=0, lo_open=True)),
+             "max_entries": (10000, check_int(lo=1)), "workers": (2, check_int(1, 64)),
+             "ttl": (3600.0, check_float(lo=0)), "negative_ttl": (300.0, check_float(lo=0)),
+             "max_pending": (256, check_int(lo=1))}
 
 
 def resolve(addr: str) -> str:
@@ -131,14 +134,11 @@ class RdnsEnricher(Enricher):
     def __init__(self):
         self.cache = None
 
+    SPEC = {"rdns": ({}, check_optional(check_mapping))}
+
     def setup(self, config):
-        """Options in config['rdns']: enabled, timeout, max_entries, workers, ttl, negative_ttl."""
-        opts = dict(DEFAULTS)
-        given = config.get("rdns") or {}
-        for key in given:
-            if key not in DEFAULTS:
-                raise ConfigError("enrich.rdns." + str(key), "unknown option")
-        opts.update(given)
+        """Options in `rdns`: enabled, timeout, max_entries, workers, ttl, negative_ttl, max_pending."""
+        opts = parse_options("enrich.rdns", self.options(config)["rdns"] or {}, RDNS_SPEC)
         if not opts.pop("enabled"):
             return False
         self.cache = ReverseCache(**opts)

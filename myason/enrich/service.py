@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from myason.enrich.base import COL, OUT, Enricher, register, setup_note
+from myason.options import check_optional, check_str
 
 log = logging.getLogger("myason.enrich.service")
 
@@ -99,9 +100,13 @@ class ServiceEnricher(Enricher):
     def __init__(self):
         self.table = builtin_table()
 
+    SPEC = {"services_file": (DEFAULT_SERVICES_FILE, check_optional(check_str(allow_empty=False,
+                                                                           expected="a file path")))}
+
     def setup(self, config):
         """Load the table once; `services_file: null` uses the built-in table only."""
-        self.table = load_table(config.get("services_file", DEFAULT_SERVICES_FILE))
+        options = self.options(config)
+        self.table = load_table(options["services_file"])
         return True
 
     def apply(self, row, out, _p=COL["proto"], _s=COL["src_port"], _d=COL["dst_port"],

@@ -5,18 +5,26 @@ name); a writer must make `write(batch_id, rows)` idempotent per id (e.g. record
 same transaction as the rows), so a batch retried after a crash or a lost connection is stored
 exactly once.
 """
+import importlib
+
 import orjson
 
-from myason.config import suggest_key
-from myason.errors import ConfigError, MyasonError
+from myason.errors import MyasonError
 
 # Rows are in myason.schema.ROW_FIELDS or ENRICHED_ROW_FIELDS order: writers accept both
 # lengths, since a spool may still hold batches of plain rows (format v1).
 BATCH_VERSION = 2
 
+# The built-in writers (goflow2 style): type name -> module, imported when first used. A module
+# registers its class with @register; a NetFlow/IPFIX or ClickHouse writer is one more line here.
+_BUILTIN = {
+    "sqlite": "myason.store.sqlite",
+    "postgresql": "myason.store.postgresql",
+    "influxdb": "myason.store.influxdb",
+    "jsonl": "myason.store.jsonl",
+    "mentat": "myason.store.mentat",
+}
 _REGISTRY = {}
-# Marks a writer option with no default in a parse_options spec.
-REQUIRED = object()
 
 
 class WriterError(MyasonError):
@@ -62,28 +70,6 @@ class Writer:
         """Flush and disconnect."""
 
 
-def parse_options(writer, options, spec):
-    """Validate a writer's keyword options against spec {name: (default or REQUIRED, check)}.
-
-    Returns a dict with every option; ConfigError names `writer.option` for an unknown, missing
-    or invalid option.
-    """
-    for key in options:
-        if key not in spec:
-            hint = suggest_key(key, spec)
-            raise ConfigError("%s.%s" % (writer, key),
-                              "unknown option" + (" (did you mean %r?)" % hint if hint else ""))
-    out = {}
-    for key, (default, check) in spec.items():
-        if key not in options:
-            if default is REQUIRED:
-                raise ConfigError("%s.%s" % (writer, key), "required")
-            out[key] = default
-        else:
-            out[key] = check("%s.%s" % (writer, key), options[key])
-    return out
-
-
 def register(cls):
     """Class decorator: make a writer available by its `name` in the collector's config."""
     if not cls.name or cls.name in _REGISTRY:
@@ -94,23 +80,19 @@ def register(cls):
 
 def writer_class(name):
     """The writer class registered under `name`; KeyError lists the known names."""
-    _load_builtin()
+    if name not in _REGISTRY and name in _BUILTIN:
+        # Imported on demand so that `import myason.store.base` has no side effects and a
+        # writer's driver (psycopg, influxdb-client) is only needed when that writer is used.
+        importlib.import_module(_BUILTIN[name])
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise KeyError("unknown writer %r (known: %s)" % (name, ", ".join(sorted(_REGISTRY)))) from None
+    except (KeyError, TypeError):
+        raise KeyError("unknown writer %r (known: %s)" % (name, ", ".join(writer_names()))) from None
 
 
-def _load_builtin():
-    # Imported on demand so that `import myason.store.base` has no side effects and a writer's
-    # driver (psycopg, influxdb-client) is only needed when that writer is used.
-    import importlib
-    for mod in ("jsonl", "sqlite", "postgresql", "influxdb", "mentat"):
-        try:
-            importlib.import_module("myason.store." + mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != "myason.store." + mod:
-                raise
+def writer_names():
+    """Names of the built-in and registered writers: what a collector's `writers[].type` may be."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
 # A spool batch already encoded for one writer by the processor (writer.spool_encoder): the magic,

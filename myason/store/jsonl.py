@@ -20,9 +20,9 @@ import time
 import orjson
 
 from myason import fsmode
-from myason.config import check_int, check_str
+from myason.options import REQUIRED, check_int, check_str, parse_options
 from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
-from myason.store.base import REQUIRED, Writer, WriterError, parse_options, register
+from myason.store.base import Writer, WriterError, register
 
 log = logging.getLogger("myason.store.jsonl")
 

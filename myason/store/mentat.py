@@ -17,8 +17,8 @@ import time
 import orjson
 
 from myason import fsmode
-from myason.config import check_bool, check_int, check_str
-from myason.store.base import REQUIRED, Writer, WriterError, parse_options, register
+from myason.options import REQUIRED, check_bool, check_int, check_str, parse_options
+from myason.store.base import Writer, WriterError, register
 
 log = logging.getLogger("myason.store.mentat")
 

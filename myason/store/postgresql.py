@@ -17,11 +17,10 @@ import logging
 import re
 import time
 
-from myason.config import check_int, check_str
+from myason.options import REQUIRED, check_int, check_str, parse_options
 from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS
 from myason.store.base import Writer, WriterError, encode_prepared, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
-from myason.store.base import REQUIRED, parse_options
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
 from myason.store import rollup, rollup_maintain

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from myason.config import check_float, check_int
+from myason.options import check_float, check_int
 from myason.errors import ConfigError
 
 

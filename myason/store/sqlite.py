@@ -11,11 +11,10 @@ import sqlite3
 import time
 
 from myason import fsmode
-from myason.config import check_float, check_int, check_str
+from myason.options import REQUIRED, check_float, check_int, check_str, parse_options
 from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS
 from myason.store.base import Writer, WriterError, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
-from myason.store.base import REQUIRED, parse_options
 from myason.store import rollup, rollup_maintain
 from myason.store.rollup_batch import batch_partials
 from myason.store.rollup_sql import SqliteBackend

@@ -100,7 +100,7 @@ def test_collector_metrics_status_and_summary_are_documented_exactly(tmp_path):
 
 def test_agent_metrics_and_summary_are_documented_exactly(tmp_path):
     from myason.agent.app import AgentApp
-    from myason.config import load_agent_config
+    from myason.agent.config import load_agent_config
     app = AgentApp(load_agent_config(None), read=[str(ROOT / "data" / "demo.pcap")], export=False,
                    progress=False, engine="python")
     assert app.run() == 0

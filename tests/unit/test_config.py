@@ -1,4 +1,4 @@
-"""Tests for myason.config: defaults, validation messages, YAML loading, conf/agent.yaml in step with code."""
+"""Tests for myason.agent.config and myason.options: defaults, validation messages, YAML loading, conf/agent.yaml in step with code."""
 import dataclasses
 import re
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from myason import config
-from myason.config import AgentConfig, InterfaceConfig, load_agent_config
+from myason.agent import config
+from myason.agent.config import AgentConfig, InterfaceConfig, load_agent_config
 from myason.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

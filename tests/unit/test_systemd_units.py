@@ -142,7 +142,7 @@ def test_memory_deny_write_execute_where_nothing_is_compiled_at_run_time():
 
 def test_agent_talks_ip_only_to_allowed_networks():
     """The agent sends to collectors only: IP is denied but for loopback, link-local and private networks."""
-    from myason.config import AgentConfig
+    from myason.agent.config import AgentConfig
     s = service("myason-agent.service")
     assert s["IPAddressDeny"] == "any"
     allowed = words(s["IPAddressAllow"])

@@ -9,7 +9,7 @@ from myason import wire
 from myason.agent import reload as rl
 from myason.agent.app import ProcessorThread
 from myason.agent.process import PacketProcessor
-from myason.config import AgentConfig, InterfaceConfig
+from myason.agent.config import AgentConfig, InterfaceConfig
 from myason.errors import ConfigError
 
 BASE = AgentConfig(interfaces=(InterfaceConfig("eth0"), InterfaceConfig("eth1", "tcp")),

@@ -64,7 +64,7 @@ def test_configured_ports_and_names():
     assert ev["Source"][0]["Proto"] == ["tcp", "ssh"] and ev["Target"][0]["Port"] == [2222]
     with pytest.raises(ConfigError) as info:
         BruteForceDetector({"ports": [22, 70000]})
-    assert info.value.key == "detect.bruteforce.ports"
+    assert info.value.key == "detect.bruteforce.ports[1]"
     with pytest.raises(ConfigError):
         BruteForceDetector({"treshold": 5})
 

@@ -1,4 +1,12 @@
-"""Typed configuration: one frozen dataclass tree per daemon, loaded from YAML and validated."""
+"""Option validation, one mechanism for every configuration: daemons, writers, enrichers, detectors.
+
+A check is a function check(key, value) -> normalised value that raises ConfigError(key, ...)
+naming the key, so every message reads the same way. Daemon configs are frozen dataclasses whose
+fields carry their check (`field(default=..., metadata=meta(check))`), loaded with `load_config`; pluggable parts
+(writers, enrichers, detectors) declare a spec {name: (default or REQUIRED, check)} beside their
+code and read their options with `parse_options`. Either way an unknown key is an error that
+names it (with the closest known key), a wrong type or value too.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,24 +14,18 @@ import difflib
 import ipaddress
 import math
 import re
-import socket
-from dataclasses import dataclass, field
 
 import yaml
 
 from myason.errors import ConfigError
 
-_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
-_IFNAMSIZ = 16  # Linux: interface names are at most IFNAMSIZ - 1 bytes
+# Marks an option with no default in a parse_options spec.
+REQUIRED = object()
 
 
-# ---------------------------------------------------------------------------
-# Shared validators. Each factory returns check(key, value) -> normalised value,
-# raising ConfigError(key, ...) so every daemon's messages read the same way.
-# ---------------------------------------------------------------------------
-
-def _fail(key, expected, value):
+def fail(key, expected, value):
+    """Raise the standard 'must be EXPECTED, got VALUE' error for `key`."""
     raise ConfigError(key, "must be %s, got %r" % (expected, value))
 
 
@@ -43,13 +45,13 @@ def check_int(lo=None, hi=None):
 
     def check(key, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         if isinstance(value, float):
             if not value.is_integer():
-                _fail(key, expected, value)
+                fail(key, expected, value)
             value = int(value)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         return value
     return check
 
@@ -60,14 +62,14 @@ def check_float(lo=None, hi=None, lo_open=False):
 
     def check(key, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         value = float(value)
         if not math.isfinite(value):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         if lo is not None and (value <= lo if lo_open else value < lo):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         if hi is not None and value > hi:
-            _fail(key, expected, value)
+            fail(key, expected, value)
         return value
     return check
 
@@ -76,7 +78,7 @@ def check_bool():
     """Validator for a real YAML bool; the strings 'yes'/'true' are rejected to catch quoting mistakes."""
     def check(key, value):
         if not isinstance(value, bool):
-            _fail(key, "true or false", value)
+            fail(key, "true or false", value)
         return value
     return check
 
@@ -85,9 +87,9 @@ def check_str(allow_empty=True, pattern=None, expected="a string"):
     """Validator for a string, optionally non-empty and matching a regex."""
     def check(key, value):
         if not isinstance(value, str):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         if (not allow_empty and not value) or (pattern is not None and not pattern.match(value)):
-            _fail(key, expected, value)
+            fail(key, expected, value)
         return value
     return check
 
@@ -99,10 +101,11 @@ def check_optional(inner):
     return check
 
 
-def _check_list(key, value):
+def check_list(key, value):
+    """Validator for a list (or a tuple, as a loaded config gives back)."""
     # Tuples come back when a loaded config is fed in again (dataclasses.replace, overrides).
     if not isinstance(value, (list, tuple)):
-        _fail(key, "a list", value)
+        fail(key, "a list", value)
     return value
 
 
@@ -111,7 +114,7 @@ def parse_endpoint(key, value):
     if isinstance(value, (list, tuple)) and len(value) == 2:
         host, port = value
         if not isinstance(host, str):
-            _fail(key, "a host name or address", host)
+            fail(key, "a host name or address", host)
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         port = check_int(1, 65535)(key, port)
     elif isinstance(value, str):
@@ -134,7 +137,7 @@ def parse_endpoint(key, value):
         if not 1 <= port <= 65535:
             raise ConfigError(key, "port must be an integer between 1 and 65535, got %d" % port)
     else:
-        _fail(key, "a 'host:port' string", value)
+        fail(key, "a 'host:port' string", value)
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
@@ -158,7 +161,7 @@ def format_endpoint(host, port):
 def check_endpoints(key, value):
     """Validator for a list of endpoints; duplicates are rejected because they would double-send."""
     out = []
-    for i, item in enumerate(_check_list(key, value)):
+    for i, item in enumerate(check_list(key, value)):
         endpoint = parse_endpoint("%s[%d]" % (key, i), item)
         if endpoint in out:
             raise ConfigError("%s[%d]" % (key, i), "duplicate of %s" % format_endpoint(*endpoint))
@@ -172,24 +175,26 @@ def suggest_key(key, known):
     return matches[0] if matches else None
 
 
-def _unknown_key(key, known):
+def unknown_key(key, known):
+    """The ConfigError for an unknown key, with the closest known one as a hint."""
     hint = suggest_key(key, known)
     return ConfigError(str(key), "unknown key" + (" (did you mean %r?)" % hint if hint else ""))
 
 
-def _validate_fields(obj):
-    # Runs from __post_init__ so direct construction and dataclasses.replace are checked too.
+def validate_fields(obj):
+    """Run each dataclass field's check (from __post_init__: direct construction and replace() are checked too)."""
     for f in dataclasses.fields(obj):
         check = f.metadata.get("check")
         if check is not None:
             object.__setattr__(obj, f.name, check(f.name, getattr(obj, f.name)))
 
 
-def _plain(value):
+def to_plain(value):
+    """A config value as plain YAML types (dataclasses to mappings, tuples to lists)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -222,121 +227,62 @@ def load_config(cls, path=None, overrides=None):
     for source in sources:
         for key, value in source.items():
             if key not in known:
-                raise _unknown_key(key, known)
+                raise unknown_key(key, known)
             values[key] = value
     return cls(**values)
 
 
-# ---------------------------------------------------------------------------
-# Agent
-# ---------------------------------------------------------------------------
+def check_choice(*choices):
+    """Validator for one of a few literal values."""
+    expected = "one of %s" % ", ".join(repr(c) for c in choices)
 
-def default_agent_id():
-    """This host's name, reduced to [A-Za-z0-9._:-] and 64 characters."""
-    name = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:64]
-    return name or "myason-agent"
+    def check(key, value):
+        if isinstance(value, bool) or value not in choices:
+            fail(key, expected, value)
+        return value
+    return check
 
 
-def _check_ifname(key, value):
-    if (not isinstance(value, str) or not value or len(value.encode()) >= _IFNAMSIZ
-            or "/" in value or any(c.isspace() for c in value)):
-        _fail(key, "an interface name (1-15 characters, no '/' or spaces)", value)
+def check_items(item_check, expected="a list"):
+    """Validator for a list whose items each pass item_check (keys name the item: key[i])."""
+    def check(key, value):
+        if not isinstance(value, (list, tuple)):
+            fail(key, expected, value)
+        return [item_check("%s[%d]" % (key, i), v) for i, v in enumerate(value)]
+    return check
+
+
+def check_mapping(key, value):
+    """Validator for a mapping (YAML dict)."""
+    if not isinstance(value, dict):
+        fail(key, "a mapping", value)
     return value
 
 
-_INTERFACE_KEYS = ("name", "bpf_filter")
-
-
-@dataclass(frozen=True)
-class InterfaceConfig:
-    """One capture interface and its optional BPF filter."""
-
-    name: str = field(metadata={"check": _check_ifname})
-    bpf_filter: str = field(default="", metadata={"check": check_str()})
-
-    def __post_init__(self):
-        _validate_fields(self)
-
-    def to_dict(self) -> dict:
-        """Plain mapping form, as written in agent.yaml."""
-        return {"name": self.name, "bpf_filter": self.bpf_filter}
-
-
-def check_interfaces(key, value):
-    """Validator for `interfaces`: items are a name string or a {name, bpf_filter} mapping."""
-    out = []
-    for i, item in enumerate(_check_list(key, value)):
-        where = "%s[%d]" % (key, i)
-        if isinstance(item, InterfaceConfig):
-            iface = item
-        elif isinstance(item, str):
-            iface = InterfaceConfig(_check_ifname(where, item))
-        elif isinstance(item, dict):
-            for k in item:
-                if k not in _INTERFACE_KEYS:
-                    raise _unknown_key("%s.%s" % (where, k), ["%s.%s" % (where, n) for n in _INTERFACE_KEYS])
-            if "name" not in item:
-                raise ConfigError(where + ".name", "is required")
-            iface = InterfaceConfig(_check_ifname(where + ".name", item["name"]),
-                                    check_str()(where + ".bpf_filter", item.get("bpf_filter", "")))
-        else:
-            _fail(where, "an interface name or a mapping with 'name' and 'bpf_filter'", item)
-        if any(o.name == iface.name for o in out):
-            raise ConfigError(where, "interface %r is listed twice" % iface.name)
-        out.append(iface)
-    return tuple(out)
-
-
-def check_metrics_endpoint(key, value):
-    """Validator for a Prometheus endpoint 'host:port' (IP literal or name); kept as normalised text."""
-    if not isinstance(value, str):
-        _fail(key, "a 'host:port' string", value)
-    return format_endpoint(*parse_endpoint(key, value))
-
-
-def _meta(check):
+def meta(check):
+    """Metadata of a dataclass field validated by `check`: field(default=..., metadata=meta(check))."""
     return {"check": check}
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    """Everything the flow agent reads from agent.yaml; see conf/agent.yaml for each key's meaning."""
+def parse_options(section, options, spec):
+    """Validate a part's options against spec {name: (default or REQUIRED, check)}.
 
-    interfaces: tuple[InterfaceConfig, ...] = field(default=(), metadata=_meta(check_interfaces))
-    agent_id: str = field(default_factory=default_agent_id, metadata=_meta(
-        check_str(pattern=_AGENT_ID_RE, expected="1-64 characters from [A-Za-z0-9._:-]")))
-    key_file: str | None = field(default=None, metadata=_meta(
-        check_optional(check_str(allow_empty=False, expected="a file path"))))
-    collectors: tuple[tuple[str, int], ...] = field(default=(), metadata=_meta(check_endpoints))
-    cache_limit: int = field(default=500000, metadata=_meta(check_int(lo=1)))
-    cache_active_timeout: float = field(default=1800.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    cache_inactive_timeout: float = field(default=15.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    cache_fin_timeout: float = field(default=2.0, metadata=_meta(check_float(lo=0)))
-    # 65507 = largest UDP payload over IPv4; below 512 a single record might not fit.
-    max_datagram: int = field(default=1400, metadata=_meta(check_int(512, 65507)))
-    export_interval: float = field(default=1.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    tick: float = field(default=1.0, metadata=_meta(check_float(lo=0, lo_open=True)))
-    packet_queue: int = field(default=256, metadata=_meta(check_int(lo=1)))
-    flow_queue: int = field(default=100000, metadata=_meta(check_int(lo=1)))
-    exclude_export_traffic: bool = field(default=True, metadata=_meta(check_bool()))
-    promiscuous: bool = field(default=True, metadata=_meta(check_bool()))
-    # At least 96 bytes so Ethernet + VLAN + IPv6 + TCP headers are captured.
-    snaplen: int = field(default=262144, metadata=_meta(check_int(96, 262144)))
-    asn_database: str | None = field(default=None, metadata=_meta(
-        check_optional(check_str(allow_empty=False, expected="a file path"))))
-    stats_interval: float = field(default=60.0, metadata=_meta(check_float(lo=0)))
-    metrics: str | None = field(default=None, metadata=_meta(check_optional(check_metrics_endpoint)))
-
-    def __post_init__(self):
-        _validate_fields(self)
-
-    def to_dict(self) -> dict:
-        """Plain types (lists, dicts, 'host:port' strings) that load back to an equal config."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["collectors"] = [format_endpoint(h, p) for h, p in self.collectors]
-        return out
-
-
-def load_agent_config(path: str | None = None, overrides: dict | None = None) -> AgentConfig:
-    """Load and validate the agent configuration: defaults < YAML file at `path` < `overrides`."""
-    return load_config(AgentConfig, path, overrides)
+    Returns a dict with every option; ConfigError names `section.option` for an unknown, missing
+    or invalid option.
+    """
+    if not isinstance(options, dict):
+        fail(section, "a mapping of options", options)
+    for key in options:
+        if key not in spec:
+            hint = suggest_key(key, spec)
+            raise ConfigError("%s.%s" % (section, key),
+                              "unknown option" + (" (did you mean %r?)" % hint if hint else ""))
+    out = {}
+    for key, (default, check) in spec.items():
+        if key not in options:
+            if default is REQUIRED:
+                raise ConfigError("%s.%s" % (section, key), "required")
+            out[key] = default
+        else:
+            out[key] = check("%s.%s" % (section, key), options[key])
+    return out
