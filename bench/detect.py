@@ -206,7 +206,7 @@ def throughput(n_flows, geoip, realistic=True):
     from cryptography.fernet import Fernet
     import collector as cbench
     from myason.collector.keystore import Keystore
-    from myason.collector.process import DatagramProcessor
+    from myason.collector.datagram import DatagramProcessor
 
     keys = {"bench-%d" % i: Fernet.generate_key().decode() for i in range(4)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ from cryptography.fernet import Fernet, MultiFernet  # noqa: E402
 
 from myason import wire  # noqa: E402
 from myason.collector.keystore import Keystore  # noqa: E402
-from myason.collector.process import DatagramProcessor  # noqa: E402
+from myason.collector.datagram import DatagramProcessor  # noqa: E402
 
 AGENTS = 8
 

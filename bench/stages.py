@@ -40,7 +40,7 @@ def measure(args):
     from cryptography.fernet import Fernet
     from bench.collector import AGENTS, generate, load_datagrams
     from myason.collector.keystore import Keystore
-    from myason.collector.process import DatagramProcessor
+    from myason.collector.datagram import DatagramProcessor
     from myason.collector.spool import Spool
     from myason.detect import build_detectors
     from myason.enrich import build_pipeline

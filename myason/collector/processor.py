@@ -298,7 +298,7 @@ class ProcessorThread(threading.Thread):
 def build_processor(cfg, state):
     """(DatagramProcessor, enrichment pipeline, detectors or None) for one processor."""
     from myason.collector.keystore import Keystore
-    from myason.collector.process import DatagramProcessor
+    from myason.collector.datagram import DatagramProcessor
     from myason.collector.validate import Limits
     from myason.detect import build_detectors
     from myason.enrich import build_pipeline

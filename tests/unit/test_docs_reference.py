@@ -136,11 +136,11 @@ def _constants(args):
 def code_reject_reasons():
     """Every reason the collector can count, read from the code that counts them."""
     import myason.collector.listener as listener
-    import myason.collector.process as process
+    import myason.collector.datagram as datagram
     reasons = set(wire.REASONS) | _constants(_calls(wire.__file__, "WireError"))
-    # process.py: explicit _reject("...") reasons, and the replay counter it keeps itself.
-    reasons |= _constants(_calls(process.__file__, "_reject"))
-    tree = ast.parse(Path(process.__file__).read_text())
+    # datagram.py: explicit _reject("...") reasons, and the replay counter it keeps itself.
+    reasons |= _constants(_calls(datagram.__file__, "_reject"))
+    tree = ast.parse(Path(datagram.__file__).read_text())
     for node in ast.walk(tree):
         if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
                 and node.value.attr == "rejects" and isinstance(node.slice, ast.Constant)):
@@ -244,7 +244,7 @@ def test_limits_table_matches_the_constants():
 def test_the_clock_skew_setting_reaches_every_check_it_documents():
     # The processor is built with the config's clock_skew, and decoding uses the same value.
     import myason.collector.processor as processor
-    from myason.collector.process import DatagramProcessor
+    from myason.collector.datagram import DatagramProcessor
     assert "clock_skew=cfg.clock_skew" in Path(processor.__file__).read_text()
     proc = DatagramProcessor(None, limits=validate.Limits(clock_skew=7.0))
     assert proc.limits.clock_skew == 7.0 and proc.ttl == 5.0

@@ -5,10 +5,10 @@ import threading
 import time
 
 from myason.collector import journal, processor
-from myason.collector.process import DatagramProcessor
+from myason.collector.datagram import DatagramProcessor
 from myason.collector.spool import Spool
 from myason.store.base import decode_batch
-from tests.unit.collector.test_process import ADDR, NOW, dgram, keystore
+from tests.unit.collector.test_datagram import ADDR, NOW, dgram, keystore
 
 
 def wait_until(cond, timeout=10.0):

@@ -3,10 +3,10 @@ import json
 import queue
 
 from myason.collector import journal, processor
-from myason.collector.process import DatagramProcessor
+from myason.collector.datagram import DatagramProcessor
 from myason.collector.spool import Spool
 from myason.store.base import decode_batch
-from tests.unit.collector.test_process import ADDR, NOW, dgram, keystore
+from tests.unit.collector.test_datagram import ADDR, NOW, dgram, keystore
 
 
 def new_proc():

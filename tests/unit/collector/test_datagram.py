@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 
 from myason import wire
 from myason.collector.keystore import Keystore
-from myason.collector.process import DatagramProcessor
+from myason.collector.datagram import DatagramProcessor
 from myason.record import FIELDS
 from myason.schema import ROW_FIELDS
 
@@ -194,7 +194,7 @@ def test_threads_accept_each_datagram_once():
 
 
 def test_rejections_are_logged_rate_limited_without_secrets(proc, caplog):
-    caplog.set_level(logging.WARNING, logger="myason.collector.process")
+    caplog.set_level(logging.WARNING, logger="myason.collector.datagram")
     wrong = dgram(0, key=Fernet.generate_key())
     for _ in range(50):
         proc.handle(wrong, ADDR, NOW)
@@ -208,7 +208,7 @@ def test_rejections_are_logged_rate_limited_without_secrets(proc, caplog):
 def test_unknown_agent_is_logged_per_agent_id_and_source(proc, caplog):
     # An agent whose agent_id is not in the keystore runs on unaware: the collector's log line is
     # the only place that says which id and which address were refused.
-    caplog.set_level(logging.WARNING, logger="myason.collector.process")
+    caplog.set_level(logging.WARNING, logger="myason.collector.datagram")
     stranger = dgram(0, agent="sensor-1", key=Fernet.generate_key())
     other = dgram(0, agent="vm-17", key=Fernet.generate_key())
     for _ in range(50):
@@ -223,7 +223,7 @@ def test_unknown_agent_is_logged_per_agent_id_and_source(proc, caplog):
 
 
 def test_unknown_agent_lines_say_how_many_were_not_logged_and_stay_bounded(caplog):
-    caplog.set_level(logging.WARNING, logger="myason.collector.process")
+    caplog.set_level(logging.WARNING, logger="myason.collector.datagram")
     now = [0.0]
     p = DatagramProcessor(keystore(), ttl=5.0, window=64, log_clock=lambda: now[0])
     stranger = dgram(0, agent="sensor-1", key=Fernet.generate_key())

@@ -43,7 +43,7 @@ from myason.collector.validate import DEFAULT_LIMITS, ValidationError, validate_
 from myason.errors import WireError
 from myason.logs import RateLimiter
 
-log = logging.getLogger("myason.collector.process")
+log = logging.getLogger("myason.collector.datagram")
 
 _NEG_INF = float("-inf")
 NEW, LATE, SEEN, OLD = "new", "late", "seen", "old"
