@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from myason.record import FIELDS
+from myason.schema import FIELDS
 from tests.unit.store.test_rollup import ref_service_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 
 from myason import wire
 from myason.collector.journal import load_sequences
-from myason.record import FIELDS
+from myason.schema import FIELDS
 from tests import trafficgen as gen
 from tests.integration import collector as col
 from tests.integration.services import influx_query, influx_rows, pg_start, pg_stop, wait_until

@@ -22,7 +22,7 @@ import orjson
 from cryptography.fernet import Fernet
 
 from myason import wire
-from myason.record import FIELDS
+from myason.schema import FIELDS
 from tests import trafficgen as gen
 from tests.integration import collector as col
 from tests.integration.services import wait_until
