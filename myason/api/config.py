@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 from myason.errors import ConfigError
 from myason.options import (check_bool, check_float, check_int, check_optional, check_str, load_config, meta,
-                            parse_endpoint, to_plain, validate_fields)
+                            parse_endpoint, parse_options, read_yaml_mapping, to_plain, validate_fields)
+from myason.store.base import writer_class
+from myason.store.query import first_sql_writer
 
 DATABASE_TYPES = ("sqlite", "postgresql")
 
@@ -110,11 +112,16 @@ def resolve_database(cfg: ApiConfig) -> dict:
         return dict(cfg.database)
     if not cfg.collector_conf:
         raise ConfigError("database", "give a database ({type: sqlite, path: ...}) or a collector config (-cc)")
-    from myason.collector.config import load_collector_config
-    from myason.store.query import first_sql_writer
-    writer = first_sql_writer(load_collector_config(cfg.collector_conf).writers)
+    # The collector's file is read for its writers only (the API is not above the collector):
+    # the first SQL writer's own options are validated by that writer's spec.
+    writers = read_yaml_mapping(cfg.collector_conf).get("writers")
+    if not isinstance(writers, list) or not all(isinstance(w, dict) for w in writers):
+        raise ConfigError("%s: writers" % cfg.collector_conf, "must be a list of writer mappings")
+    writer = first_sql_writer(writers)
+    opts = parse_options(writer["type"], {k: v for k, v in writer.items() if k not in ("type", "name")},
+                         writer_class(writer["type"]).SPEC)
     key = "path" if writer["type"] == "sqlite" else "dsn"
-    return {"type": writer["type"], key: writer[key]}
+    return {"type": writer["type"], key: opts[key]}
 
 
 def resolve_token(cfg: ApiConfig) -> str | None:

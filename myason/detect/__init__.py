@@ -17,7 +17,7 @@ from operator import itemgetter
 
 from myason.detect.base import DEFAULT_NODE_NAME, DST, LAST, SRC, Detector, as_row
 from myason.detect.idea import build_event, check_node_name
-from myason.enrich.nets import NetSet
+from myason.nets import NetSet
 from myason.errors import ConfigError
 
 __all__ = ["Detector", "DetectorSet", "build_detectors", "build_event", "detector_class",

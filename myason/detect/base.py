@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 
 from myason.detect.idea import build_event, check_node_name
-from myason.enrich.nets import NetSet
+from myason.nets import NetSet
 from myason.options import check_bool, check_float, check_int, parse_options
 from myason.schema import FIELDS, indexes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from myason.detect.base import DPORT, DST, PROTO, SRC, Detector, proto_name
 from myason.detect.idea import check_category
-from myason.enrich.nets import NetSet, read_cidr_file
+from myason.nets import NetSet, read_cidr_file
 from myason.errors import ConfigError
 from myason.options import check_int, check_list
 

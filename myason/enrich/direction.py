@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from myason.enrich.base import COL, OUT, Enricher, register, setup_note
-from myason.enrich.nets import NetSet
+from myason.nets import NetSet
 from myason.options import check_int, check_list, check_optional
 
 log = logging.getLogger("myason.enrich.direction")

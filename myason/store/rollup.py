@@ -14,6 +14,7 @@ import datetime as dt
 import re
 
 from myason.options import check_float, check_int
+from myason.services import builtin_table
 from myason.errors import ConfigError
 
 
@@ -60,7 +61,6 @@ def service_ports() -> tuple:
 
     The built-in table and not /etc/services, so every writer ranks alike, whatever host it runs on.
     """
-    from myason.enrich.service import builtin_table
     return tuple(sorted({port for _, port in builtin_table() if port >= 1024}))
 
 

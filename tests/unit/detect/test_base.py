@@ -5,7 +5,7 @@ import pytest
 
 from myason.detect.base import Window, as_row
 from myason.detect.scan import HorizontalScanDetector
-from myason.enrich.nets import NetSet
+from myason.nets import NetSet
 from myason.errors import ConfigError
 from myason.record import FIELDS
 from tests.unit.detect.flows import T0, addrs, check_idea, flow

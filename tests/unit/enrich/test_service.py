@@ -1,10 +1,10 @@
-"""Tests for myason.enrich.service."""
+"""Tests for myason.services and the service enrichment (myason.enrich.service)."""
 import pytest
 
-from myason.schema import ENRICH_DEFAULTS
 from myason.enrich.base import OUT
-from myason.enrich.service import (ServiceEnricher, builtin_table, load_table, parse_services,
-                                   server_service)
+from myason.enrich.service import ServiceEnricher, load_table
+from myason.schema import ENRICH_DEFAULTS
+from myason.services import builtin_table, parse_services, server_service
 
 SERVICES = """\
 # a tiny services file

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import pytest
 
-from myason.enrich.service import builtin_table
+from myason.services import builtin_table
 from myason.errors import ConfigError
 from myason.store import rollup
 from myason.schema import ENRICHED_ROW_FIELDS
