@@ -3,7 +3,7 @@
 Two agents replay generated traffic (benign sessions and crafted attacks) into a real collector
 with the postgresql and influxdb writers, GeoIP enrichment (small .mmdb files) and detection;
 the rollups are then maintained. Each dashboard's variables are resolved by running their own
-queries, then each panel query is expanded with myason.grafana over the data's time range and
+queries, then each panel query is expanded with tests/support/grafana.py over the data's time range and
 run: for PostgreSQL panels at the four rollup resolutions (the interval picks the table).
 """
 import datetime as dt
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from myason import grafana as g
+from tests.support import grafana as g
 from tests import trafficgen as gen
 from tests.integration import collector as col
 from tests.integration.services import influx_query, influx_rows, wait_until

@@ -1,9 +1,9 @@
-"""myason.grafana against the expectations of Grafana's own tests (macros_test.go, rangeutil, query_test.go)."""
+"""tests/support/grafana.py (Grafana query expansion) against the expectations of Grafana's own tests (macros_test.go, rangeutil, query_test.go)."""
 import datetime as dt
 
 import pytest
 
-from myason import grafana as g
+from tests.support import grafana as g
 
 UTC = dt.timezone.utc
 FROM = dt.datetime(2018, 4, 12, 18, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from myason.grafana import iter_panels
+from tests.support.grafana import iter_panels
 
 ROOT = Path(__file__).resolve().parents[2] / "grafana"
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
