@@ -291,7 +291,7 @@ class Bench:
         self.files = {}
 
     def start_servers(self, influx):
-        from tests.integration.services import start_services
+        from tests.support.services import start_services
         self.servers = start_services(["pg", "influx"] if influx else ["pg"], watch_pid=os.getpid())
         return self.servers
 
@@ -320,12 +320,12 @@ class Bench:
         except Exception:  # noqa: BLE001 - first run: the collector creates the schema
             pass
         if influx:
-            from tests.integration.services import _http
+            from tests.support.services import _http
             q = urllib.parse.urlencode({"q": "DROP DATABASE myason; CREATE DATABASE myason"})
             _http("POST", "%s/query?%s" % (self.servers.influx_url, q))
 
     def influx_flows(self):
-        from tests.integration.services import influx_query, influx_rows
+        from tests.support.services import influx_query, influx_rows
         try:
             rows = influx_rows(influx_query(self.servers.influx_url, "SELECT sum(flows) FROM flows", epoch=None))
         except Exception:  # noqa: BLE001 - no measurement yet
@@ -333,7 +333,7 @@ class Bench:
         return int(rows[0]["sum"]) if rows else 0
 
     def trial(self, rate, size, influx, extra):
-        from tests.integration.collector import Collector
+        from tests.support.collector import Collector
         a = self.args
         self.reset(influx)
         writers = [{"type": "postgresql", "dsn": self.servers.pg_dsn}]
@@ -613,7 +613,7 @@ def main(argv=None):
                 print("\n## nfcapd: not installed (apt-get install nfdump); peer not measured", flush=True)
     finally:
         if bench.servers is not None:
-            from tests.integration.services import stop_services
+            from tests.support.services import stop_services
             stop_services(bench.servers)
         shutil.rmtree(work, ignore_errors=True)
     print("\n# summary (highest rate where every run stored every flow within %.1f s)" % args.drain_deadline)

@@ -17,7 +17,7 @@ def bench_database(prefix, dsn=None, db=None, keep=False):
     if dsn:
         admin = dsn
     else:
-        from tests.integration.services import start_services
+        from tests.support.services import start_services
         servers = start_services(["pg"], watch_pid=os.getpid())
         admin = servers.pg_dsn
     name = db or "%s_%s" % (prefix, uuid.uuid4().hex[:8])
@@ -33,5 +33,5 @@ def bench_database(prefix, dsn=None, db=None, keep=False):
         elif not db:
             print("kept database %s (--db %s)" % (name, name))
         if servers is not None:
-            from tests.integration.services import stop_services
+            from tests.support.services import stop_services
             stop_services(servers)

@@ -185,7 +185,7 @@ class Soak:
         from cryptography.fernet import Fernet
         procs = int(next((v.split("=", 1)[1] for v in args.set if v.startswith("processors_number=")), 2))
         self.keys = {a: Fernet.generate_key().decode() for a in agent_ids(args.agents, procs)}
-        from tests.integration.services import start_services
+        from tests.support.services import start_services
         self.servers = start_services(["pg", "influx"], watch_pid=os.getpid())
         self.metrics = "127.0.0.1:%d" % _free_tcp()
         self.port = None
@@ -202,7 +202,7 @@ class Soak:
                     c.execute("TRUNCATE %s" % t)
                 except psycopg.Error:
                     pass
-        from tests.integration.services import influx_query
+        from tests.support.services import influx_query
         influx_query(self.servers.influx_url, "DROP DATABASE myason", db="")
         influx_query(self.servers.influx_url, "CREATE DATABASE myason", db="")
 
@@ -249,7 +249,7 @@ class Soak:
         return int(n), int(b), int(p)
 
     def influx_totals(self):
-        from tests.integration.services import influx_query, influx_rows
+        from tests.support.services import influx_query, influx_rows
         rows = influx_rows(influx_query(self.servers.influx_url,
                                         "SELECT sum(flows), sum(bytes), sum(packets) FROM flows", db="myason"))
         if not rows:
@@ -364,7 +364,7 @@ class Soak:
     def close(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-        from tests.integration.services import stop_services
+        from tests.support.services import stop_services
         stop_services(self.servers)
 
 

@@ -1,3 +1,3 @@
 """Fixtures shared by every test directory."""
 # Defined once here so that all modules share one session of database servers.
-from tests.integration.services import servers  # noqa: F401
+from tests.support.services import servers  # noqa: F401

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import netns
-from tests.integration.summary import parse_summary
+from tests.support.summary import parse_summary
 from tests.integration.test_agent_live import (AGENT_IF, OTHER_MAC, PEER_IF, Agent, namespace_pair, read_records,
                                                write_conf)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import trafficgen as gen
-from tests.integration.summary import parse_summary
+from tests.support import trafficgen as gen
+from tests.support.summary import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared"

@@ -2,7 +2,7 @@
 
 The collectors are UDP sockets bound by the test on 127.0.0.1 and [::1]; every datagram is
 decoded with myason.wire and the key file the agent used, and checked against the totals
-tests/trafficgen.py computes from the generated capture.
+tests/support/trafficgen.py computes from the generated capture.
 """
 import csv
 import os
@@ -22,8 +22,8 @@ from cryptography.fernet import Fernet, MultiFernet
 from myason import keys, wire
 from myason.errors import WireError
 from myason.schema import FIELDS, FLOAT_FIELDS, INT_FIELDS, make_row
-from tests import trafficgen as gen
-from tests.integration.summary import parse_summary
+from tests.support import trafficgen as gen
+from tests.support.summary import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "it-agent.01"

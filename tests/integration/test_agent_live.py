@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from tests.integration.summary import parse_summary
+from tests.support.summary import parse_summary
 
 try:
     from . import netns

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.integration import netns
-from tests.integration.summary import parse_summary
+from tests.support.summary import parse_summary
 from tests.integration.test_agent_live import AGENT_IF, OTHER_MAC, PEER_IF, Agent, _Collector, namespace_pair, write_conf
 
 pytestmark = [pytest.mark.root,

@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet, MultiFernet
 from myason import keys, wire
 from myason.record import FIELDS
 from tests.integration import netns
-from tests.integration.summary import parse_summary
+from tests.support.summary import parse_summary
 from tests.integration.test_agent_live import AGENT_IF, OTHER_MAC, PEER_IF, Agent, _Collector, namespace_pair, write_conf
 from tests.integration.test_agent_metrics import free_port, wait_metric
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import trafficgen as gen
+from tests.support import trafficgen as gen
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ("fast", "python")

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.integration.test_api_postgresql import REPO, ApiProcess, fill, pg  # noqa: F401 (pg is a fixture)
 from tests.unit.api.test_app_sqlite import NOW, idea, row
 from tests.unit.api.test_hardening import write_store

@@ -23,7 +23,7 @@ from myason.api.db import PostgresDatabase
 from myason.collector.health import _write_postgresql, health_rows
 from myason.store import rollup, rollup_maintain
 from myason.store.postgresql import PostgresWriter
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.unit.api.test_app_sqlite import A, AUTH, B, C, D, NOW, REPLIES, TOKEN, idea, row
 
 psycopg = pytest.importorskip("psycopg")

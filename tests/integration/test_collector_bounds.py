@@ -13,7 +13,7 @@ import time
 import pytest
 
 from myason import wire
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, spool_files
 from tests.integration.test_collector_hostile import row_key, scrape, sqlite_rows
 

@@ -20,7 +20,7 @@ import pytest
 
 from myason.collector import journal
 from myason.store.base import decode_batch_events
-from tests.integration.services import influx_query, influx_rows, wait_until
+from tests.support.services import influx_query, influx_rows, wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, pg_reset, pg_rows, \
     spool_files
 from tests.integration.test_collector_hostile import row_key, sqlite_rows

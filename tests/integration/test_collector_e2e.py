@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from tests import trafficgen as gen
-from tests.integration import collector as col
-from tests.integration.services import influx_query, influx_rows, wait_until
+from tests.support import trafficgen as gen
+from tests.support import collector as col
+from tests.support.services import influx_query, influx_rows, wait_until
 
 KEY_FIELDS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos", "packets", "bytes", "tcp_flags",
               "end_reason")
@@ -51,7 +51,7 @@ def test_agent_to_collector_to_sqlite_exactly_once(tmp_path, scenario):
 @pytest.mark.root
 def test_real_captures_land_in_postgresql_influxdb_and_sqlite(tmp_path, servers):
     """Real captures (or the generated scenario without ../shared) into three stores at once."""
-    from tests.integration.oracle import SHARED
+    from tests.support.oracle import SHARED
     real = sorted((SHARED / "pcaps" / "real").glob("zeek__*.pcap"))[:150] or []
     pcaps = real or [tmp_path / "s.pcap"]
     if not real:

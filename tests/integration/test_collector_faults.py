@@ -1,5 +1,5 @@
 """Faults around a running collector: a database that goes away, SIGTERM and SIGKILL mid-stream, and
-the InfluxDB writer across a restart. Real processes, real UDP, real servers (tests/integration/services.py).
+the InfluxDB writer across a restart. Real processes, real UDP, real servers (tests/support/services.py).
 
 Exactness over a restart needs to know what was sent while a collector was there to receive it:
 UDP has no retransmission, so the senders here (a real agent for the PostgreSQL outage, a sender
@@ -19,9 +19,9 @@ from cryptography.fernet import Fernet
 from myason import wire
 from myason.collector.journal import load_sequences
 from myason.schema import FIELDS
-from tests import trafficgen as gen
-from tests.integration import collector as col
-from tests.integration.services import influx_query, influx_rows, pg_start, pg_stop, wait_until
+from tests.support import trafficgen as gen
+from tests.support import collector as col
+from tests.support.services import influx_query, influx_rows, pg_start, pg_stop, wait_until
 from tests.integration.test_collector_e2e import agent_records
 from tests.integration.test_collector_hostile import SummaryCollector, flow_row, free_tcp_port, row_key, scrape, \
     sqlite_rows

@@ -23,9 +23,9 @@ from cryptography.fernet import Fernet
 
 from myason import wire
 from myason.schema import FIELDS
-from tests import trafficgen as gen
-from tests.integration import collector as col
-from tests.integration.services import wait_until
+from tests.support import trafficgen as gen
+from tests.support import collector as col
+from tests.support.services import wait_until
 
 VALID, HOSTILE, FENCED = "valid-1", "hostile-1", "fenced-1"
 MAX_DATAGRAM = 8192

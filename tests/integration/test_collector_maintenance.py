@@ -1,7 +1,7 @@
 """Rollup maintenance beside a running collector: it never holds up ingest, and says when it lags."""
 import pytest
 
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, pg_reset, pg_rows
 from tests.integration.test_collector_hostile import scrape
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from tests.integration import collector as col
-from tests.integration.services import wait_until
+from tests.support import collector as col
+from tests.support.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, assert_no_loss_inside, collector
 from tests.integration.test_collector_hostile import row_key, sqlite_rows
 

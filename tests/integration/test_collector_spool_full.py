@@ -2,7 +2,7 @@
 import sqlite3
 from collections import Counter
 
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, spool_files
 from tests.integration.test_collector_hostile import row_key, scrape, sqlite_rows
 

@@ -6,9 +6,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from tests.integration.collector import ROOT
+from tests.support.collector import ROOT
 
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector
 from tests.integration.test_collector_hostile import sqlite_rows
 

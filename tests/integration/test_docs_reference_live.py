@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector
 from tests.integration.test_collector_hostile import free_tcp_port, sqlite_rows
 from tests.unit.test_docs_reference import ROOT, doc, exposed_families, metric_rows, parse_schema, section, \

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from tests import trafficgen as gen
-from tests.integration import collector as col
-from tests.integration.services import wait_until
+from tests.support import trafficgen as gen
+from tests.support import collector as col
+from tests.support.services import wait_until
 from tests.unit.detect.flows import check_idea
 
 pytest.importorskip("idea.valid")

@@ -2,7 +2,7 @@
 
 from myason.schema import ENRICH_DEFAULTS
 from myason.store.influxdb import event_lines
-from tests.integration.services import influx_query, influx_rows
+from tests.support.services import influx_query, influx_rows
 from tests.integration.test_store_influxdb import influx_db, make_rows, totals, v1_writer  # noqa: F401
 
 EVENTS = [{"ID": "a", "DetectTime": "2023-11-14T22:13:25Z", "Category": ["Recon.Scanning"],

@@ -4,9 +4,9 @@ import sqlite3
 
 import pytest
 
-from tests.integration import collector as col
-from tests.integration.oracle import SHARED
-from tests.integration.services import wait_until
+from tests.support import collector as col
+from tests.support.oracle import SHARED
+from tests.support.services import wait_until
 
 REAL = SHARED / "pcaps" / "real"
 # What the default thresholds find in the 1221 captures (docs/events.md, "False positives"):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from myason.agent import fastjit
-from tests import trafficgen as gen
+from myason import kernels
+from tests.support import trafficgen as gen
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 PCAPS = SHARED / "pcaps"
 
-pytestmark = pytest.mark.skipif(fastjit.load() is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(kernels.load() is None, reason="numba is not installed")
 
 TIGHT = ("cache_limit: 3\ncache_active_timeout: 2\ncache_inactive_timeout: 1.5\n"
          "cache_fin_timeout: 0\ntick: 0.25\n")

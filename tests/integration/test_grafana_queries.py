@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import grafana as g
-from tests import trafficgen as gen
-from tests.integration import collector as col
-from tests.integration.services import influx_query, influx_rows, wait_until
+from tests.support import trafficgen as gen
+from tests.support import collector as col
+from tests.support.services import influx_query, influx_rows, wait_until
 
 psycopg = pytest.importorskip("psycopg")
 mmdb_writer = pytest.importorskip("mmdb_writer")

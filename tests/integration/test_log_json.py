@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 
-from tests.integration.collector import Collector, sqlite_count
+from tests.support.collector import Collector, sqlite_count
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {"time", "level", "logger", "thread", "message"}

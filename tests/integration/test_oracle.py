@@ -1,6 +1,6 @@
 """The agent's per-5-tuple totals against the independent softflowd -> nfcapd -> nfdump oracle.
 
-Skips cleanly when ../shared or the oracle's tools are absent. See tests/integration/oracle.py
+Skips cleanly when ../shared or the oracle's tools are absent. See tests/support/oracle.py
 for the frames left out of the exact comparison (documented differences of softflowd).
 """
 import csv
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration import oracle
+from tests.support import oracle
 
 pytestmark = [pytest.mark.shared, pytest.mark.skipif(not oracle.have_oracle(),
                                                       reason="../shared or softflowd/nfcapd/nfdump absent")]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import services as svc
-from tests.integration.services import (
+from tests.support import services as svc
+from tests.support.services import (
     influx_query,
     influx_rows,
     influx_write,

@@ -8,7 +8,7 @@ import pytest
 
 from myason.schema import ROW_FIELDS
 from myason.store.base import WriterError, writer_class
-from tests.integration.services import influx_query, influx_rows, influx_write, vm_export
+from tests.support.services import influx_query, influx_rows, influx_write, vm_export
 
 T0 = 1700000000.0
 

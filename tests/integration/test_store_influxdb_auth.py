@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from myason.store.base import WriterError, writer_class
-from tests.integration.services import influx_rows, wait_until
+from tests.support.services import influx_rows, wait_until
 from tests.integration.test_store_influxdb import make_rows, totals
 
 ADMIN, ADMIN_PW = "admin", "adm1n-secret"

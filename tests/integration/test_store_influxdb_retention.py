@@ -8,7 +8,7 @@ import pytest
 
 from myason.schema import ROW_FIELDS
 from myason.store.base import writer_class
-from tests.integration.services import influx_query, influx_rows
+from tests.support.services import influx_query, influx_rows
 
 HOUR = 3600
 OPTS = {"retention": "30d", "downsample": [{"every": "1h", "retention": "52w"}, {"every": "1d", "retention": 0}]}

@@ -226,7 +226,7 @@ def test_connection_lost_after_commit_then_retry_is_skipped(writer, pg):
 
 
 def test_connection_killed_before_commit_then_retry_stores_once(writer, pg):
-    from tests.integration.services import wait_until
+    from tests.support.services import wait_until
     real = writer._commit
 
     def killed(conn):
@@ -268,7 +268,7 @@ def test_rows_postgresql_refuses_are_permanent(pg, fmt):
 
 
 def test_postgresql_down_is_retryable_then_exactly_once(servers, pg):
-    from tests.integration.services import pg_start, pg_stop
+    from tests.support.services import pg_start, pg_stop
     w = PostgresWriter(dsn=pg, connect_timeout=2)
     w.open()
     a, b = make_rows(40), make_rows(60, start=1000)
@@ -318,7 +318,7 @@ def test_retention_drops_whole_partitions(pg):
 def test_writer_thread_and_spool_exactly_once_across_an_outage(servers, pg, tmp_path):
     from myason.collector.sink import WriterThread
     from myason.collector.spool import Spool
-    from tests.integration.services import pg_start, pg_stop, wait_until
+    from tests.support.services import pg_start, pg_stop, wait_until
     spool = Spool(tmp_path / "spool", fsync=False)
     per = 200
     batches = [make_rows(per, start=i * per, t=T0 + i) for i in range(50)]

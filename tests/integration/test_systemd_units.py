@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.services import wait_until
+from tests.support.services import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = ("myason-agent.service", "myason-collector.service", "myason-api.service")
