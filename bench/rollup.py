@@ -111,7 +111,7 @@ def reset_sqlite(conn):
 
 def measure(name, conn, reset, flows, now, repeat, top):
     """Run maintain `repeat` times from a fresh backfill; print medians overall and per phase."""
-    from myason.store import rollup
+    from myason.store import rollup, rollup_maintain
     totals, phases = [], collections.defaultdict(list)
     for i in range(repeat):
         reset(conn)
