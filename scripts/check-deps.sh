@@ -57,7 +57,7 @@ echo "check-deps.sh: $mode releases:" >&2
 "$work/venv/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE "^($(sed -E 's/\[.*//' "$work/wanted.txt" \
   | sed -E 's/[<>=!~;, ].*//' | paste -sd'|'))==" | sed 's/^/  /' >&2
 # The compiled kernels are built for the numba at hand; keep them out of the checkout.
-export MYASON_CACHE_DIR="$work/fastjit"
+export MYASON_CACHE_DIR="$work/kernels"
 set +e
 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider "${tests[@]}"
 rc=$?

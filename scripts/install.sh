@@ -51,13 +51,17 @@ if ! { [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$w
   echo "$want" > "$stamp"
 fi
 
-# The agent's fast path is compiled ahead of time once per kernel version (about a minute);
-# doing it here keeps that wait out of the first replay. A no-op when it is built already.
-"$VENV/bin/python" - <<'PY'
-import logging
-import sys
-logging.basicConfig(level=logging.INFO, format="install.sh: %(message)s")
-from myason.agent import fastjit
-if fastjit.load() is None:
-    print("install.sh: numba unavailable: the agent replays with the reference engine", file=sys.stderr)
-PY
+# The compiled kernels (myason/kernels: the agent's fast engine, the collector's encoders) are
+# built by numba once per kernel version (half a minute to a minute) into numba's cache:
+# myason/kernels/__pycache__/numba/<source hash>/ (or $MYASON_CACHE_DIR/<source hash>/ when set;
+# the daemons need the same setting then). Doing it here means no agent or collector process
+# compiles anything at start; a no-op when the cache is warm already.
+set +e
+"$VENV/bin/python" -m myason.kernels
+rc=$?
+set -e
+if [ "$rc" = 2 ]; then
+  echo "install.sh: numba unavailable: the agent replays with the reference engine" >&2
+elif [ "$rc" != 0 ]; then
+  echo "install.sh: compiling the kernels failed (python -m myason.kernels: exit $rc)" >&2; exit 1
+fi

@@ -20,7 +20,9 @@ from array import array
 
 import numpy as np
 
-FIN, SYN, RST = 0x01, 0x02, 0x04
+from myason.kernels.constants import TCP_FIN as FIN
+from myason.kernels.constants import TCP_RST as RST
+from myason.kernels.constants import TCP_SYN as SYN
 
 # Column `state` bits.
 ALIVE = 1

@@ -1,20 +1,14 @@
 """Packet decoder: one captured frame (bytes) to the fields a flow meter needs; pure, never raises."""
 from struct import Struct
 
-# pcap LINKTYPE_* values
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_PPP = 9
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-LINKTYPE_PPP_HDLC = 50      # PPP in HDLC-like framing (ff 03 prefix)
-LINKTYPE_C_HDLC = 104       # Cisco HDLC: address, control, ethertype
-# DLT_RAW is 12 on most BSDs and 14 on OpenBSD; some pcap writers store the DLT verbatim.
-_RAW_IP_LINKTYPES = frozenset((LINKTYPE_RAW, 12, 14))
+# The pcap LINKTYPE_* values and the protocol numbers the compiled kernels share (re-exported).
+from myason.kernels.constants import (AF_INET6_BSD, ARPHRD_NETLINK, IPV6_EXT_HEADERS,  # noqa: F401
+                                     LINKTYPE_C_HDLC, LINKTYPE_ETHERNET, LINKTYPE_IPV4,
+                                     LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
+                                     LINKTYPE_LOOP, LINKTYPE_NULL, LINKTYPE_PPP, LINKTYPE_PPP_HDLC,
+                                     LINKTYPE_RAW, RAW_IP_LINKTYPES, VLAN_TPIDS)
+
+_RAW_IP_LINKTYPES = frozenset(RAW_IP_LINKTYPES)
 SUPPORTED_LINKTYPES = frozenset((
     LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_PPP, LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC,
     LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2,
@@ -48,15 +42,12 @@ _FRAG6 = Struct("!2xHI").unpack_from
 _U32_BE = Struct("!I").unpack_from
 _U32_LE = Struct("<I").unpack_from
 
-_VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200, 0x9300))
-# Extension headers walked to find the upper-layer protocol; ESP (50) and No Next Header (59) end the
-# walk. Mobility (135) and HIP (139) are not walked: they carry their message themselves and are
-# followed by No Next Header, so they are the protocol an operator wants to see (as softflowd does).
-_IPV6_EXT = frozenset((0, 43, 44, 51, 60, 140))
-_AF_INET6_BSD = frozenset((24, 28, 30))   # NetBSD/OpenBSD, FreeBSD, Darwin
+_VLAN_TPIDS = frozenset(VLAN_TPIDS)
+_IPV6_EXT = frozenset(IPV6_EXT_HEADERS)     # the extension headers walked (see constants)
+_AF_INET6_BSD = frozenset(AF_INET6_BSD)
 # PPP protocol -> ethertype; 0x0281/0x0283 are MPLS unicast/multicast.
 _PPP_TO_ETHERTYPE = {0x0021: 0x0800, 0x0057: 0x86DD, 0x0281: 0x8847, 0x0283: 0x8848}
-_ARPHRD_NETLINK = 824
+_ARPHRD_NETLINK = ARPHRD_NETLINK
 _ZERO3 = (0, 0, 0)
 
 

@@ -1,4 +1,4 @@
-"""FastFlowCache: FlowCache's API and exact aging rules over the numba kernels of fasttable.
+"""FastFlowCache: FlowCache's API and exact aging rules over the kernels of myason.kernels.flowtable.
 
 add_packets() applies a decoded chunk (fastdecode) with its packet-clock ticks in one kernel
 call; the per-packet API (add/tick/flush/take/..., keys packed by process.pack_key) is kept so
@@ -10,10 +10,10 @@ import struct
 
 import numpy as np
 
-from myason.agent import fastjit
-from myason.agent.fasttable import (ALIVE, CAP, COUNTS, CREATED, DONE, FREE_TOP, HEAP_N, HMASK,
-                                    LIMIT, NALIVE, NEED_GROW, NEED_HEAP, NEED_OUT, NSTATE,
-                                    OUT_N, PACKETS)
+from myason import kernels
+from myason.kernels.flowtable import (ALIVE, CAP, COUNTS, CREATED, DONE, FREE_TOP, HEAP_N, HMASK,
+                                      LIMIT, NALIVE, NEED_GROW, NEED_HEAP, NEED_OUT, NSTATE,
+                                      OUT_N, PACKETS)
 from myason.record import END_REASONS
 
 _INITIAL_CAPACITY = 4096     # as FlowCache: the columns double from here up to the limit
@@ -35,7 +35,7 @@ class FastFlowCache:
     """FlowCache's API and aging rules over numba kernels; keys are process.pack_key bytes."""
 
     def __init__(self, limit, active=1800.0, inactive=15.0, fin=2.0):
-        self._k = fastjit.load()
+        self._k = kernels.load()
         if self._k is None:
             raise RuntimeError("numba is not installed: use myason.agent.cache.FlowCache")
         if limit < 1:

@@ -6,11 +6,12 @@ import struct
 from itertools import repeat
 
 from myason.errors import CaptureError
+from myason.kernels.constants import PCAP_MAX_RECORD
 
 # libpcap's LT_LINKTYPE(): the upper bits of the header field carry FCS-length flags.
 LINKTYPE_MASK = 0x03FFFFFF
 # A record longer than this is corruption, not a packet (libpcap uses the same bound).
-MAX_RECORD = 256 * 1024
+MAX_RECORD = PCAP_MAX_RECORD
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e6),

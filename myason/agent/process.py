@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 
+from myason import kernels
 from myason.agent import decode as dec
 from myason.agent.cache import FlowCache
 
@@ -23,9 +24,8 @@ FRAG_TABLE_MAX = 65536
 
 
 def fast_engine_available():
-    """True when the fast path's compiled kernels can be loaded (see fastjit.load)."""
-    from myason.agent import fastjit
-    return fastjit.load() is not None
+    """True when the fast path's compiled kernels can be loaded (see myason.kernels.load)."""
+    return kernels.load() is not None
 
 
 def pack_key(src, dst, sport, dport, proto, tos, ifindex):
@@ -113,7 +113,6 @@ class PacketProcessor:
         Order of events as in process(): a fragment's ports are attributed before the tick its
         packet may trigger; ticks run before that packet enters the cache.
         """
-        from myason.agent import fastjit
         rejects = self.rejects
         for _, reason, linktype in chunk.rejects:
             rejects[reason] = rejects.get(reason, 0) + 1
@@ -123,7 +122,7 @@ class PacketProcessor:
         tick_idx, tick_now = np.empty(n, np.int64), np.empty(n, np.float64)
         if self.packet_clock:
             started = self.next_tick is not None
-            k, now, next_tick, started = fastjit.load().tick_schedule(
+            k, now, next_tick, started = kernels.load().tick_schedule(
                 chunk.ts, chunk.status, float(self.now), float(self.next_tick) if started else -1.0,
                 started, float(self.tick_every), tick_idx, tick_now)
             tick_idx, tick_now = tick_idx[:k], tick_now[:k]

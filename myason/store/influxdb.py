@@ -19,7 +19,7 @@ import urllib.parse
 from collections import OrderedDict
 from itertools import count, repeat
 
-from myason import fsmode
+from myason import fsmode, kernels
 from myason.errors import ConfigError
 from myason.redact import redact_text
 from myason.store import influx_retention
@@ -149,9 +149,8 @@ def aggregate_fast(rows, interval, extra_cols, columns=None):
     The same totals (tested); None when the kernels are missing or a value does not fit the
     arrays (odd types, huge counters), and the caller then uses aggregate().
     """
-    from myason.agent import fastjit
-    kernels = fastjit.load_or_none()
-    if kernels is None or not rows:
+    k = kernels.load_or_none()
+    if k is None or not rows:
         return None
     import numpy as np
     n = len(rows)
@@ -176,9 +175,8 @@ def aggregate_fast(rows, interval, extra_cols, columns=None):
     span = np.clip(last // interval - b0, 0, MAX_SPREAD + 1)
     cap = 2 * n + int(span.sum()) + 16
     out = [np.empty(cap, dtype=np.int64) for _ in range(5)]
-    m = kernels.spread_rows(ident, first, last, nbytes.astype(np.int64, copy=False),
-                            npackets.astype(np.int64, copy=False), interval,
-                            MAX_SPREAD, *out)
+    m = k.spread_rows(ident, first, last, nbytes.astype(np.int64, copy=False),
+                      npackets.astype(np.int64, copy=False), interval, MAX_SPREAD, *out)
     if m < 0:
         return None
     o_ident, o_bucket, o_bytes, o_packets, o_flows = (a[:m] for a in out)

@@ -5,7 +5,7 @@ encode_binary works column by column: the rows are transposed once, the fixed-si
 one int64 array (numpy checks their types and ranges for the whole batch at once), addresses are
 packed by C-level maps, the repetitive columns after them (exporter, next hop, agent, interface,
 end reason, enrichment) are encoded once per distinct combination and cached across batches, and a
-compiled kernel (myason.store.copykernel, built with the agent's fast path) lays the rows out.
+compiled kernel (myason.kernels.pgcopy) lays the rows out.
 Without numba the same columns go through struct and bytes.join instead (encode_binary_python);
 both give the same bytes. Figures: docs/performance.md, "Collector: columnar encoders and kernels".
 """
@@ -16,6 +16,7 @@ from itertools import chain, count, repeat
 from operator import mul, sub
 
 from myason.enrich.base import ENRICH_FIELDS, ENRICH_INT_FIELDS
+from myason.kernels import load_or_none as _load_kernels
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS
 
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
@@ -182,8 +183,7 @@ def _addresses(np, kernels, col):
 
 
 def _kernels():
-    from myason.agent import fastjit          # its MODULES include myason.store.copykernel
-    return fastjit.load_or_none()
+    return _load_kernels()
 
 
 def encode_binary_python(rows, enriched=False):

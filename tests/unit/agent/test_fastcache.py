@@ -8,13 +8,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from myason.agent import fastcache, fastjit
+from myason import kernels
+from myason.agent import fastcache
 from myason.agent.cache import FIN, RST, SYN, FlowCache
 from myason.agent.process import pack_key, round6
 
 ACK = 0x10
 
-pytestmark = pytest.mark.skipif(fastjit.load() is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(kernels.load() is None, reason="numba is not installed")
 
 
 def make_keys(rnd, n):

@@ -18,16 +18,16 @@ from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ethe
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.layers.sctp import SCTP
 
+from myason import kernels
 from myason.agent import fastdecode as fd
-from myason.agent import fastjit
 from myason.agent.decode import decode
 from myason.agent.pcapfile import open_capture
 from myason.agent.process import PacketProcessor
-from myason.config import load_agent_config
+from myason.agent.config import load_agent_config
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
 
-pytestmark = pytest.mark.skipif(fastjit.load() is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(kernels.load() is None, reason="numba is not installed")
 
 
 def eth(**fields):
@@ -93,7 +93,7 @@ def kernel_only(frames):
     lens = np.array([len(f) for f, _, _ in frames], np.int64)
     c.lens[:] = lens
     c.offs[:] = np.concatenate(([0], np.cumsum(lens)[:-1]))
-    fastjit.load().decode_frames(np.frombuffer(raw, np.uint8), c.offs, c.lens,
+    kernels.load().decode_frames(np.frombuffer(raw, np.uint8), c.offs, c.lens,
                                  np.array([lt for _, lt, _ in frames], np.int64),
                                  np.array([x for _, _, x in frames], np.int64), c.kw, c.iplen, c.flags,
                                  c.vlan, c.status)

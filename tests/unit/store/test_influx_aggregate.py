@@ -3,11 +3,11 @@ import random
 
 import pytest
 
-from myason.agent import fastjit
+from myason import kernels
 from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.influxdb import MAX_SPREAD, InfluxDBWriter, aggregate, aggregate_fast
 
-pytestmark = pytest.mark.skipif(fastjit.load_or_none() is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(kernels.load_or_none() is None, reason="numba is not installed")
 I = {f: n for n, f in enumerate(ENRICHED_ROW_FIELDS)}
 
 

@@ -1,11 +1,10 @@
-"""Compiled kernel of PostgreSQL's binary COPY encoder (myason.store.pgcopy): rows into bytes.
+"""Kernels of PostgreSQL's binary COPY encoder (myason.store.pgcopy): rows into bytes.
 
-Registered with the agent's fast-path compiler (myason.agent.fastjit), which builds it ahead
-of time with the agent's kernels. Everything that needs Python objects (type checks, address
-parsing, the per-batch encoding of the repetitive text columns) is done by pgcopy before the
-call; the kernel only lays the bytes out, row after row, in the COPY column order.
+Everything that needs Python objects (type checks, address parsing, the per-batch encoding of
+the repetitive text columns) is done by pgcopy before the call; the kernel only lays the bytes
+out, row after row, in the COPY column order.
 """
-from myason.agent.fastjit import RO_BYTES, helper, kernel
+from myason.kernels.registry import RO_BYTES, helper, kernel, ro
 
 
 @helper(inline=True)
@@ -34,8 +33,9 @@ def _inet(out, pos, addr, fam, i):
     return pos + size
 
 
-@kernel("int64(int64, int64[:, ::1], int64[::1], uint8[:, ::1], uint8[::1], uint8[:, ::1], uint8[::1], "
-        "uint8[::1], int64[::1], int64[::1], int64[::1], uint8[::1], int64)")
+@kernel("int64(int64, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, uint8[::1], int64)"
+        % (ro("int64", 2), ro("int64"), ro("uint8", 2), ro("uint8"), ro("uint8", 2), ro("uint8"), RO_BYTES,
+           ro("int64"), ro("int64"), ro("int64")))
 def copy_rows(ncols, vals, widths, src, sfam, dst, dfam, tails, tstart, tlen, tid, out, pos):
     """Write each row (field count, fixed columns, src, dst, tail bytes) into out from pos; returns the end.
 

@@ -1,7 +1,9 @@
-"""Fast path, phase 2: the flow table kernels of FastFlowCache, with FlowCache's exact rules.
+"""Kernels of the fast path's phase 2: the flow table of FastFlowCache, with FlowCache's exact rules.
 
-Flows live in numpy columns indexed by slot; an open-addressing hash table (linear probing,
-backward-shift deletion) maps the six key words (see fastdecode) to slots. Exact LRU for
+The Python side is myason.agent.fastcache.FastFlowCache; the reference model it matches is
+myason.agent.cache.FlowCache. Flows live in numpy columns indexed by slot; an open-addressing
+hash table (linear probing, backward-shift deletion) maps the six key words (see
+myason.kernels.decode) to slots. Exact LRU for
 cache_full keeps FlowCache's method: an update counter per flow and a list of the oldest
 candidates, refreshed when used up. Ticks use a lazy min-heap of due times (the earlier of
 deadline and last + inactive): a popped flow that FlowCache's own test finds not due is pushed
@@ -17,11 +19,16 @@ packets/bytes, first/last, flags | vlan << 8 | reason << 24).
 """
 import numpy as np
 
-from myason.agent.fastjit import helper, kernel
+from myason.kernels.constants import TCP_FIN as FIN
+from myason.kernels.constants import TCP_RST as RST
+from myason.kernels.registry import helper, kernel, ro
+from myason.schema import END_REASONS
 
-FIN, RST = 0x01, 0x04
+# M[s, 0] state bits (shifted left by 8).
 ALIVE, FIN_SEEN = 1, 2
-R_IDLE, R_ACTIVE, R_FIN, R_RST, R_FULL, R_SHUTDOWN = range(6)   # record.END_REASONS order
+# End reasons: indexes into schema.END_REASONS.
+R_IDLE, R_ACTIVE, R_FIN, R_RST, R_FULL, R_SHUTDOWN = (
+    END_REASONS.index(r) for r in ("idle", "active", "fin", "rst", "cache_full", "shutdown"))
 # Indexes into I.
 (NALIVE, FREE_TOP, SEQ, CPOS, HEAP_N, PACKETS, CREATED, OUT_N, COUNTS, CAP, LIMIT,
  HMASK, CN) = 0, 1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 17
@@ -296,8 +303,9 @@ def _tick(T, now):
     return done
 
 
-@kernel("UniTuple(int64, 3)(%s, float64[::1], uint64[:, ::1], int64[::1], uint8[::1], "
-        "uint16[::1], uint8[::1], int64, int64, int64[::1], float64[::1], int64)" % T)
+@kernel("UniTuple(int64, 3)(%s, %s, %s, %s, %s, %s, %s, int64, int64, %s, %s, int64)"
+        % (T, ro("float64"), ro("uint64", 2), ro("int64"), ro("uint8"), ro("uint16"), ro("uint8"),
+           ro("int64"), ro("float64")))
 def run(T, ts, X, iplen, fl, vlan, status, i, n, tidx, tnow, tp):
     """Apply packets i..n-1 (status 0 only) in order, with the ticks tnow[tp:] before packets
     tidx[tp:]; returns (next packet, next tick, code): DONE or what to grow before resuming."""
@@ -382,8 +390,8 @@ def rebuild_heap(T):
             _push(HK, HS, I, min(F[s, 2], F[s, 1] + P[1]), s, M[s, 1])
 
 
-@kernel("Tuple((int64, float64, float64, boolean))(float64[::1], uint8[::1], float64, "
-        "float64, boolean, float64, int64[::1], float64[::1])")
+@kernel("Tuple((int64, float64, float64, boolean))(%s, %s, float64, float64, boolean, float64, "
+        "int64[::1], float64[::1])" % (ro("float64"), ro("uint8")))
 def tick_schedule(ts, status, now, next_tick, started, every, tidx, tnow):
     """PacketProcessor's packet clock over accepted packets: a tick at `now` before the packet
     that moves the clock past next_tick. Returns (ticks, now, next_tick, started)."""

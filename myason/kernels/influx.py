@@ -1,15 +1,14 @@
-"""Compiled kernel of the InfluxDB writer's aggregation (myason.store.influxdb.aggregate_fast).
+"""Kernel of the InfluxDB writer's aggregation (myason.store.influxdb.aggregate_fast).
 
-Registered with the agent's fast-path compiler (myason.agent.fastjit). It splits each flow over
-the intervals it overlaps exactly as influxdb.spread() does (same float operations, same
-truncations), and emits one part per (flow, interval) plus the flow's own count in the interval
-of `first`; numpy then sums the parts per (interval, series).
+It splits each flow over the intervals it overlaps exactly as influxdb.spread() does (same
+float operations, same truncations), and emits one part per (flow, interval) plus the flow's
+own count in the interval of `first`; numpy then sums the parts per (interval, series).
 """
-from myason.agent.fastjit import kernel
+from myason.kernels.registry import kernel, ro
 
 
-@kernel("int64(int64[::1], float64[::1], float64[::1], int64[::1], int64[::1], int64, int64, "
-        "int64[::1], int64[::1], int64[::1], int64[::1], int64[::1])")
+@kernel("int64(%s, %s, %s, %s, %s, int64, int64, int64[::1], int64[::1], int64[::1], int64[::1], "
+        "int64[::1])" % (ro("int64"), ro("float64"), ro("float64"), ro("int64"), ro("int64")))
 def spread_rows(ident, first, last, nbytes, npackets, interval, max_spread,
                 o_ident, o_bucket, o_bytes, o_packets, o_flows):
     """Parts (series, bucket, bytes, packets, flows) of every row into o_*; their count, or -1 if o_* are too short."""
