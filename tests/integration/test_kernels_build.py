@@ -90,7 +90,8 @@ def test_a_warm_cache_compiles_nothing_in_a_fresh_process(tmp_path):
     assert hot["stats"]["compiled"] == [] and sorted(hot["stats"]["loaded"]) == kernels
     cache_dir = Path(hot["stats"]["cache_dir"])
     assert cache_dir.parent == tmp_path / "cache" and (cache_dir / registry.READY).exists()
-    print("fresh process, kernels loaded: cold %.2f s, warm %.2f s"
-          % (cold["load_seconds"], hot["load_seconds"]))
+    print("fresh process: cold: %d compile events, %d compiler passes, kernels loaded in %.2f s; "
+          "warm: %d, %d, %.2f s" % (cold["compile_events"], cold["pass_events"], cold["load_seconds"],
+                                   hot["compile_events"], hot["pass_events"], hot["load_seconds"]))
 
 
