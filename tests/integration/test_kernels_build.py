@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,73 @@ def test_a_warm_cache_compiles_nothing_in_a_fresh_process(tmp_path):
                                    hot["compile_events"], hot["pass_events"], hot["load_seconds"]))
 
 
+
+
+def runs_inside(call, runs=5):
+    """Per run of `call`, how many times a pure-Python thread ran in the middle of it (its middle
+    60 %). A call holding the GIL leaves none: the thread cannot run a bytecode until it returns
+    (and the switch that follows a return, up to 5 ms, falls after the middle)."""
+    stamps = []
+    stop = threading.Event()
+
+    def spin():
+        n = 0
+        clock = time.perf_counter
+        while not stop.is_set():
+            n += 1
+            if not n & 255:
+                stamps.append(clock())
+    thread = threading.Thread(target=spin)
+    thread.start()
+    out = []
+    try:
+        for _ in range(runs):
+            time.sleep(0.002)
+            t0 = time.perf_counter()
+            call()
+            t1 = time.perf_counter()
+            lo, hi = t0 + 0.2 * (t1 - t0), t0 + 0.8 * (t1 - t0)
+            out.append(sum(1 for t in stamps[-100000:] if lo < t < hi))
+    finally:
+        stop.set()
+        thread.join()
+    return out
+
+
+def test_kernels_release_the_gil():
+    # Threads run kernels in parallel (multi-threaded capture): nogil, also when loaded from the
+    # cache. The control, a loop compiled without nogil, shows the measure can fail.
+    import numba
+    import numpy as np
+
+    from myason.agent import fastdecode
+
+    @numba.njit(nogil=False)
+    def held(n):
+        x = np.uint64(88172645463325252)
+        for _ in range(n):      # xorshift: a chain the compiler cannot shorten
+            x ^= x << np.uint64(13)
+            x ^= x >> np.uint64(7)
+            x ^= x << np.uint64(17)
+        return x
+    held(10)
+    started = time.perf_counter()
+    held(20_000_000)
+    assert time.perf_counter() - started > 0.01
+    assert runs_inside(lambda: held(20_000_000)) == [0] * 5
+
+    k = registry.load()
+    frame = np.frombuffer(bytes.fromhex("ffffffffffff0000000000010800" "450000280001000040060000c0000201c0000202"
+                                        "04d2005000000000000000005002200000000000"), np.uint8)
+    n = 300_000     # every row decodes the same frame: 84 bytes per row of arrays
+    c = fastdecode.Chunk(n)
+    c.offs[:] = 0
+    c.lens[:] = len(frame)
+    ones = np.ones(n, np.int64)
+
+    def decode():
+        k.decode_frames(frame, c.offs, c.lens, ones, ones, c.kw, c.iplen, c.flags, c.vlan, c.status)
+    decode()
+    assert (c.status == 0).all() and (c.iplen == 40).all()
+    inside = runs_inside(decode)
+    assert sum(1 for m in inside if m > 0) >= 3, inside
