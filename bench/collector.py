@@ -44,7 +44,7 @@ _METRIC = re.compile(r"^(\w+?)(?:_total)?(?:\{([^}]*)\})? ([-+0-9.eE]+|NaN)$")
 # -- load: realistic rows, encrypted once, stored in a file ---------------------------------------
 
 def make_rows(agent, n, rnd, now):
-    """n flow rows (wire order, myason.record.FIELDS) of one agent, ending around `now`."""
+    """n flow rows (wire order, myason.schema.FIELDS) of one agent, ending around `now`."""
     rows = []
     reasons = ("idle", "active", "fin", "rst")
     for i in range(n):

@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import trafficgen  # noqa: E402
+from tests.support import trafficgen  # noqa: E402
 
 
 def main():

@@ -14,7 +14,7 @@ from myason import kernels
 from myason.kernels.flowtable import (ALIVE, CAP, COUNTS, CREATED, DONE, FREE_TOP, HEAP_N, HMASK,
                                       LIMIT, NALIVE, NEED_GROW, NEED_HEAP, NEED_OUT, NSTATE,
                                       OUT_N, PACKETS)
-from myason.record import END_REASONS
+from myason.schema import END_REASONS
 
 _INITIAL_CAPACITY = 4096     # as FlowCache: the columns double from here up to the limit
 _INITIAL_OUT = 8192          # expired records buffered inside the kernels

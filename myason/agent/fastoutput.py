@@ -37,7 +37,7 @@ from itertools import repeat
 import numpy as np
 import orjson
 
-from myason.record import END_REASONS, FIELDS
+from myason.schema import END_REASONS, FIELDS
 
 # Rows formatted per matrix: bounds the matrix (rows x ~500 bytes for JSON lines).
 SLICE = 1 << 15

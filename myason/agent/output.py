@@ -6,7 +6,7 @@ import sys
 import orjson
 
 from myason import fsmode
-from myason.record import FIELDS
+from myason.schema import FIELDS
 
 
 class RecordFile:

@@ -191,7 +191,7 @@ class PacketProcessor:
         self.cache.flush(reason)
 
     def take_rows(self):
-        """Expired flows as rows in myason.record.FIELDS order."""
+        """Expired flows as rows in myason.schema.FIELDS order."""
         if self.engine == "fast":
             return self._rows_from_arrays(*self.cache.take_arrays())
         rows = []

@@ -21,13 +21,16 @@ from itertools import count, repeat
 
 from myason import fsmode, kernels
 from myason.errors import ConfigError
+from myason.options import (REQUIRED, check_bool, check_choice, check_float, check_int, check_items, check_optional,
+                            check_str, parse_options)
 from myason.redact import redact_text
 from myason.store import influx_retention
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS, Writer, WriterError, encode_prepared, register
+from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS, indexes
+from myason.store.base import Writer, WriterError, encode_prepared, register
 from myason.store.events import detector_of, parse_time
 
 log = logging.getLogger("myason.store.influxdb")
-_I = {name: i for i, name in enumerate(ROW_FIELDS)}
+_I = INDEX
 I_FIRST, I_LAST, I_BYTES, I_PACKETS = _I["first"], _I["last"], _I["bytes"], _I["packets"]
 I_AGENT, I_IF_NAME, I_IN_IF, I_PROTO, I_IPV = (
     _I["agent"], _I["if_name"], _I["in_if"], _I["proto"], _I["ip_version"])
@@ -271,12 +274,12 @@ class SeqState:
             try:
                 fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
-                raise ConfigError("state_file", str(exc)) from None
+                raise ConfigError("influxdb.state_file", str(exc)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise ConfigError("state_file", "%s is in use by another writer" % self.path) from None
+                raise ConfigError("influxdb.state_file", "%s is in use by another writer" % self.path) from None
             self._lock = fd
         try:
             with open(self.path, "rb") as fh:
@@ -286,7 +289,7 @@ class SeqState:
         except FileNotFoundError:
             self.next = max(self.next, clock_us)
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError("state_file", "%s is damaged: %s" % (self.path, exc)) from None
+            raise ConfigError("influxdb.state_file", "%s is damaged: %s" % (self.path, exc)) from None
 
     def seq_for(self, batch_id):
         """The batch's number: the same on every retry, a new one (saved first) otherwise."""
@@ -366,12 +369,12 @@ class V1Transport:
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("url", "must be http://host:port or https://host:port, got %r" % endpoint(url))
+            raise ConfigError("influxdb.url", "must be http://host:port or https://host:port, got %r" % endpoint(url))
         if parts.username is not None and username is None:
             username = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "") if password is None else password
         if token and username:
-            raise ConfigError("token", "give either a token (token, token_file) or username and password, not both")
+            raise ConfigError("influxdb.token", "give either a token (token, token_file) or username and password, not both")
         self.parts = parts
         self.where = endpoint(url)
         self.database = database
@@ -461,7 +464,7 @@ class V2Transport:
             from influxdb_client import InfluxDBClient
             from influxdb_client.client.write_api import SYNCHRONOUS
         except ModuleNotFoundError:
-            raise ConfigError("api", "api 'v2' needs the influxdb-client package") from None
+            raise ConfigError("influxdb.api", "api 'v2' needs the influxdb-client package") from None
         if self.client is None:
             self.client = InfluxDBClient(url=self.url, token=self.token or "", org=self.org,
                                          timeout=int(self.timeout * 1000))
@@ -487,11 +490,13 @@ class V2Transport:
             self.client = self.api = None
 
 
-def _option(options, key, default, check, expected):
-    value = options.get(key, default)
-    if not check(value):
-        raise ConfigError(key, "must be %s, got %r" % (expected, value))
+def _checked_later(key, value):
+    # retention and downsample: validated as a whole by influx_retention.parse_options.
     return value
+
+
+_NAME = check_str(allow_empty=False, expected="a non-empty string")
+_PATH = check_optional(check_str(allow_empty=False, expected="a file path"))
 
 
 @register
@@ -503,51 +508,67 @@ class InfluxDBWriter(Writer):
     # Hook for computed low-cardinality tags (e.g. direction from enrichment): (tag, row -> str).
     tag_functions = ()
 
+    SPEC = {
+        "url": (REQUIRED, check_str(allow_empty=False, expected="an http(s) URL")),
+        "api": ("v1", check_choice("v1", "v2")),
+        "database": ("myason", _NAME),
+        "create_database": (True, check_bool()),
+        "username": (None, check_optional(check_str())),
+        "password": (None, check_optional(check_str())),
+        "bucket": ("myason", _NAME),
+        "org": ("", check_str()),
+        "token": (None, check_optional(check_str(allow_empty=False))),
+        "token_file": (None, _PATH),
+        "interval": (10, check_int(1, 86400)),
+        "timeout": (10.0, check_float(lo=0, lo_open=True)),
+        "precision": ("ns", check_choice(*PRECISIONS)),
+        "measurement": ("flows", _NAME),
+        "events_measurement": ("events", _NAME),
+        "instance": (None, check_optional(_NAME)),
+        "batch_lines": (5000, check_int(lo=1)),
+        "extra_tags": ([], check_items(check_choice(*TAGGABLE))),
+        "enrich_tags": (["direction"], check_items(check_choice(*ENRICH_TAGGABLE))),
+        "state_file": (None, _PATH),
+        "fsync": (True, check_bool()),
+        "retention": (None, _checked_later),
+        "downsample": ([], _checked_later),
+    }
+
     def __init__(self, **options):
         super().__init__(**options)
-        opt = options
-        url = _option(opt, "url", None, lambda v: isinstance(v, str) and v, "an http(s) URL")
-        self.api = _option(opt, "api", "v1", lambda v: v in ("v1", "v2"), "'v1' or 'v2'")
-        self.interval = _option(opt, "interval", 10, lambda v: type(v) is int and 1 <= v <= 86400,
-                                "an integer number of seconds, 1..86400")
-        timeout = _option(opt, "timeout", 10.0, lambda v: type(v) in (int, float) and v > 0, "a number > 0")
-        self.precision = _option(opt, "precision", "ns", lambda v: v in PRECISIONS, "ns, us or ms")
-        self.measurement = _option(opt, "measurement", "flows", lambda v: isinstance(v, str) and v,
-                                   "a non-empty string")
-        instance = _option(opt, "instance", None, lambda v: v is None or (isinstance(v, str) and v),
-                           "a non-empty string")
-        self.batch_lines = _option(opt, "batch_lines", 5000, lambda v: type(v) is int and v > 0, "an integer > 0")
-        extra = _option(opt, "extra_tags", [], lambda v: isinstance(v, (list, tuple))
-                        and all(f in TAGGABLE for f in v), "a list of fields from %s" % ", ".join(TAGGABLE))
-        enrich_tags = _option(opt, "enrich_tags", ["direction"], lambda v: isinstance(v, (list, tuple))
-                              and all(f in ENRICH_TAGGABLE for f in v),
-                              "a list of fields from %s" % ", ".join(ENRICH_TAGGABLE))
-        self.events_measurement = _option(opt, "events_measurement", "events",
-                                          lambda v: isinstance(v, str) and v, "a non-empty string")
-        token = opt.get("token")
-        if opt.get("token_file"):
+        opt = parse_options(self.name, options, self.SPEC)
+        url, timeout, instance = opt["url"], opt["timeout"], opt["instance"]
+        self.api, self.interval, self.precision = opt["api"], opt["interval"], opt["precision"]
+        self.measurement, self.events_measurement = opt["measurement"], opt["events_measurement"]
+        self.batch_lines = opt["batch_lines"]
+        extra, enrich_tags = opt["extra_tags"], opt["enrich_tags"]
+        token = opt["token"]
+        if opt["token_file"]:
             try:
                 with open(opt["token_file"], encoding="utf-8") as fh:
                     token = fh.read().strip()
             except OSError as exc:
-                raise ConfigError("token_file", str(exc)) from None
+                raise ConfigError("%s.token_file" % self.name, str(exc)) from None
         self.static_tags = (("collector", instance or socket.gethostname()),)
         (self.extra_names, self.extra_fns, self.enriched_names,
          self.enriched_fns) = self._tag_columns(extra, enrich_tags)
         # The same tags as row indexes, for aggregate_fast (None: a tag_functions hook is set).
         self.extra_cols = self.enriched_cols = None
         if not self.tag_functions:
-            self.extra_cols = tuple(ROW_FIELDS.index(f) for f in extra)
-            self.enriched_cols = self.extra_cols + tuple(ENRICHED_ROW_FIELDS.index(f) for f in enrich_tags)
-        self.retention_plan = influx_retention.parse_options(opt, self.measurement, self.events_measurement)
+            self.extra_cols = indexes(*extra)
+            self.enriched_cols = self.extra_cols + indexes(*enrich_tags)
+        try:
+            self.retention_plan = influx_retention.parse_options(opt, self.measurement, self.events_measurement)
+        except ConfigError as exc:
+            raise ConfigError("%s.%s" % (self.name, exc.key), str(exc)[len(exc.key) + 2:]) from None
         self.retention_changes = []     # statements the last open() ran (docs/influxdb.md, Retention)
         if self.api == "v1":
             rp = influx_retention.RAW_RP if self.retention_plan.retention is not None else None
-            self.transport = V1Transport(url, opt.get("database", "myason"), token, opt.get("username"),
-                                         opt.get("password"), timeout, opt.get("create_database", True), rp)
+            self.transport = V1Transport(url, opt["database"], token, opt["username"], opt["password"], timeout,
+                                         opt["create_database"], rp)
         else:
-            self.transport = V2Transport(url, opt.get("bucket", "myason"), opt.get("org", ""), token, timeout)
-        self.state = SeqState(opt.get("state_file"), opt.get("fsync", True))
+            self.transport = V2Transport(url, opt["bucket"], opt["org"], token, timeout)
+        self.state = SeqState(opt["state_file"], opt["fsync"])
         self.opened = False
         self._told_v2 = False
         self.skipped = 0        # rows that could not be read, over the writer's life
@@ -574,9 +595,9 @@ class InfluxDBWriter(Writer):
         # (plain names, plain functions, enriched names, enriched functions) of the extra tags;
         # enriched rows (batch format v2) add the enrich_tags.
         names = tuple(extra) + tuple(name for name, _ in cls.tag_functions)
-        fns = tuple((lambda row, i=ROW_FIELDS.index(f): row[i]) for f in extra) + tuple(
+        fns = tuple((lambda row, i=INDEX[f]: row[i]) for f in extra) + tuple(
             fn for _, fn in cls.tag_functions)
-        enriched_fns = fns + tuple((lambda row, i=ENRICHED_ROW_FIELDS.index(f): row[i]) for f in enrich_tags)
+        enriched_fns = fns + tuple((lambda row, i=INDEX[f]: row[i]) for f in enrich_tags)
         return names, fns, names + tuple(enrich_tags), enriched_fns
 
     @classmethod

@@ -172,7 +172,7 @@ def snmp_counter(pid, table, name):
 def read_records(path):
     """A record file (.csv) as dicts with typed values."""
     import csv
-    from myason.record import FLOAT_FIELDS, INT_FIELDS
+    from myason.schema import FLOAT_FIELDS, INT_FIELDS
     with open(path, newline="") as fh:
         return [{k: int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
                  for k, v in row.items()} for row in csv.DictReader(fh)]
@@ -341,7 +341,7 @@ def test_own_export_traffic_is_not_metered(nsp, key_file, tmp_path, exclude):
     from myason import keys
     from myason.agent import capture
     from myason.errors import CaptureError
-    from myason.record import FIELDS
+    from myason.schema import FIELDS
     if exclude:
         try:
             capture.compile_bpf("udp", capture.LINKTYPE_ETHERNET, 65535)

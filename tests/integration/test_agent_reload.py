@@ -15,7 +15,7 @@ import pytest
 from cryptography.fernet import Fernet, MultiFernet
 
 from myason import keys, wire
-from myason.record import FIELDS
+from myason.schema import FIELDS
 from tests.integration import netns
 from tests.support.summary import parse_summary
 from tests.integration.test_agent_live import AGENT_IF, OTHER_MAC, PEER_IF, Agent, _Collector, namespace_pair, write_conf

@@ -16,7 +16,7 @@ import pytest
 from myason import wire
 from myason.collector import validate
 from myason.collector.config import CollectorConfig
-from myason.record import END_REASONS, FIELDS, FLOAT_FIELDS, INT_FIELDS
+from myason.schema import END_REASONS, FIELDS, FLOAT_FIELDS, INT_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_PATH = ROOT / "docs" / "reference.md"

@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from myason import wire
 from myason.agent.export import DONE, Exporter, UdpSender
-from myason.record import FIELDS
+from myason.schema import FIELDS
 
 KEY = Fernet.generate_key()
 

@@ -9,7 +9,7 @@ import pytest
 
 from myason.agent.fastoutput import SLICE, RecordBlock, format_block, format_rows
 from myason.agent.output import RecordFile
-from myason.record import END_REASONS
+from myason.schema import END_REASONS
 
 KINDS = ("csv", "jsonl")
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from myason.agent.output import RecordFile
-from myason.record import FIELDS
+from myason.schema import FIELDS
 from tests.unit.modes import umask022  # noqa: F401 - fixture
 
 ROW = ["10.0.0.1", "2001:db8::1", 1234, 80, 6, 0, 3, 180, 1.5, 2.25, 27,

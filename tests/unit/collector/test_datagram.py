@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from myason import wire
 from myason.collector.keystore import Keystore
 from myason.collector.datagram import DatagramProcessor
-from myason.record import FIELDS
+from myason.schema import FIELDS
 from myason.schema import ROW_FIELDS
 
 NOW = 1_700_000_100.0

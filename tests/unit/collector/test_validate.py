@@ -6,7 +6,7 @@ import pytest
 from myason.collector.validate import (DEFAULT_LIMITS, Limits, MIN_TIME, ValidationError,
                                        check_sent, validate_row, validate_rows)
 from myason.errors import MyasonError
-from myason.record import FIELDS
+from myason.schema import FIELDS
 
 NOW = 1_700_000_100.0
 AGENT = "edge-01"

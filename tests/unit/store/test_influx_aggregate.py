@@ -4,7 +4,7 @@ import random
 import pytest
 
 from myason import kernels
-from myason.store.base import ENRICHED_ROW_FIELDS, ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.influxdb import MAX_SPREAD, InfluxDBWriter, aggregate, aggregate_fast
 
 pytestmark = pytest.mark.skipif(kernels.load_or_none() is None, reason="numba is not installed")

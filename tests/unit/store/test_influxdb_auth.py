@@ -106,7 +106,7 @@ def test_token_header_and_no_mixing(server, tmp_path):
     assert_private(seen, "tok-123")
     with pytest.raises(ConfigError) as info:
         ix.InfluxDBWriter(url=url, token="t", username="u", password="p")
-    assert info.value.key == "token"
+    assert info.value.key == "influxdb.token"
 
 
 def test_bad_url_is_reported_without_credentials():

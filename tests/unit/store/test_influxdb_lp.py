@@ -251,15 +251,19 @@ def test_transport_error_propagates(tmp_path):
     ({"url": "http://x", "api": "v3"}, "api"),
     ({"url": "http://x", "interval": 0}, "interval"),
     ({"url": "http://x", "interval": 2.5}, "interval"),
-    ({"url": "http://x", "extra_tags": ["src_ip"]}, "extra_tags"),
+    ({"url": "http://x", "extra_tags": ["src_ip"]}, "extra_tags[0]"),
     ({"url": "http://x", "precision": "s"}, "precision"),
     ({"url": "ftp://x"}, "url"),
     ({"url": "http://x", "token_file": "/nonexistent/token"}, "token_file"),
+    ({"url": "http://x", "databse": "flows"}, "databse"),
+    ({"url": "http://x", "fsync": "yes"}, "fsync"),
+    ({"url": "http://x", "retention": "1m"}, "retention"),
+    ({"url": "http://x", "token": "t", "username": "u", "password": "p"}, "token"),
 ])
 def test_config_errors_name_the_key(opts, key):
     with pytest.raises(ConfigError) as exc:
         writer_class("influxdb")(**opts)
-    assert exc.value.key == key
+    assert exc.value.key == "influxdb." + key
 
 
 def test_http_status_classification():
