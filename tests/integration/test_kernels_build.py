@@ -101,8 +101,9 @@ def test_a_warm_cache_compiles_nothing_in_a_fresh_process(tmp_path):
 
 def runs_inside(call, runs=5):
     """Per run of `call`, how many times a pure-Python thread ran in the middle of it (its middle
-    60 %). A call holding the GIL leaves none: the thread cannot run a bytecode until it returns
-    (and the switch that follows a return, up to 5 ms, falls after the middle)."""
+    60 %). A call holding the GIL leaves none: the thread cannot run a bytecode until it returns.
+    The switch interval is made long (0.2 s) so that the thread cannot be handed the GIL between
+    the clock reading and the call either, even if this thread is descheduled a while there."""
     stamps = []
     stop = threading.Event()
 
@@ -114,6 +115,8 @@ def runs_inside(call, runs=5):
             if not n & 255:
                 stamps.append(clock())
     thread = threading.Thread(target=spin)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)
     thread.start()
     out = []
     try:
@@ -127,6 +130,7 @@ def runs_inside(call, runs=5):
     finally:
         stop.set()
         thread.join()
+        sys.setswitchinterval(interval)
     return out
 
 
