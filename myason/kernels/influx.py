@@ -1,4 +1,4 @@
-"""Kernel of the InfluxDB writer's aggregation (myason.store.influxdb.aggregate_fast).
+"""Kernel of the InfluxDB writer's aggregation (myason.store.influxdb.aggregate.aggregate_fast).
 
 It splits each flow over the intervals it overlaps exactly as influxdb.spread() does (same
 float operations, same truncations), and emits one part per (flow, interval) plus the flow's

@@ -1,12 +1,12 @@
-"""myason.store.influx_retention: options, statements, and what is left alone when nothing changed."""
+"""myason.store.influxdb.retention: options, statements, and what is left alone when nothing changed."""
 import pytest
 
 from myason.errors import ConfigError
-from myason.store import influx_retention as ir
+from myason.store.influxdb import retention as ir
 
 
 def plan(**opts):
-    return ir.parse_options(opts)
+    return ir.parse_retention(opts)
 
 
 def test_options_and_durations():
@@ -33,7 +33,7 @@ def test_options_and_durations():
 ])
 def test_bad_options_name_the_key(opts, key):
     with pytest.raises(ConfigError) as e:
-        ir.parse_options(opts)
+        ir.parse_retention(opts)
     assert e.value.key == key
 
 
@@ -81,7 +81,7 @@ class FakeInflux:
                                              "values": [[n, t] for n, t in self.cqs.items()]}]}]}
         if self.racer:                     # another writer creates everything first
             racer, self.racer = self.racer, None
-            ir.ensure(racer, "db", PLAN)
+            ir.ensure_retention(racer, "db", PLAN)
             self.policies, self.cqs = racer.policies, racer.cqs
         name = q.split('"')[1]
         if q.startswith("CREATE") and (name in self.policies or name in self.cqs):
@@ -89,20 +89,20 @@ class FakeInflux:
         self.ran.append(q)
         if "RETENTION POLICY" in q:
             text = q.split("DURATION ")[1].split()[0]
-            secs = 0 if text == "INF" else ir.parse_options({"retention": text}).retention
+            secs = 0 if text == "INF" else ir.parse_retention({"retention": text}).retention
             self.policies[name] = (secs, q.endswith("DEFAULT"))
         elif q.startswith("CREATE CONTINUOUS"):
             self.cqs[name] = q
         return {"results": [{}]}
 
 
-PLAN = ir.parse_options({"retention": "30d", "downsample": [{"every": "1h"}]})
+PLAN = ir.parse_retention({"retention": "30d", "downsample": [{"every": "1h"}]})
 
 
 def test_ensure_is_idempotent_and_survives_a_concurrent_writer():
     server = FakeInflux()
-    assert len(ir.ensure(server, "db", PLAN)) == 4
-    assert ir.ensure(server, "db", PLAN) == []
+    assert len(ir.ensure_retention(server, "db", PLAN)) == 4
+    assert ir.ensure_retention(server, "db", PLAN) == []
     raced = FakeInflux(racer=FakeInflux())
-    assert ir.ensure(raced, "db", PLAN) == [] and raced.ran == []
+    assert ir.ensure_retention(raced, "db", PLAN) == [] and raced.ran == []
     assert set(raced.cqs) == {"cq_flows_1h", "cq_events_1h"}

@@ -267,7 +267,7 @@ def test_config_errors_name_the_key(opts, key):
 
 
 def test_http_status_classification():
-    assert ix._status_error(400, "unable to parse").permanent
-    assert not ix._status_error(500, "boom").permanent
-    assert not ix._status_error(503, "").permanent
-    assert not ix._status_error(401, "auth").permanent
+    assert ix.status_error(400, "unable to parse").permanent
+    assert not ix.status_error(500, "boom").permanent
+    assert not ix.status_error(503, "").permanent
+    assert not ix.status_error(401, "auth").permanent

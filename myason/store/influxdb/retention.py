@@ -7,7 +7,7 @@ Options (writer `influxdb`, api v1; docs/influxdb.md):
                                   per entry a policy `rp_<every>` and, per measurement, a continuous
                                   query `cq_<measurement>_<every>` summing the fields per interval
                                   and tag set (GROUP BY time(every), *) from the raw policy.
-`ensure()` runs at the writer's open(): it reads SHOW RETENTION POLICIES / SHOW CONTINUOUS
+`ensure_retention()` runs at the writer's open(): it reads SHOW RETENTION POLICIES / SHOW CONTINUOUS
 QUERIES and issues only the statements that change something, so a second open() is a no-op.
 VictoriaMetrics (api v2) has neither: retention is its -retentionPeriod flag and downsampling
 an Enterprise feature, so the writer logs one line and skips this.
@@ -80,7 +80,7 @@ def _seconds(key, value, allow_zero=True) -> int:
     return int(secs)
 
 
-def parse_options(options: dict, measurement="flows", events_measurement="events") -> Plan:
+def parse_retention(options: dict, measurement="flows", events_measurement="events") -> Plan:
     """The Plan for the writer options `retention` and `downsample`; ConfigError naming a bad key."""
     retention = None
     if options.get("retention") is not None:
@@ -186,7 +186,7 @@ def _series(answer) -> list:
     return [s for r in answer.get("results", []) for s in r.get("series", []) or []]
 
 
-def ensure(query, db: str, plan: Plan, attempts: int = 3) -> List[str]:
+def ensure_retention(query, db: str, plan: Plan, attempts: int = 3) -> List[str]:
     """Create or alter what `plan` needs on the server; returns the statements it ran ([]: nothing to do).
 
     Several writer threads or collectors may do this at once: a statement refused with "already
