@@ -17,11 +17,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "myason"
 
-# Package -> the myason packages it must not import.
-FORBIDDEN = {
-    "kernels": ("agent", "store", "collector", "api", "enrich", "detect", "cli"),
-    "store": ("agent", "collector", "api", "cli"),
-}
+# The layer order (docs/architecture.md, "The house plan"), top first. A module may import its
+# own package and anything in a lower layer; never a layer above, and never a sibling of its own
+# layer (the daemons do not import each other; nor do enrich and detect). The bottom layer's
+# small modules may use each other (import cycles are refused separately).
+LAYERS = (
+    ("cli", "__main__"),
+    ("api", "collector", "agent"),
+    ("enrich", "detect"),
+    ("store",),
+    ("schema", "wire", "keys", "options", "kernels", "nets", "services", "errors", "metrics", "logs",
+     "fsmode", "redact", "__init__"),
+)
+BOTTOM = LAYERS[-1]
+# Package (or top-level module) -> the myason packages it must not import.
+FORBIDDEN = {}
+for _i, _layer in enumerate(LAYERS):
+    for _name in _layer:
+        above = [n for layer in LAYERS[:_i] for n in layer]
+        siblings = [] if _layer is BOTTOM or _i == 0 else [n for n in _layer if n != _name]
+        FORBIDDEN[_name] = tuple(above + siblings)
 
 
 def imported_modules(path):
@@ -45,9 +60,14 @@ def imported_modules(path):
                 yield base, node.lineno
 
 
+def _files(package):
+    single = PKG / (package + ".py")
+    return [single] if single.is_file() else sorted((PKG / package).rglob("*.py"))
+
+
 def breaches(package):
     bad = []
-    for path in sorted((PKG / package).rglob("*.py")):
+    for path in _files(package):
         for name, line in imported_modules(path):
             parts = name.split(".")
             if len(parts) > 1 and parts[0] == "myason" and parts[1] in FORBIDDEN[package]:
@@ -58,6 +78,72 @@ def breaches(package):
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_no_import_statement_breaks_the_layer_rule(package):
     assert breaches(package) == []
+
+
+def test_every_module_has_a_layer():
+    tops = {p.stem if p.is_file() else p.name for p in PKG.iterdir()
+            if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))}
+    assert tops - set(FORBIDDEN) == set(), "add new packages to LAYERS"
+
+
+def _module_graph():
+    """myason module -> the myason modules its top-level statements import (what runs at import)."""
+    graph = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text(), str(path))
+        package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                deps.add(base)
+                deps.update(base + "." + a.name for a in node.names)
+        graph[name] = {d for d in deps if d.startswith("myason")}
+    known = set(graph)
+    # "from pkg import name" names a module only when pkg.name is one; the package itself runs too.
+    return {m: {d for d in deps if d in known and d != m and not m.startswith(d + ".")}
+            for m, deps in graph.items()}
+
+
+def _cycles(graph):
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert _cycles(_module_graph()) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_the_checker_sees_a_breach(tmp_path, monkeypatch):
