@@ -59,7 +59,8 @@ METERS = ("myason", "softflowd")
 
 # A UDP sink for softflowd's export inside the receiving namespace: reads and forgets.
 SINK = (
-    "import socket, sys\n"
+    "import signal, socket\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C: the script ends it\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
     "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)\n"
     "s.bind(('127.0.0.1', 0))\n"
@@ -67,6 +68,13 @@ SINK = (
     "while True:\n"
     "    s.recv(65536)\n"
 )
+
+
+def _die_with_parent():
+    """In a child before exec: SIGTERM when this script dies, even by SIGKILL (no orphan meters).
+    `ip netns exec` execs its command, so the setting reaches the meter itself."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)    # PR_SET_PDEATHSIG
 
 
 def say(*args):
@@ -198,7 +206,8 @@ class Meter:
         self.name = name
         self.err_path = Path(tmp) / ("%s.err" % name)
         self._err = open(self.err_path, "w+")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
+                                     preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
         self.cpu0 = None
 
@@ -340,7 +349,8 @@ def replay(link, pcap, rate):
     argv = ["tcpreplay", "-q", "-K", "-i", link.snd_if]
     argv += ["--topspeed"] if rate == "top" else ["--pps=%d" % rate]
     before = os.times()
-    proc = subprocess.run(in_ns(link.snd_ns, argv + [str(pcap)]), capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(in_ns(link.snd_ns, argv + [str(pcap)]), capture_output=True, text=True, timeout=3600,
+                          preexec_fn=_die_with_parent)
     after = os.times()
     text = proc.stdout + proc.stderr
     if proc.returncode:
@@ -449,7 +459,7 @@ def main():
             pcap = cut_capture(pcap_src, args.frames, tmp)
             with veth_namespaces() as link:
                 sink = subprocess.Popen(in_ns(link.rcv_ns, [sys.executable, "-c", SINK]),
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
                 sink_port = int(sink.stdout.readline())
                 say("namespaces %s -> %s, %d frames per run, rates %s, meters %s" % (
                     link.snd_ns, link.rcv_ns, args.frames, ",".join(map(str, rates)), ",".join(args.meters)))
