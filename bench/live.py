@@ -469,7 +469,7 @@ def main():
                         run = {"rate": rate, "repeat": rep, "sent": sent, "backlog_dropped": backlog, "meters": res}
                         runs.append(run)
                         say("%s #%d: sent %s at %s pps; %s" % (
-                            rate_label(rate), rep + 1, sent["sent"], sent["pps"],
+                            rate_label(rate, sent["pps"]), rep + 1, sent["sent"], sent["pps"],
                             "; ".join("%s metered %d drops %d cpu %.2f s" % (k, v["metered"], v["drops"], v["cpu"])
                                       for k, v in res.items())))
                         if out_fh:
