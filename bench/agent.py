@@ -2,9 +2,11 @@
 """Agent benchmark: replay a capture through `myason agent --no-export` and softflowd in one run.
 
 usage: bench/agent.py [--pcap PATH] [--runs N] [--flows N] [--engine fast|python] [--skip-softflowd]
+                      [--output csv,jsonl]
 
 Prints, per tool, the median over N alternating runs of wall seconds, packets/s, CPU seconds
-(user+sys of the child) and peak RSS, then the ratio myason/softflowd. Then the memory per
+(user+sys of the child) and peak RSS, then the ratio myason/softflowd; myason also with
+`--output x.csv` / `x.jsonl` (written to a temporary directory; --output '' skips them). Then the memory per
 cached flow with --flows concurrent flows in one FlowCache (RSS growth / flows).
 """
 import argparse
@@ -49,9 +51,11 @@ def timed(argv, **kw):
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0
 
 
-def run_myason(pcap, engine):
+def run_myason(pcap, engine, output=None):
     argv = [sys.executable, str(ROOT / "myason.py"), "agent", "--read", str(pcap), "--no-export",
             "--no-progress", "-q", "--engine", engine]
+    if output:
+        argv += ["--output", str(output)]
     return timed(argv, cwd=str(ROOT), stdout=subprocess.DEVNULL)
 
 
@@ -110,21 +114,27 @@ def main():
     ap.add_argument("--flows", type=int, default=1000000)
     ap.add_argument("--engine", choices=("fast", "python"), default="fast")
     ap.add_argument("--skip-softflowd", action="store_true")
+    ap.add_argument("--output", default="csv,jsonl", help="record file formats also measured (comma-separated)")
     args = ap.parse_args()
+    formats = [f for f in args.output.split(",") if f]
     pcap = Path(args.pcap)
     if not pcap.exists():
         raise SystemExit("no capture at %s (is ../shared beside the repo?)" % pcap)
     frames = count_frames(pcap)
     have_sf = not args.skip_softflowd and shutil.which("softflowd") and shutil.which("nfcapd")
-    res = {"myason": [], "softflowd": []}
+    res = {"myason": []}
+    res.update(("myason --output .%s" % f, []) for f in formats)
+    res["softflowd"] = []
     run_myason(pcap, args.engine)     # warm-up: the first fast run may compile its kernels
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):
             res["myason"].append(run_myason(pcap, args.engine))
+            for f in formats:
+                res["myason --output .%s" % f].append(run_myason(pcap, args.engine, Path(tmp) / ("x." + f)))
             if have_sf:
                 res["softflowd"].append(run_softflowd(pcap, tmp))
     print("capture: %s (%d frames), engine %s" % (pcap, frames, args.engine))
-    print("%-10s %6s %10s %12s %10s %10s" % ("tool", "runs", "wall s", "packets/s", "cpu s", "rss MiB"))
+    print("%-24s %6s %10s %12s %10s %10s" % ("tool", "runs", "wall s", "packets/s", "cpu s", "rss MiB"))
     med = {}
     for tool, runs in res.items():
         if not runs:
@@ -133,10 +143,12 @@ def main():
         cpu = statistics.median(r[1] for r in runs)
         rss = max(r[2] for r in runs)
         med[tool] = (wall, cpu)
-        print("%-10s %6d %10.2f %12.0f %10.2f %10.1f" % (tool, len(runs), wall, frames / wall, cpu, rss))
+        print("%-24s %6d %10.2f %12.0f %10.2f %10.1f" % (tool, len(runs), wall, frames / wall, cpu, rss))
     if "softflowd" in med:
-        print("ratio myason/softflowd packets/s (wall): %.3f   by CPU seconds: %.3f" % (
-            med["softflowd"][0] / med["myason"][0], med["softflowd"][1] / med["myason"][1]))
+        for tool in med:
+            if tool != "softflowd":
+                print("ratio %s/softflowd packets/s (wall): %.3f   by CPU seconds: %.3f" % (
+                    tool, med["softflowd"][0] / med[tool][0], med["softflowd"][1] / med[tool][1]))
     if args.flows:
         rss_pf, own_pf = memory_per_flow(args.flows, args.engine)
         print("memory per cached flow (%s engine) with %d flows: %.0f B (RSS growth), %.0f B (cache structures)"
