@@ -291,33 +291,39 @@ def _address_field(hi, lo, v4):
 # -- formats --------------------------------------------------------------------------------
 
 class _Format:
-    """CSV or JSON lines: how one value is written, and the bytes around the fields."""
+    """CSV or JSON lines: how values are written, and the bytes around the fields.
+
+    Stateless once made (shared by every record file of the process, whatever the thread)."""
 
     def __init__(self, kind):
         self.kind = kind
         if kind == "csv":
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-
-            def value(v):
-                # The field as csv.writer writes it in a row of two (quoting is per field,
-                # except for a lone empty field, which the records never are).
-                writer.writerow((v, ""))
-                text = buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
-                return text[:-2].encode()
-            self.value = value
             self.before = [b""] + [b","] * (len(FIELDS) - 1)
             self.end = b"\n"
         else:
             dumps = orjson.dumps
-            self.value = dumps
             self.before = [(b"{" if j == 0 else b",") + dumps(name) + b":" for j, name in enumerate(FIELDS)]
             self.end = b"}\n"
 
     def values(self, vals):
-        return [self.value(v) for v in vals]
+        """Each value as the record file writes it, as bytes."""
+        if self.kind != "csv":
+            return [orjson.dumps(v) for v in vals]
+        # Each value as csv.writer writes it in a row of two (quoting is per field, except for
+        # a lone empty field, which records never are): the row less its ",\n".
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        out = []
+        for v in vals:
+            writer.writerow((v, ""))
+            out.append(buf.getvalue()[:-2].encode())
+            buf.seek(0)
+            buf.truncate()
+        return out
+
+    def value(self, v):
+        """One value as bytes."""
+        return self.values((v,))[0]
 
 
 _FORMATS = {}
