@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live capture benchmark: the myason agent and softflowd metering the same replayed traffic.
 
-    python3 bench/live.py                                   # 400,000 frames at 150k, 200k, 300k pps and top speed
+    python3 bench/live.py                          # 400,000 frames at 150k, 200k, 300k pps and top speed
     python3 bench/live.py --frames 100000 --rates 100000,200000
     python3 bench/live.py --repeat 3 --engine fast --workers 2 --out live.jsonl
 
@@ -23,14 +23,17 @@ both are idle again, then reads each meter's counters and stops it:
   kernel's per-CPU backlog, /proc/net/softnet_stat) are counted apart as "backlog";
 - CPU seconds: run time of the meter's process and its descendants (/proc/PID/task/*/schedstat,
   /proc/PID/stat) from idle-after-start to idle-after-replay, so start-up (imports, compiling)
-  is left out; peak RSS: VmHWM of the meter's process.
+  is left out; peak RSS: VmHWM of the meter's process;
+- unaccounted: sent - metered - drops.
 
 A rate is a meter's clean rate when in every repeat it dropped nothing and metered every frame
-sent; its zero-loss knee is the highest clean rate below which every rate was clean too. Also
-printed: CPU seconds per million frames metered, per meter, and the ratio agent/softflowd.
+sent; its zero-loss knee is the highest clean rate below which every rate was clean too. The
+unaccounted count a meter shows in every run (a ring engine whose fanout group reassembles IP
+fragments receives fewer frames at any rate) is allowed, and printed. Also printed: CPU
+seconds per million frames metered, per meter, and the ratio agent/softflowd.
 
-The agent runs from this checkout (`.venv/bin/python myason.py agent`, so a work tree other
-than the installed one measures its own code). --engine and --workers go to the agent: --engine
+The agent runs from this checkout, or the one --agent-root names (`.venv/bin/python myason.py
+agent`, so a work tree other than the installed one measures its own code). --engine and --workers go to the agent: --engine
 on its command line, and `engine:` / `workers:` into its config when this agent's configuration
 has those keys (the TPACKET_V3 ring engine, issue 13); an agent without them runs its only live
 engine and the script says so.
