@@ -47,7 +47,7 @@ def make_rows(agent, n, rnd, now):
     """n flow rows (wire order, myason.schema.FIELDS) of one agent, ending around `now`."""
     rows = []
     reasons = ("idle", "active", "fin", "rst")
-    for i in range(n):
+    for _ in range(n):
         v6 = rnd.random() < 0.1
         if v6:
             src = "2001:db8:%x::%x" % (rnd.randrange(65536), rnd.randrange(1, 65536))
@@ -601,7 +601,7 @@ def main(argv=None):
             for size in sizes:
                 name = "myason -> %s, max_datagram %d" % ("PostgreSQL" if w == "pg" else "PostgreSQL + InfluxDB", size)
                 best, steps = ladder(name, rates, runs,
-                                     lambda r: bench.trial(r, size, w == "pg+influx", extra))
+                                     lambda r, size=size, w=w: bench.trial(r, size, w == "pg+influx", extra))
                 results["ladders"].append(dict(name=name, best=best, steps=steps))
         if "nfcapd" in which:
             if shutil.which("nfcapd"):

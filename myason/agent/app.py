@@ -50,7 +50,7 @@ class ProcessorThread(threading.Thread):
     def run(self):
         try:
             self._loop()
-        except BaseException as exc:  # noqa: B902 - surfaced by the app's exit code
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the app's exit code
             self.error = exc
             log.exception("%s failed", self.name)
             self.outbox.put(DONE)
@@ -139,7 +139,7 @@ class ReplayReader(threading.Thread):
                 if self.stop.is_set():
                     log.info("replay interrupted; flushing")
                     break
-        except BaseException as exc:  # noqa: B902
+        except BaseException as exc:  # noqa: BLE001
             self.error = exc
         finally:
             if bar is not None:

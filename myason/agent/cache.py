@@ -22,7 +22,6 @@ import numpy as np
 
 from myason.kernels.constants import TCP_FIN as FIN
 from myason.kernels.constants import TCP_RST as RST
-from myason.kernels.constants import TCP_SYN as SYN
 
 # Column `state` bits.
 ALIVE = 1

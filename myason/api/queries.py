@@ -242,7 +242,7 @@ def data_range(db) -> dict:
     first = last = None
     if rows:
         values = iter(rows[0])
-        for res, step in RESOLUTIONS.items():
+        for _res, step in RESOLUTIONS.items():
             lo, hi = next(values), next(values)
             if lo is None:
                 continue

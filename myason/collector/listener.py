@@ -89,7 +89,7 @@ class Listener(threading.Thread):
     def run(self):
         try:
             self._loop()
-        except BaseException as exc:  # noqa: B902 - surfaced by the app's exit code
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the app's exit code
             self.error = exc
             log.exception("listener failed")
         finally:

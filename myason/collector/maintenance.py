@@ -47,7 +47,7 @@ class MaintenanceThread(threading.Thread):
     def run(self):
         try:
             self._loop()
-        except BaseException as exc:  # noqa: B902 - the app sees .error and stops non-zero
+        except BaseException as exc:  # noqa: BLE001 - the app sees .error and stops non-zero
             self.error = exc
             log.exception("%s failed", self.name)
         finally:

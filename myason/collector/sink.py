@@ -38,7 +38,7 @@ class WriterThread(threading.Thread):
     def run(self):
         try:
             self._loop()
-        except BaseException as exc:  # noqa: B902 - surfaced through the app's exit code
+        except BaseException as exc:  # noqa: BLE001 - surfaced through the app's exit code
             self.error = exc
             log.exception("%s failed", self.name)
         finally:

@@ -100,7 +100,7 @@ def child_main(index, cfg, inbox, conn, log_level, state, stopping, budget):
         if pipeline is not None:
             pipeline.close()
         final = worker.snapshot()
-    except BaseException as exc:  # noqa: B902 - reported to the parent, which sets the exit code
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which sets the exit code
         log.exception("%s failed", name)
         final = {"error": repr(exc)}
     with lock:

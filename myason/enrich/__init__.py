@@ -10,7 +10,7 @@ Config (the collector's `enrich` mapping)::
 """
 from __future__ import annotations
 
-from myason.enrich.base import (DEFAULT_ORDER, Enricher, enrich_spec, enricher_class, enricher_names, register,
+from myason.enrich.base import (Enricher, enrich_spec, enricher_class, enricher_names, register,
                                 report_setup_notes, setup_note)
 from myason.errors import ConfigError
 from myason.options import parse_options

@@ -310,7 +310,7 @@ def _jit_all(njit, cache):
     Helpers are made dispatchers only when a kernel is not in the cache: loading compiles none.
     """
     kernels = []
-    for name, (mod, fn, sig) in _KERNELS.items():
+    for name, (_mod, fn, sig) in _KERNELS.items():
         disp = njit(nogil=True)(fn)
         if cache is not None:
             disp._cache = cache(fn)
@@ -318,7 +318,7 @@ def _jit_all(njit, cache):
     modules = {mod for mod, _, _ in list(_HELPERS.values()) + list(_KERNELS.values())}
     dispatchers = {}
     if cache is None or not all([disp._cache.cached(sig, disp.targetctx) for _, _, sig, disp in kernels]):
-        for mod, fn, inline in _HELPERS.values():
+        for _mod, fn, inline in _HELPERS.values():
             dispatchers[id(fn)] = njit(inline="always" if inline else "never", nogil=True)(fn)
         _replace(modules, dispatchers)
     ns = type(sys)("myason_kernels")

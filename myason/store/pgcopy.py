@@ -213,7 +213,7 @@ def _inet(a, _pton=socket.inet_pton, _af4=socket.AF_INET, _af6=socket.AF_INET6):
     return _INET6 + _pton(_af6, a) if ":" in a else _INET4 + _pton(_af4, a)
 
 
-def _text(s, _len=struct.Struct(">i").pack):
+def _text(s, _len=struct.Struct(">i").pack):  # noqa: B008 - bound once, at definition
     b = s.encode("utf-8")
     return _len(len(b)) + b
 

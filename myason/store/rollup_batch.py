@@ -103,7 +103,6 @@ def batch_partials(rows, top, kind, columns=None):
     if not rows:
         return [], cands
     cols = columns if columns is not None else list(zip(*rows))
-    n = len(rows)
     enriched = len(cols) >= len(ENRICHED_ROW_FIELDS)
     minute = minute_buckets(np, np.asarray(cols[_I["first"]], dtype=np.float64), kind)
     nbytes = np.asarray(cols[_I["bytes"]], dtype=np.int64)

@@ -156,7 +156,7 @@ def test_postgresql_stopped_mid_stream_every_flow_lands_once(tmp_path, servers):
                 try:
                     for pcap, out in zip(pcaps[:2], outs[:2]):
                         col.run_agent(conf, [pcap], output=out, timeout=120)
-                except BaseException as exc:  # noqa: B902 - reported by the test thread
+                except BaseException as exc:  # noqa: BLE001 - reported by the test thread
                     errors.append(exc)
             t = threading.Thread(target=agents_while_down)
             t.start()

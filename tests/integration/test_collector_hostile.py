@@ -313,7 +313,7 @@ def test_hostile_datagrams_are_counted_by_reason_and_never_stored(tmp_path):
             try:
                 agent_result["proc"] = col.run_agent(c.agent_conf(max_datagram=512), [pcap], output=agent_out,
                                                      timeout=120)
-            except BaseException as exc:  # noqa: B902 - re-raised in the test thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
                 agent_result["error"] = exc
         t = threading.Thread(target=agent)
         t.start()

@@ -47,7 +47,7 @@ class V1Transport:
                  create_database=True, rp=None):
         try:
             parts = urllib.parse.urlsplit(url)
-            parts.port
+            parts.port      # noqa: B018 - reading it validates the port (ValueError)
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from myason.agent.cache import FIN, RST, SYN, FlowCache
+from myason.agent.cache import FIN, RST, FlowCache
+from myason.kernels.constants import TCP_SYN as SYN
 
 ACK = 0x10
 
