@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP
 from tests.support import trafficgen as gen
 from tests.support import collector as col
 from tests.support.services import wait_until
-from tests.unit.detect.flows import check_idea
+from tests.support.flows import check_idea
 
 pytest.importorskip("idea.valid")
 

@@ -5,7 +5,7 @@ from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_FIELDS
 from myason.store.postgresql import PostgresWriter
 from myason.store.query import fetch_events, greylist
 from tests.integration.test_store_postgresql import T0, make_rows, pg, query  # noqa: F401 - fixture
-from tests.unit.detect.flows import check_idea
+from tests.support.flows import check_idea
 
 psycopg = pytest.importorskip("psycopg")
 

@@ -6,7 +6,6 @@ import pytest
 
 from myason import fsmode
 from myason.errors import ConfigError
-from tests.unit.modes import umask022  # noqa: F401 - fixture
 
 
 def mode(path):

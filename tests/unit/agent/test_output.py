@@ -6,7 +6,6 @@ import pytest
 
 from myason.agent.output import RecordFile
 from myason.schema import FIELDS
-from tests.unit.modes import umask022  # noqa: F401 - fixture
 
 ROW = ["10.0.0.1", "2001:db8::1", 1234, 80, 6, 0, 3, 180, 1.5, 2.25, 27,
        "a1", "eth0", 2, 3, 4, 100, "10.0.0.254", 24, 64, 64500, 0, "fin"]

@@ -8,7 +8,7 @@ from myason.detect.scan import HorizontalScanDetector
 from myason.nets import NetSet
 from myason.errors import ConfigError
 from myason.schema import FIELDS
-from tests.unit.detect.flows import T0, addrs, check_idea, flow
+from tests.support.flows import T0, addrs, check_idea, flow
 
 ATTACKER = "203.0.113.66"
 

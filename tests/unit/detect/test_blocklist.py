@@ -3,7 +3,7 @@ import pytest
 
 from myason.detect.blocklist import BlocklistDetector
 from myason.errors import ConfigError
-from tests.unit.detect.flows import DONE, T0, addrs, check_idea, flow, web_browsing
+from tests.support.flows import DONE, T0, addrs, check_idea, flow, web_browsing
 
 pytest.importorskip("idea.valid")
 CC = "192.0.2.10"

@@ -3,7 +3,7 @@ import pytest
 
 from myason.detect.bruteforce import BruteForceDetector
 from myason.errors import ConfigError
-from tests.unit.detect.flows import DONE, SYN, T0, addrs, check_idea, flow, web_browsing
+from tests.support.flows import DONE, SYN, T0, addrs, check_idea, flow, web_browsing
 
 pytest.importorskip("idea.valid")
 ATTACKER = "198.51.100.23"

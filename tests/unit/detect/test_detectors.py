@@ -4,7 +4,7 @@ import pytest
 from myason.detect import DetectorSet, build_detectors, detector_class, detector_names
 from myason.enrich import build_pipeline
 from myason.errors import ConfigError
-from tests.unit.detect.flows import DONE, RST, T0, ACK, addrs, check_idea, flow, web_browsing
+from tests.support.flows import DONE, RST, T0, ACK, addrs, check_idea, flow, web_browsing
 
 pytest.importorskip("idea.valid")
 

@@ -2,7 +2,7 @@
 import pytest
 
 from myason.detect.dos import DosDetector
-from tests.unit.detect.flows import DONE, SYN, T0, addrs, check_idea, flow, web_browsing
+from tests.support.flows import DONE, SYN, T0, addrs, check_idea, flow, web_browsing
 
 pytest.importorskip("idea.valid")
 VICTIM = "10.0.0.80"

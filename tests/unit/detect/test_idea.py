@@ -4,7 +4,7 @@ import pytest
 from myason.detect.idea import (CATEGORIES, build_event, check_category, check_node_name, endpoint,
                                 rfc3339, split_addresses)
 from myason.errors import ConfigError
-from tests.unit.detect.flows import T0, check_idea
+from tests.support.flows import T0, check_idea
 
 pytest.importorskip("idea.valid")
 

@@ -2,7 +2,7 @@
 import pytest
 
 from myason.detect.scan import HorizontalScanDetector, VerticalScanDetector, is_probe
-from tests.unit.detect.flows import ACK, DONE, RST, SYN, T0, addrs, check_idea, flow, web_browsing
+from tests.support.flows import ACK, DONE, RST, SYN, T0, addrs, check_idea, flow, web_browsing
 
 pytest.importorskip("idea.valid")
 ATTACKER = "203.0.113.66"

@@ -12,7 +12,7 @@ from myason.detect import DetectorSet, build_detectors, detector_class, detector
 from myason.detect.base import DPORT, FIRST
 from myason.detect.idea import rfc3339
 from myason.detect.scan import VerticalScanDetector
-from tests.unit.detect.flows import (ACK, DONE, RST, SYN, T0, assert_time_order, check_idea,
+from tests.support.flows import (ACK, DONE, RST, SYN, T0, assert_time_order, check_idea,
                                      flow)
 
 pytest.importorskip("idea.valid")

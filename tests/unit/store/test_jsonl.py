@@ -10,7 +10,7 @@ from myason.store import jsonl
 from myason.schema import ROW_FIELDS
 from myason.store.base import WriterError, writer_class
 from myason.store.jsonl import JsonlWriter
-from tests.unit.modes import tree_modes, umask022, world_readable  # noqa: F401 - fixture
+from tests.support.modes import tree_modes, world_readable
 
 T0 = 1700000000.0
 

@@ -7,7 +7,7 @@ import pytest
 from myason.errors import ConfigError
 from myason.store.base import WriterError, writer_class
 from myason.store.mentat import MARKERS, MentatWriter, event_file_name
-from tests.unit.modes import tree_modes, umask022, world_readable  # noqa: F401 - fixture
+from tests.support.modes import tree_modes, world_readable
 
 
 def events(n, tag="e"):

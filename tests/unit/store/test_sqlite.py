@@ -12,7 +12,7 @@ from myason.errors import ConfigError
 from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.base import WriterError, writer_class
 from myason.store.sqlite import SqliteWriter, retention_cutoff
-from tests.unit.modes import tree_modes, umask022  # noqa: F401 - fixture
+from tests.support.modes import tree_modes
 
 T0 = 1700000000.0   # 2023-11-14 22:13:20 UTC
 

@@ -1,4 +1,4 @@
-"""Crafted flow rows and IDEA checks shared by the detector tests."""
+"""Crafted flow rows and IDEA checks shared by the detector tests and the event integration tests."""
 import re
 import uuid
 

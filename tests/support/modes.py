@@ -1,18 +1,7 @@
-"""Helpers for the file-mode tests: run a writer under umask 022 and list what it made."""
+"""Helpers for the file-mode tests: list the modes of what a writer made (the umask022 fixture is in
+tests/unit/conftest.py)."""
 import os
 import stat
-
-import pytest
-
-
-@pytest.fixture
-def umask022():
-    """The umask of a daemon started by hand (umask 022), restored after the test."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def tree_modes(root):
