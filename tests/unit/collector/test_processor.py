@@ -8,7 +8,7 @@ from myason.collector import journal, processor
 from myason.collector.datagram import DatagramProcessor
 from myason.collector.spool import Spool
 from myason.store.base import decode_batch
-from tests.unit.collector.test_datagram import ADDR, NOW, dgram, keystore
+from tests.support.datagrams import ADDR, NOW, dgram, keystore
 
 
 def wait_until(cond, timeout=10.0):
