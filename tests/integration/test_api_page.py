@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from myason.schema import FIELDS
-from tests.unit.store.test_rollup import ref_service_port
+from tests.support.rollups import ref_service_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MYASON = [sys.executable, str(ROOT / "myason.py")]

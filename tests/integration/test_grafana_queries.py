@@ -18,13 +18,13 @@ import pytest
 from tests.support import grafana as g
 from tests.support import trafficgen as gen
 from tests.support import collector as col
+from tests.support.attacks import DETECT, attacks
+from tests.support.rollups import ref_service_port
 from tests.support.services import influx_query, influx_rows, wait_until
 
 psycopg = pytest.importorskip("psycopg")
 mmdb_writer = pytest.importorskip("mmdb_writer")
 IPSet = pytest.importorskip("netaddr").IPSet
-
-from tests.integration.test_events_e2e import DETECT, attacks  # noqa: E402 (after the skips)
 
 BOARDS = sorted((col.ROOT / "grafana" / "dashboards").glob("*.json"))
 AGENTS = ("edge-1", "edge-2")
@@ -256,9 +256,8 @@ def test_port_panels_rank_service_ports_and_the_raw_panel_destination_ports(stac
     (neither qualifies: the lower, 5000). The five heavy service ports are the only ones with
     more than a bare SYN's 40 bytes in any minute, so they are in every minute's list and their
     sums are exact: the reference is computed from the raw flows with the rule restated in
-    tests/unit/store/test_rollup.py.
+    tests/support/rollups.py.
     """
-    from tests.unit.store.test_rollup import ref_service_port
     dsn = stack[0]
     ref, raw_dst, replies = {}, {}, set()
     for proto, sport, dport, nbytes in pg_query(dsn, "SELECT proto, src_port, dst_port, bytes FROM flows"):

@@ -6,18 +6,17 @@ import pytest
 
 from myason.store import rollup, rollup_maintain
 from myason.store.postgresql import PostgresWriter
-from tests.unit.store.test_rollup import (I, RES, SERVICE_CASES, RefRollups, assert_bounded, expected_tops,
-                                         make_rows, ref_candidates, ref_tops, ref_totals, written)
+from tests.support.rollups import (I, RES, SERVICE_CASES, T0, RefRollups, assert_bounded, expected_tops,
+                                   ref_candidates, ref_tops, ref_totals, rollup_rows, written)
 
 psycopg = pytest.importorskip("psycopg")
 
-T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC
 DAY = 86400
 
 
 def rows_ms(n, **kw):
-    """make_rows with times on whole milliseconds, so microsecond rounding cannot move a bucket."""
-    rows = make_rows(n, **kw)
+    """rollup_rows with times on whole milliseconds, so microsecond rounding cannot move a bucket."""
+    rows = rollup_rows(n, **kw)
     for r in rows:
         r[I["first"]] = round(r[I["first"]], 3)
         r[I["last"]] = r[I["first"]] + 1.0

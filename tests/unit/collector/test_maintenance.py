@@ -5,7 +5,7 @@ import time
 
 from myason.collector.maintenance import MaintenanceThread
 from myason.store.sqlite import SqliteWriter
-from tests.unit.store.test_rollup import make_rows, ref_totals
+from tests.support.rollups import ref_totals, rollup_rows
 
 
 def wait_until(cond, timeout=15.0):
@@ -25,7 +25,7 @@ def count(db, table):
 def test_finalises_the_top_lists_on_its_own_connection_and_reports_no_lag(tmp_path):
     db = str(tmp_path / "flows.db")
     now = time.time()
-    rows = make_rows(400, t0=now - 3600, span=1800, seed=41)
+    rows = rollup_rows(400, t0=now - 3600, span=1800, seed=41)
     w = SqliteWriter(path=db, rollup_top=5)
     w.open()
     w.write("a", rows)
@@ -39,7 +39,7 @@ def test_finalises_the_top_lists_on_its_own_connection_and_reports_no_lag(tmp_pa
         assert snap["rollup_lag_seconds"] == 0 and snap["errors"] == 0 and snap["connected"] == 1
         assert count(db, "rollup_top_1m") > 0 and count(db, "batches") == 1
         # The writer's connection kept working beside it.
-        more = make_rows(50, t0=now - 600, span=60, seed=42)
+        more = rollup_rows(50, t0=now - 600, span=60, seed=42)
         w.write("b", more)
         with sqlite3.connect(db) as conn:
             got = conn.execute("SELECT sum(flows) FROM rollup_1d").fetchone()[0]
@@ -56,7 +56,7 @@ def test_slices_leave_the_rest_for_later_and_say_how_far_behind(tmp_path):
     now = time.time()
     w = SqliteWriter(path=db, rollup_top=5)
     w.open()
-    w.write("a", make_rows(3000, t0=now - 6 * 3600, span=4 * 3600, seed=43))
+    w.write("a", rollup_rows(3000, t0=now - 6 * 3600, span=4 * 3600, seed=43))
     w.close()
     m = SqliteWriter(path=db, rollup_top=5)
     m.open()

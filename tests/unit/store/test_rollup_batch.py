@@ -7,7 +7,7 @@ import pytest
 from myason.store import rollup
 from myason.schema import ROW_FIELDS
 from myason.store.rollup_batch import CAND_COLUMNS, batch_partials as columnar, coarse_totals, rollup_buckets
-from tests.unit.store.test_rollup import DIMENSIONS, I, T0, make_rows, ref_key
+from tests.support.rollups import I, T0, dimension_sums, minute_of, rollup_rows
 
 
 def batch_partials(rows, top, kind):
@@ -16,35 +16,17 @@ def batch_partials(rows, top, kind):
     return totals, list(zip(*(cands[c] for c in CAND_COLUMNS)))
 
 
-def minute_of(first, kind):
-    if kind == "postgresql":
-        return int(round(first * 1e6)) // 60_000_000 * 60
-    return int(first) // 60 * 60
-
-
 def ref_partials(rows, top, kind):
     """(totals, candidates) as batch_partials documents them, by dicts and sorts."""
     totals = defaultdict(lambda: [0, 0, 0])
-    sums = defaultdict(lambda: [0, 0, 0])
     for r in rows:
-        m = minute_of(r[I["first"]], kind)
         direction = r[I["direction"]] if len(r) > len(ROW_FIELDS) else ""
-        t = totals[(m, r[I["agent"]], r[I["if_name"]], r[I["proto"]], direction)]
+        t = totals[(minute_of(r[I["first"]], kind), r[I["agent"]], r[I["if_name"]], r[I["proto"]], direction)]
         t[0] += r[I["bytes"]]
         t[1] += r[I["packets"]]
         t[2] += 1
-        for dim in DIMENSIONS:
-            key = ref_key(r, dim) if len(r) > len(ROW_FIELDS) or dim in (
-                "src_ip", "dst_ip", "src_port", "dst_port", "service_port") else None
-            if key is None:
-                continue
-            for agent in (r[I["agent"]], "*"):
-                s = sums[(m, agent, dim, key)]
-                s[0] += r[I["bytes"]]
-                s[1] += r[I["packets"]]
-                s[2] += 1
     groups = defaultdict(list)
-    for (m, agent, dim, key), v in sums.items():
+    for (m, agent, dim, key), v in dimension_sums(rows, lambda first: minute_of(first, kind)).items():
         groups[(m, agent, dim)].append((key, v))
     cands = set()
     for (m, agent, dim), items in groups.items():
@@ -57,7 +39,7 @@ def ref_partials(rows, top, kind):
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
 @pytest.mark.parametrize("top", [1, 3, 25, 10 ** 6])
 def test_partials_match_python_sums(kind, top):
-    rows = make_rows(3000, span=1800, seed=21)
+    rows = rollup_rows(3000, span=1800, seed=21)
     totals, cands = batch_partials(rows, top, kind)
     want_totals, want_cands = ref_partials(rows, top, kind)
     assert set(totals) == want_totals and len(totals) == len(want_totals)
@@ -65,7 +47,7 @@ def test_partials_match_python_sums(kind, top):
 
 
 def test_ties_at_the_cut_go_to_the_smaller_key_in_text_order():
-    rows = make_rows(6, seed=22)
+    rows = rollup_rows(6, seed=22)
     for r, port in zip(rows, (9, 10, 80, 443, 1000, 20)):
         r[I["first"]], r[I["bytes"]], r[I["packets"]] = T0 + 1.0, 100, 1
         r[I["agent"]], r[I["src_port"]] = "a", port
@@ -76,7 +58,7 @@ def test_ties_at_the_cut_go_to_the_smaller_key_in_text_order():
 
 
 def test_plain_rows_have_no_enrichment_dimensions():
-    rows = [r[:len(ROW_FIELDS)] for r in make_rows(500, seed=23)]
+    rows = [r[:len(ROW_FIELDS)] for r in rollup_rows(500, seed=23)]
     totals, cands = batch_partials(rows, 5, "sqlite")
     assert {c[2] for c in cands} == {"src_ip", "dst_ip", "src_port", "dst_port", "service_port"}
     assert {t[4] for t in totals} == {""}
@@ -84,7 +66,7 @@ def test_plain_rows_have_no_enrichment_dimensions():
 
 
 def test_postgresql_minutes_follow_the_microsecond_rounding():
-    rows = make_rows(2, seed=24)
+    rows = rollup_rows(2, seed=24)
     rows[0][I["first"]] = T0 + 59.9999996          # stored as T0 + 60.000000
     rows[1][I["first"]] = T0 + 59.9999994          # stored as T0 + 59.999999
     assert sorted({t[0] for t in batch_partials(rows, 5, "postgresql")[0]}) == [T0, T0 + 60]
@@ -92,7 +74,7 @@ def test_postgresql_minutes_follow_the_microsecond_rounding():
 
 
 def test_coarse_totals_and_buckets():
-    rows = make_rows(2000, span=2 * 86400, seed=25)
+    rows = rollup_rows(2000, span=2 * 86400, seed=25)
     totals, _ = batch_partials(rows, 5, "sqlite")
     coarse = coarse_totals(totals)
     for res in ("15m", "1h", "1d"):
@@ -115,7 +97,7 @@ def test_empty_batch():
 
 def test_speed_is_not_asserted_but_large_batches_work():
     rnd = random.Random(26)
-    rows = make_rows(5000, span=120, seed=26)
+    rows = rollup_rows(5000, span=120, seed=26)
     for r in rows:
         r[I["src_ip"]] = "10.%d.%d.%d" % (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256))
     totals, cands = batch_partials(rows, 25, "postgresql")
