@@ -18,7 +18,7 @@ import tempfile
 from myason.api.app import create_app
 from myason.api.config import ApiConfig, token_is_generated
 from myason.api.db import open_database
-from myason.api.protocol import guarded_protocol, raise_open_files_limit
+from myason.api.protocol import ConnectionGuard, raise_open_files_limit
 from myason.options import format_endpoint
 from myason.errors import ConfigError
 
@@ -107,7 +107,7 @@ def serve(cfg: ApiConfig, database_spec: dict, token, announce=print, terminal=N
     # read); uvicorn's limit_concurrency, one above it, then bounds only the requests in flight.
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5, server_header=False,
-        http=guarded_protocol(cfg.max_connections, cfg.header_timeout), limit_concurrency=cfg.max_connections + 1,
+        http=ConnectionGuard(cfg.max_connections, cfg.header_timeout), limit_concurrency=cfg.max_connections + 1,
         timeout_keep_alive=cfg.keepalive_timeout, h11_max_incomplete_event_size=cfg.max_header_bytes))
     # uvicorn re-raises the signal it caught once it has shut down, to the handler it found at
     # start: this handler turns that into a normal return (exit 0). A signal that comes before
