@@ -96,7 +96,7 @@ def fill(dsn, flows, now, seed=1):
 
 
 def start_api(dsn, tmp, cached):
-    from tests.integration.test_api_postgresql import ApiProcess
+    from tests.support.api import ApiProcess
     conf = "database: {type: postgresql, dsn: '%s'}\ntoken: bench\n" % dsn
     if not cached:
         conf += "query_cache_size: 0\nperiod_cache_size: 0\n"

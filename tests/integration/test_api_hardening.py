@@ -16,10 +16,8 @@ import urllib.request
 
 import pytest
 
+from tests.support.api import NOW, ROOT, ApiProcess, fill, idea, row, write_store
 from tests.support.services import wait_until
-from tests.integration.test_api_postgresql import REPO, ApiProcess, fill, pg  # noqa: F401 (pg is a fixture)
-from tests.unit.api.test_app_sqlite import NOW, idea, row
-from tests.unit.api.test_hardening import write_store
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -190,8 +188,8 @@ def test_a_generated_token_is_printed_on_a_terminal(store, tmp_path):
     conf.write_text("database: {type: sqlite, path: %s}\n" % store)
     master, slave = os.openpty()
     env = {**os.environ, "RUNTIME_DIRECTORY": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "myason.py"), "api", "-ac", str(conf), "--bind", "127.0.0.1:0"],
-                            cwd=str(REPO), stdout=slave, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "myason.py"), "api", "-ac", str(conf), "--bind", "127.0.0.1:0"],
+                            cwd=str(ROOT), stdout=slave, stderr=subprocess.DEVNULL, env=env)
     os.close(slave)
     try:
         out = b""

@@ -1,17 +1,8 @@
 """The API over a real PostgreSQL: in-process answers on known data, then a real `myason api` process."""
 import csv
 import io
-import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,50 +11,10 @@ from myason.api import queries
 from myason.api.app import create_app
 from myason.api.config import ApiConfig
 from myason.api.db import PostgresDatabase
-from myason.collector.health import _write_postgresql, health_rows
-from myason.store import rollup, rollup_maintain
-from myason.store.postgresql import PostgresWriter
-from tests.support.services import wait_until
-from tests.unit.api.test_app_sqlite import A, AUTH, B, C, D, NOW, REPLIES, TOKEN, idea, row
+from tests.support.api import A, AUTH, B, C, D, NOW, REPLIES, TOKEN, ApiProcess, fill, idea, row
+from tests.support.stores import pg_query
 
 psycopg = pytest.importorskip("psycopg")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def query(dsn, sql):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql).fetchall()
-
-
-@pytest.fixture
-def pg(servers):
-    """A fresh database on the session's PostgreSQL; yields its DSN."""
-    if not servers.pg_dsn:
-        pytest.skip("PostgreSQL not started")
-    name = "api_%s" % uuid.uuid4().hex[:12]
-    with psycopg.connect(servers.pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE %s" % name)
-    yield psycopg.conninfo.make_conninfo(servers.pg_dsn, dbname=name)
-    try:
-        with psycopg.connect(servers.pg_dsn, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    except psycopg.Error:
-        pass
-
-
-def fill(dsn, batches, now, health=None):
-    """Write batches [(id, rows, events)] through the real writer, then roll them up at `now`."""
-    w = PostgresWriter(dsn=dsn)
-    w.clock = lambda: now
-    w.open()
-    try:
-        for batch_id, rows, events in batches:
-            assert w.write(batch_id, rows, events)
-        rollup_maintain.maintain(w, now=now)
-    finally:
-        w.close()
-    if health:
-        _write_postgresql(dsn, "collector-1", now - 3600, now - 2, *health_rows(health, [], "/", now - 2))
 
 
 # -- in process, fixed clock ------------------------------------------------------------------------
@@ -161,7 +112,7 @@ def test_pooled_connection_killed_under_it_is_replaced(pg):
                                    TOKEN, clock=lambda: NOW), raise_server_exceptions=False)
     try:
         assert client.get("/q/host/10.1.0.2", headers=AUTH).json()["count"] == 10
-        killed = query(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        killed = pg_query(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                            " WHERE application_name = 'myason-api' AND datname = current_database()")
         assert killed == [(True,)]
         r = client.get("/q/host/10.1.0.2", headers=AUTH)
@@ -171,65 +122,6 @@ def test_pooled_connection_killed_under_it_is_replaced(pg):
 
 
 # -- a real process ---------------------------------------------------------------------------------
-
-class ApiProcess:
-    """`myason api` in a subprocess: its page address from the first stdout line, its token from the
-    config (`token`, `token_file`) or from the 0600 file the line names for a generated one."""
-
-    def __init__(self, config_text, tmp_path, extra=()):
-        conf = tmp_path / "api.yaml"
-        conf.write_text(config_text)
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "myason.py"), "api", "-ac", str(conf),
-                                      "--bind", "127.0.0.1:0", *extra], cwd=str(REPO), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()      # the process prints it before serving
-        m = re.search(r"(http://[^/]+/)(?:#token=(\S+))?", line)
-        if not m:
-            self.stop()
-            raise AssertionError("no address printed: %r\n%s" % (line, self.proc.stderr.read()))
-        self.line = line
-        self.base, self.token = m.group(1), m.group(2) or self._token(config_text, line)
-        wait_until(lambda: self.get("healthz", auth=False)[0] == 200, timeout=20,
-                   ignore=(urllib.error.URLError, ConnectionError))
-
-    @staticmethod
-    def _token(config_text, line):
-        import yaml
-        conf = yaml.safe_load(config_text) or {}
-        m = re.search(r"\(token in (\S+?)[,)]", line)
-        path = conf.get("token_file") or (m.group(1) if m else None)
-        return conf.get("token") or (Path(path).read_text().split("\n")[0] if path else None)
-
-    def get(self, path, auth=True, accept=None):
-        """(status, body text) of GET base+path."""
-        req = urllib.request.Request(self.base + path)
-        if auth and self.token:
-            req.add_header("Authorization", "Bearer " + self.token)
-        if accept:
-            req.add_header("Accept", accept)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def json(self, path):
-        """Parsed JSON of a 200 answer."""
-        status, text = self.get(path)
-        assert status == 200, (path, status, text)
-        return json.loads(text)
-
-    def stop(self, sig=signal.SIGTERM, timeout=20):
-        """Signal the process and return its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
 
 def test_real_process_over_postgresql(pg, tmp_path):
     now = time.time()

@@ -10,8 +10,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from myason.store.sqlite import SqliteWriter  # noqa: E402
-from tests.integration.test_api_postgresql import ApiProcess  # noqa: E402
-from tests.unit.api.test_app_sqlite import idea, row  # noqa: E402
+from tests.support.api import ApiProcess, idea, row  # noqa: E402
 
 # The grammar of /q/{clauses} (and addresses in ?source=, times in ?end=) is not a JSON Schema: a
 # schema-valid string may still be a bad query, answered 400 with a message, which is right.

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "services.sh"
 DB = "myason"
@@ -207,16 +205,3 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         if time.monotonic() >= deadline:
             raise TimeoutError("condition not met within %.1f s (last result %r)" % (timeout, last)) from last_exc
         time.sleep(interval)
-
-
-@pytest.fixture(scope="session")
-def servers():
-    """PostgreSQL, InfluxDB and VictoriaMetrics for the whole session; skips when unavailable."""
-    try:
-        srv = start_services(watch_pid=os.getpid())
-    except ServicesUnavailable as e:
-        pytest.skip(str(e))
-    try:
-        yield srv
-    finally:
-        stop_services(srv)

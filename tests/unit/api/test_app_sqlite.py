@@ -15,36 +15,7 @@ from myason.api.config import ApiConfig
 from myason.api.grammar import parse_query
 from myason.collector.health import _write_sqlite, health_rows
 from myason.store.sqlite import SqliteWriter
-
-NOW = 1700049600.0 + 7 * 60      # 2023-11-15 12:07:00 UTC
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": "Bearer " + TOKEN}
-
-
-def row(src, dst, sport, dport, proto, nbytes, first, agent="edge-1", if_name="eth0", direction="",
-        countries=("", ""), asns=(0, 0)):
-    """One enriched collector row (ENRICHED_ROW_FIELDS order)."""
-    v6 = ":" in src
-    return [src, dst, sport, dport, proto, 0, 10, nbytes, first, first + 1.5, 0x18 if proto == 6 else 0,
-            agent, if_name, 2, 3, 6 if v6 else 4, 0, "", 24, 24, 0, 0, "idle", first + 5, "127.0.0.1",
-            direction, "", countries[0], countries[1], asns[0], asns[1], "", "", "", ""]
-
-
-def idea(i, t, cat="Recon.Scanning", src="203.0.113.66"):
-    return {"Format": "IDEA0", "ID": "00000000-0000-4000-8000-%012d" % i, "DetectTime": queries.iso(t)[:19] + "Z",
-            "Category": [cat], "Source": [{"IP4": [src], "Proto": ["tcp"]}],
-            "Target": [{"IP4": ["10.1.0.1"], "Port": [22], "Proto": ["tcp"]}],
-            "Node": [{"Name": "org.example.test"}], "Description": "event %d" % i}
-
-
-# A: old TCP (closed 15m buckets), B: recent UDP from another agent, C: recent ICMPv6,
-# D: 3 minutes ago (only in the 1m rollups' tops yet).
-A = [row("10.1.0.1", "192.0.2.10", 40000 + i, 443, 6, 1000, NOW - 3 * 3600 + i * 60, direction="outbound",
-         countries=("CZ", "US"), asns=(2852, 15169)) for i in range(20)]
-B = [row("10.1.0.2", "198.51.100.7", 5353, 53, 17, 100, NOW - 1800 + i * 60, agent="edge-2", if_name="eth1",
-         direction="inbound") for i in range(10)]
-C = [row("2001:db8::1", "2001:db8::2", 0, 128 * 256, 58, 64, NOW - 1200 + i * 60) for i in range(5)]
-D = [row("10.9.9.9", "192.0.2.99", 50000, 8443, 6, 5000, NOW - 180, direction="outbound")]
+from tests.support.api import A, AUTH, B, C, D, NOW, REPLIES, TOKEN, idea, row
 
 
 @pytest.fixture(scope="module")
@@ -299,17 +270,6 @@ def test_top(client):
         "192.0.2.99", "198.51.100.7", "2001:db8::2"]
     assert [r["key"] for r in get(client, "/top/src_ip?period=1d&agent=edge-2").json()["rows"]] == ["10.1.0.2"]
     assert [r["key"] for r in get(client, "/top/protocols?period=1d&agent=edge-2").json()["rows"]] == ["udp"]
-
-
-# Reply flows: a server's answers go to the clients' ephemeral ports and carry most bytes.
-REPLIES = ([row("10.2.0.%d" % i, "192.0.2.20", 50000 + i, 443, 6, 100, NOW - 600 + i) for i in range(4)]
-           + [row("192.0.2.20", "10.2.0.%d" % i, 443, 50000 + i, 6, 9000 - i, NOW - 599 + i) for i in range(4)]
-           + [row("10.2.0.9", "192.0.2.21", 41000, 3306, 6, 300, NOW - 500),
-              row("192.0.2.21", "10.2.0.9", 3306, 41000, 6, 7000, NOW - 499),
-              row("10.2.0.8", "192.0.2.53", 5353, 53, 17, 50, NOW - 400),
-              row("10.2.0.7", "192.0.2.7", 5000, 6000, 17, 400, NOW - 300),
-              row("192.0.2.7", "10.2.0.7", 6000, 5000, 17, 500, NOW - 299),
-              row("10.2.0.6", "192.0.2.6", 0, 2048, 1, 100000, NOW - 200)])
 
 
 @pytest.fixture(scope="module")

@@ -19,25 +19,12 @@ from myason.api.csvout import safe_cell
 from myason.api.db import SqliteDatabase
 from myason.api.grammar import MAX_CLAUSES, GrammarError, parse_query
 from myason.errors import ConfigError
-from myason.store.sqlite import SqliteWriter
-from tests.unit.api.test_app_sqlite import AUTH, NOW, TOKEN, idea, row
+from tests.support.api import AUTH, NOW, TOKEN, idea, row, write_store
 
 
 def client_for(path, base_url="http://testserver", **cfg):
     cfg = ApiConfig(database={"type": "sqlite", "path": path}, token=TOKEN, **cfg)
     return TestClient(create_app(cfg, clock=lambda: NOW), raise_server_exceptions=False, base_url=base_url)
-
-
-def write_store(path, rows=(), events=(), maintain=False):
-    """A SQLite store at `path` written by the real SqliteWriter at NOW (and rolled up)."""
-    w = SqliteWriter(path=path)
-    w.clock = lambda: NOW
-    w.open()
-    assert w.write("b", list(rows), list(events))
-    if maintain:
-        w.maintain(now=NOW)
-    w.close()
-    return path
 
 
 @pytest.fixture(scope="module")
