@@ -113,7 +113,7 @@ def test_pooled_connection_killed_under_it_is_replaced(pg):
     try:
         assert client.get("/q/host/10.1.0.2", headers=AUTH).json()["count"] == 10
         killed = pg_query(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                           " WHERE application_name = 'myason-api' AND datname = current_database()")
+                              " WHERE application_name = 'myason-api' AND datname = current_database()")
         assert killed == [(True,)]
         r = client.get("/q/host/10.1.0.2", headers=AUTH)
         assert r.status_code == 200 and r.json()["count"] == 10

@@ -3,7 +3,8 @@
 from myason.schema import ENRICH_DEFAULTS
 from myason.store.influxdb import event_lines
 from tests.support.services import influx_query, influx_rows
-from tests.integration.test_store_influxdb import influx_db, make_rows, totals, v1_writer  # noqa: F401
+from tests.support.rows import random_rows, totals
+from tests.support.stores import v1_writer
 
 EVENTS = [{"ID": "a", "DetectTime": "2023-11-14T22:13:25Z", "Category": ["Recon.Scanning"],
            "Description": "Horizontal scan: 203.0.113.66 probed 60 hosts on tcp/22"},
@@ -20,8 +21,8 @@ def test_event_lines_count_by_category_and_detector():
         "events,category=Recon.Scanning,collector=c1,detector=scan_horizontal count=2i 1700000000000000007"]
 
 
-def test_direction_tag_and_event_counts_once(servers, influx_db, tmp_path):  # noqa: F811
-    rows = make_rows(200, seed=4)
+def test_direction_tag_and_event_counts_once(servers, influx_db, tmp_path):
+    rows = random_rows(200, seed=4)
     for i, r in enumerate(rows):
         r.extend(ENRICH_DEFAULTS)
         r[len(r) - len(ENRICH_DEFAULTS)] = "inbound" if i % 2 else "outbound"

@@ -4,7 +4,8 @@ import pytest
 from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_FIELDS
 from myason.store.postgresql import PostgresWriter
 from myason.store.query import fetch_events, greylist
-from tests.integration.test_store_postgresql import T0, make_rows, pg, query  # noqa: F401 - fixture
+from tests.support.rows import MIDNIGHT as T0, spread_rows
+from tests.support.stores import pg_query
 from tests.support.flows import check_idea
 
 psycopg = pytest.importorskip("psycopg")
@@ -24,14 +25,14 @@ def event(category, sources, targets, t="2023-11-15T00:10:00Z", ports=(22,)):
 
 
 def enriched_rows(n):
-    rows = make_rows(n)
+    rows = spread_rows(n)
     for i, r in enumerate(rows):
         r.extend(["inbound", "ssh", "CZ", "", 2852 + i, 0, "CESNET z.s.p.o.", "", "host-%d.example" % i, ""])
     return rows
 
 
 @pytest.mark.parametrize("copy", ["binary", "text"])
-def test_enriched_rows_and_events_stored_once(pg, copy):  # noqa: F811
+def test_enriched_rows_and_events_stored_once(pg, copy):
     w = PostgresWriter(dsn=pg, copy=copy)
     w.open()
     rows = enriched_rows(30)
@@ -39,19 +40,19 @@ def test_enriched_rows_and_events_stored_once(pg, copy):  # noqa: F811
               event("Attempt.Login", ["203.0.113.9"], ["10.0.0.22"], t="2023-11-15T00:20:00Z")]
     assert w.write("b1", rows, events=events) is True
     assert w.write("b1", rows, events=events) is False          # a retried batch is skipped
-    assert w.write("b2", make_rows(5, start=1000)) is True       # plain (v1) rows still fit
+    assert w.write("b2", spread_rows(5, start=1000)) is True       # plain (v1) rows still fit
     w.close()
     cols = ", ".join('"%s"' % f for f in ENRICH_FIELDS)
-    got = query(pg, "SELECT %s FROM flows WHERE src_port < 1000 ORDER BY src_port" % cols)
+    got = pg_query(pg, "SELECT %s FROM flows WHERE src_port < 1000 ORDER BY src_port" % cols)
     assert [list(r) for r in got] == [r[len(ENRICHED_ROW_FIELDS) - len(ENRICH_FIELDS):] for r in rows]
-    assert query(pg, "SELECT DISTINCT direction, src_asn FROM flows WHERE src_port >= 1000") == [("", 0)]
-    stored = query(pg, "SELECT id::text, category, array(SELECT host(a) FROM unnest(target_ip) a), "
-                       "target_port, protocol, node_name, event FROM events ORDER BY detecttime")
+    assert pg_query(pg, "SELECT DISTINCT direction, src_asn FROM flows WHERE src_port >= 1000") == [("", 0)]
+    stored = pg_query(pg, "SELECT id::text, category, array(SELECT host(a) FROM unnest(target_ip) a), "
+                          "target_port, protocol, node_name, event FROM events ORDER BY detecttime")
     assert [r[0] for r in stored] == [e["ID"] for e in events]
     assert stored[0][1:6] == (["Recon.Scanning"], ["10.0.0.1", "10.0.0.2"], [22], ["ssh", "tcp"],
                               ["org.example.test"])
     assert stored[0][6] == events[0]
-    indexes = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
+    indexes = {r[0] for r in pg_query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
     assert {"events_detecttime_idx", "events_category_idx", "events_source_ip_idx",
             "events_target_ip_idx"} <= indexes
     # Reading back, as `myason events` / `myason greylist` do.

@@ -1,5 +1,4 @@
 """The InfluxDB writer against real servers: InfluxDB 1.6.7 (api v1) and VictoriaMetrics (api v2)."""
-import random
 import socket
 import time
 import uuid
@@ -8,32 +7,9 @@ import pytest
 
 from myason.schema import ROW_FIELDS
 from myason.store.base import WriterError, writer_class
+from tests.support.rows import T0, random_rows, totals
 from tests.support.services import influx_query, influx_rows, influx_write, vm_export
-
-T0 = 1700000000.0
-
-
-def make_rows(n, seed, t0=T0, span=120.0):
-    rnd = random.Random(seed)
-    rows = []
-    for i in range(n):
-        first = t0 + rnd.random() * span
-        d = dict(src_ip="10.%d.%d.%d" % (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)),
-                 dst_ip="192.0.2.%d" % rnd.randrange(256), src_port=rnd.randrange(65536),
-                 dst_port=rnd.randrange(65536), proto=rnd.choice((6, 17, 1, 58, 47)), tos=0,
-                 packets=rnd.randint(1, 50), bytes=rnd.randint(40, 90000), first=first,
-                 last=first + rnd.choice((0.0, rnd.random() * 40)), tcp_flags=0,
-                 agent=rnd.choice(("agent-1", "agent 2,x=y")), if_name=rnd.choice(("eth0", "if\\", "")),
-                 in_if=rnd.choice((0, 3)), out_if=0, ip_version=rnd.choice((4, 6)), vlan=0, next_hop="",
-                 src_mask=0, dst_mask=0, src_as=0, dst_as=0, end_reason="idle", received=first + 60,
-                 exporter="127.0.0.1")
-        rows.append([d[f] for f in ROW_FIELDS])
-    return rows
-
-
-def totals(rows):
-    i = {f: n for n, f in enumerate(ROW_FIELDS)}
-    return sum(r[i["bytes"]] for r in rows), sum(r[i["packets"]] for r in rows), len(rows)
+from tests.support.stores import v1_writer
 
 
 def influx_sums(url, db):
@@ -51,22 +27,10 @@ def closed_port():
     return port
 
 
-@pytest.fixture
-def influx_db(servers):
-    if not servers.influx_url:
-        pytest.skip("InfluxDB not started")
-    return "t_%s" % uuid.uuid4().hex[:10]
-
-
-def v1_writer(servers, db, tmp_path, **kw):
-    return writer_class("influxdb")(url=servers.influx_url, api="v1", database=db, instance="itest",
-                                    state_file=str(tmp_path / "influx.state"), **kw)
-
-
 def test_v1_sums_match_rows_and_retries_count_once(servers, influx_db, tmp_path):
     w = v1_writer(servers, influx_db, tmp_path)
     w.open()
-    batches = [make_rows(3000, seed) for seed in range(4)]   # same intervals and series in every batch
+    batches = [random_rows(3000, seed) for seed in range(4)]   # same intervals and series in every batch
     for n, rows in enumerate(batches):
         w.write("batch-%d" % n, rows)
     w.write("batch-1", batches[1])                           # a retry after a lost answer
@@ -95,7 +59,7 @@ def test_prepared_batches_give_the_same_points_as_write(servers, influx_db, tmp_
     # (write_prepared): the points must be those write() makes, retries included.
     from myason.enrich import build_pipeline
     from myason.store.base import decode_prepared
-    batches = [make_rows(2000, seed) for seed in range(3)]
+    batches = [random_rows(2000, seed) for seed in range(3)]
     enriched = [list(r) for r in batches[2]]
     build_pipeline({"local_networks": ["10.0.0.0/8"]}).enrich(enriched)
     batches[2] = enriched
@@ -126,7 +90,7 @@ def test_damaged_or_mismatched_prepared_batch_is_permanent(servers, influx_db, t
     w = v1_writer(servers, influx_db, tmp_path, interval=10)
     prepare = writer_class("influxdb").spool_encoder(dict(url=servers.influx_url, interval=60))
     from myason.store.base import decode_prepared
-    header, payload = decode_prepared(prepare(make_rows(10, 1)))
+    header, payload = decode_prepared(prepare(random_rows(10, 1)))
     for bad in (header, dict(header, totals=[[1, 2]]), {"rows": 1}):
         with pytest.raises(WriterError) as err:
             w.write_prepared("b", bad, payload)
@@ -136,7 +100,7 @@ def test_damaged_or_mismatched_prepared_batch_is_permanent(servers, influx_db, t
 
 def test_v1_tag_values_read_back(servers, influx_db, tmp_path):
     w = v1_writer(servers, influx_db, tmp_path)
-    w.write("b", make_rows(500, 9))
+    w.write("b", random_rows(500, 9))
     w.close()
 
     def values(key):
@@ -147,7 +111,7 @@ def test_v1_tag_values_read_back(servers, influx_db, tmp_path):
     assert set(values("protocol")) == {"tcp", "udp", "icmp", "icmpv6", "47"}
     assert values("collector") == ["itest"]
     # Per-protocol sums, as a Grafana panel would ask for them.
-    rows = make_rows(500, 9)
+    rows = random_rows(500, 9)
     q = "SELECT sum(bytes) FROM flows WHERE protocol = 'tcp'"
     tcp = influx_rows(influx_query(servers.influx_url, q, db=influx_db))[0]["sum"]
     assert tcp == sum(r[ROW_FIELDS.index("bytes")] for r in rows if r[ROW_FIELDS.index("proto")] == 6)
@@ -155,7 +119,7 @@ def test_v1_tag_values_read_back(servers, influx_db, tmp_path):
 
 def test_v1_interval_bucketing_in_grafana_query(servers, influx_db, tmp_path):
     w = v1_writer(servers, influx_db, tmp_path, interval=10)
-    rows = make_rows(2000, 3, span=60.0)
+    rows = random_rows(2000, 3, span=60.0)
     w.write("b1", rows[:1000])
     w.write("b2", rows[1000:])
     w.close()
@@ -172,7 +136,7 @@ def test_v1_parse_error_is_permanent(servers, influx_db, tmp_path):
     # A string field `bytes` already in this shard: our integer field conflicts -> HTTP 400.
     influx_write(servers.influx_url, 'flows,agent=x bytes="text" %d' % int(T0 * 1e9), db=influx_db)
     with pytest.raises(WriterError) as exc:
-        w.write("b", make_rows(10, 1))
+        w.write("b", random_rows(10, 1))
     assert exc.value.permanent
     w.close()
 
@@ -187,7 +151,7 @@ def test_server_down_is_retryable(api, tmp_path):
     assert not exc.value.permanent
     w.opened = True                  # as if the server went away after open()
     with pytest.raises(WriterError) as exc:
-        w.write("b", make_rows(10, 1))
+        w.write("b", random_rows(10, 1))
     assert not exc.value.permanent
     assert time.monotonic() - t < 10
     w.close()
@@ -201,7 +165,7 @@ def test_v2_to_victoriametrics(servers, tmp_path):
                                  token="unused", measurement=meas, instance="itest", precision="ms",
                                  state_file=str(tmp_path / "st"))
     w.open()
-    batches = [make_rows(2000, 10 + s) for s in range(3)]
+    batches = [random_rows(2000, 10 + s) for s in range(3)]
     for n, rows in enumerate(batches):
         w.write("b%d" % n, rows)
     w.close()
@@ -225,7 +189,7 @@ def test_v2_to_victoriametrics(servers, tmp_path):
 def test_v1_throughput_10k_rows(servers, influx_db, tmp_path, capsys):
     w = v1_writer(servers, influx_db, tmp_path)
     w.open()
-    batches = [make_rows(10000, 100 + s, span=300.0) for s in range(5)]
+    batches = [random_rows(10000, 100 + s, span=300.0) for s in range(5)]
     t = time.perf_counter()
     for n, rows in enumerate(batches):
         w.write("perf-%d" % n, rows)
@@ -243,7 +207,7 @@ def test_through_spool_and_writer_thread(servers, influx_db, tmp_path):
     from myason.collector.spool import Spool
     from myason.store.base import encode_batch
     spool = Spool(tmp_path / "spool", fsync=False)
-    batches = [make_rows(1000, 200 + s) for s in range(5)]
+    batches = [random_rows(1000, 200 + s) for s in range(5)]
     for rows in batches:
         spool.put(encode_batch(rows))
     stop = threading.Event()

@@ -22,7 +22,7 @@ import pytest
 
 from myason.store.base import WriterError, writer_class
 from tests.support.services import influx_rows, wait_until
-from tests.integration.test_store_influxdb import make_rows, totals
+from tests.support.rows import random_rows, totals
 
 ADMIN, ADMIN_PW = "admin", "adm1n-secret"
 WRITER, WRITER_PW = "flows_writer", "wr:ter p@ss/&p=x"
@@ -129,7 +129,7 @@ def secrets_in(text):
 
 def test_a_write_only_user_writes_with_basic_auth_and_no_password_is_logged(influx_auth, tmp_path):
     url, log_path = influx_auth
-    rows = make_rows(50, seed=7)
+    rows = random_rows(50, seed=7)
     w = writer_class("influxdb")(url=url, database="myason", username=WRITER, password=WRITER_PW,
                                  create_database=False, state_file=str(tmp_path / "state"), fsync=False)
     w.write("auth-b1", rows)
@@ -149,7 +149,7 @@ def test_a_write_only_user_writes_with_basic_auth_and_no_password_is_logged(infl
 def test_an_admin_in_the_url_creates_database_and_retention(influx_auth, tmp_path):
     url, log_path = influx_auth
     with_creds = url.replace("http://", "http://%s:%s@" % (ADMIN, ADMIN_PW))
-    rows = make_rows(20, seed=8, t0=time.time() - 600)       # inside the 30-day policy
+    rows = random_rows(20, seed=8, t0=time.time() - 600)       # inside the 30-day policy
     w = writer_class("influxdb")(url=with_creds, database="myason_rp", retention="30d",
                                  state_file=str(tmp_path / "state"), fsync=False)
     w.write("auth-b2", rows)
@@ -165,7 +165,7 @@ def test_a_wrong_password_is_retryable_and_not_reported(influx_auth, tmp_path):
     w = writer_class("influxdb")(url=url, database="myason", username=WRITER, password="not-" + WRITER_PW,
                                  create_database=False, state_file=str(tmp_path / "state"), fsync=False)
     with pytest.raises(WriterError) as info:
-        w.write("auth-b3", make_rows(1, seed=9))
+        w.write("auth-b3", random_rows(1, seed=9))
     w.close()
     assert not info.value.permanent and "401" in str(info.value)
     assert secrets_in(str(info.value)) == [] and WRITER_PW not in str(info.value)

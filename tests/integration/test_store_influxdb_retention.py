@@ -2,7 +2,6 @@
 import logging
 import re
 import time
-import uuid
 
 import pytest
 
@@ -12,13 +11,6 @@ from tests.support.services import influx_query, influx_rows
 
 HOUR = 3600
 OPTS = {"retention": "30d", "downsample": [{"every": "1h", "retention": "52w"}, {"every": "1d", "retention": 0}]}
-
-
-@pytest.fixture
-def influx_db(servers):
-    if not servers.influx_url:
-        pytest.skip("InfluxDB not started")
-    return "t_%s" % uuid.uuid4().hex[:10]
 
 
 def writer(servers, db, tmp_path, **opts):

@@ -10,38 +10,17 @@ from myason.schema import ROW_FIELDS
 from myason.store.base import WriterError, decode_prepared, encode_batch, writer_class
 from myason.store.postgresql import (_ENCODE_ERRORS, COPY_COLUMNS, PostgresWriter, encode_binary, encode_text,
                                      partition_name, prepare_batch)
+from tests.support.rows import MIDNIGHT as T0, spread_rows
+from tests.support.stores import pg_query
 
 psycopg = pytest.importorskip("psycopg")
 
 DAY = 86400.0
-T0 = 1700006400.0   # 2023-11-15 00:00:00 UTC
 NH = ROW_FIELDS.index("next_hop")
 
 
-def make_rows(n, start=0, t=T0, span=0.0):
-    """n distinct valid rows; src_port carries the row number, `first` spreads over `span` s."""
-    rows = []
-    for i in range(n):
-        first = t + (span * i / max(n - 1, 1) if span else i * 0.001)
-        v6 = i % 3 == 0
-        rows.append([
-            "2001:db8::%x" % (i + 1) if v6 else "10.0.%d.%d" % (i // 256 % 256, i % 256),
-            "2001:db8:1::%x" % (i % 7 + 1) if v6 else "192.0.2.%d" % (i % 250),
-            start + i, 443, 6, i % 256, 1 + i % 5, 100 + i, first, first + 0.123456, 0x1b,
-            "edge-1", "eth0" if i % 2 else "", 2, 3, 6 if v6 else 4, i % 4096,
-            "" if i % 2 else ("fe80::1" if v6 else "192.0.2.254"), 24, 64, 0, 4200000000,
-            "idle", first + 5.5, "127.0.0.1"])
-    return rows
-
-
-def query(dsn, sql, params=None):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else None
-
-
 def count(dsn):
-    return query(dsn, "SELECT count(*) FROM flows")[0][0]
+    return pg_query(dsn, "SELECT count(*) FROM flows")[0][0]
 
 
 def stored(dsn):
@@ -54,7 +33,7 @@ def stored(dsn):
             cols.append('extract(epoch FROM "%s")::float8' % f)
         else:
             cols.append('"%s"' % f)
-    return [list(r) for r in query(dsn, "SELECT %s FROM flows ORDER BY src_port" % ", ".join(cols))]
+    return [list(r) for r in pg_query(dsn, "SELECT %s FROM flows ORDER BY src_port" % ", ".join(cols))]
 
 
 def assert_same(got, rows):
@@ -66,21 +45,6 @@ def assert_same(got, rows):
                 assert a == pytest.approx(b, abs=1e-6), name
             else:
                 assert a == b, name
-
-
-@pytest.fixture
-def pg(servers):
-    """A fresh database on the session's PostgreSQL; yields its DSN."""
-    if not servers.pg_dsn:
-        pytest.skip("PostgreSQL not started")
-    name = "t_%s" % uuid.uuid4().hex[:12]
-    query(servers.pg_dsn, "CREATE DATABASE %s" % name)
-    dsn = psycopg.conninfo.make_conninfo(servers.pg_dsn, dbname=name)
-    yield dsn
-    try:
-        query(servers.pg_dsn, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    except psycopg.Error:
-        pass    # the server may be down after a failed fault test; its dir is removed anyway
 
 
 @pytest.fixture
@@ -100,7 +64,7 @@ def test_copy_columns_cover_every_row_field():
 
 
 def test_encoders_refuse_values_postgresql_cannot_take():
-    good = make_rows(1)[0]
+    good = spread_rows(1)[0]
     for bad in ({0: "10.0.0.300"}, {2: 1.5}, {2: 1 << 40}, {8: "soon"}, {11: 7}):
         row = list(good)
         for k, v in bad.items():
@@ -113,12 +77,12 @@ def test_encoders_refuse_values_postgresql_cannot_take():
 def test_a_flow_rounding_into_the_next_day_finds_its_partition(writer, pg):
     # COPY keeps microseconds: 0.4 us before midnight is stored as midnight, in the next day's partition.
     midnight = (int(T0) // 86400 + 1) * 86400
-    rows = make_rows(2, t=midnight - 0.0000004)
+    rows = spread_rows(2, t=midnight - 0.0000004)
     rows[1][8], rows[1][9] = midnight - 7200.0, midnight - 7100.0
     for write in (lambda: writer.write("b-late-1", rows[:1]), lambda: writer.write_prepared(
-            "b-late-2", *decode_prepared(prepare_batch(rows[1:] + [make_rows(1, t=midnight - 0.0000004)[0]])))):
+            "b-late-2", *decode_prepared(prepare_batch(rows[1:] + [spread_rows(1, t=midnight - 0.0000004)[0]])))):
         write()
-    got = query(pg, "SELECT tableoid::regclass::text, extract(epoch FROM first) FROM flows ORDER BY 2")
+    got = pg_query(pg, "SELECT tableoid::regclass::text, extract(epoch FROM first) FROM flows ORDER BY 2")
     assert [t for t, _ in got] == [partition_name(dt.datetime.fromtimestamp(midnight - 7200.0, dt.timezone.utc).date())] + [
         partition_name(dt.datetime.fromtimestamp(midnight, dt.timezone.utc).date())] * 2
 
@@ -129,15 +93,15 @@ def test_migrate_twice_is_a_no_op(writer, pg):
     w2.open()
     assert w2.migrate() == []
     w2.close()
-    assert query(pg, "SELECT version, name FROM schema_migrations ORDER BY version") == [
+    assert pg_query(pg, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "flows"), (2, "closed_partition_indexes"), (3, "enrich_events"), (4, "rollups"),
         (5, "service_port"), (6, "rollup_candidates"), (7, "reader_role")]
-    assert query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
-    indexes = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
+    assert pg_query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
+    indexes = {r[0] for r in pg_query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
     # Address btrees live on closed partitions only (migration 002); the parent keeps BRIN on time.
     assert indexes == {"flows_first_brin"}
-    types = dict(query(pg, "SELECT column_name, data_type FROM information_schema.columns"
-                           " WHERE table_name = 'flows'"))
+    types = dict(pg_query(pg, "SELECT column_name, data_type FROM information_schema.columns"
+                              " WHERE table_name = 'flows'"))
     assert types["src_ip"] == types["exporter"] == types["next_hop"] == "inet"
     assert types["first"] == types["received"] == "timestamp with time zone"
     assert types["bytes"] == "bigint" and types["proto"] == "smallint"
@@ -163,13 +127,13 @@ def test_writers_opening_a_fresh_database_at_once_all_succeed(pg):
     for w in writers:
         w.close()
     assert errors == []
-    assert [v for v, in query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [v for v, in pg_query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer, pg):
-    writer.write("ix", make_rows(30, t=T0 - DAY + 3600, span=2 * DAY))      # 14, 15, 16 Nov
+    writer.write("ix", spread_rows(30, t=T0 - DAY + 3600, span=2 * DAY))      # 14, 15, 16 Nov
     writer.index_closed_partitions(today=dt.date(2023, 11, 16))
-    names = {r[0] for r in query(pg, "SELECT indexname FROM pg_indexes WHERE tablename LIKE 'flows_p2023111%'")}
+    names = {r[0] for r in pg_query(pg, "SELECT indexname FROM pg_indexes WHERE tablename LIKE 'flows_p2023111%'")}
     for day in ("20231114", "20231115"):
         assert {"flows_p%s_%s_idx" % (day, s) for s in ("src_ip", "dst_ip", "agent_first")} <= names
     assert not {"flows_p20231116_%s_idx" % s for s in ("src_ip", "dst_ip", "agent_first")} & names
@@ -180,23 +144,23 @@ def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer,
 def test_batches_spanning_three_days_round_trip(pg, fmt):
     w = PostgresWriter(dsn=pg, copy=fmt)
     w.open()
-    rows = make_rows(300, t=T0 - DAY + 3600, span=2 * DAY)      # 3 UTC days
+    rows = spread_rows(300, t=T0 - DAY + 3600, span=2 * DAY)      # 3 UTC days
     assert w.write("b1", rows[:150]) is True
     assert w.write("b2", rows[150:]) is True
     days = [dt.date(2023, 11, 14), dt.date(2023, 11, 15), dt.date(2023, 11, 16)]
     assert w.partitions() == days
     w.close()
     assert_same(stored(pg), rows)
-    per_part = dict(query(pg, "SELECT tableoid::regclass::text, count(*) FROM flows GROUP BY 1"))
+    per_part = dict(pg_query(pg, "SELECT tableoid::regclass::text, count(*) FROM flows GROUP BY 1"))
     assert sorted(per_part) == [partition_name(d) for d in days]
     assert sum(per_part.values()) == 300
     # Each row sits in the partition of its own UTC day.
-    assert query(pg, "SELECT count(*) FROM flows WHERE tableoid::regclass::text <>"
-                     " 'flows_p' || to_char(\"first\" AT TIME ZONE 'UTC', 'YYYYMMDD')") == [(0,)]
+    assert pg_query(pg, "SELECT count(*) FROM flows WHERE tableoid::regclass::text <>"
+                        " 'flows_p' || to_char(\"first\" AT TIME ZONE 'UTC', 'YYYYMMDD')") == [(0,)]
 
 
 def test_retry_of_the_same_batch_adds_nothing(writer, pg):
-    rows = make_rows(100)
+    rows = spread_rows(100)
     assert writer.write("b1", rows) is True
     assert writer.write("b1", rows) is False
     w2 = PostgresWriter(dsn=pg)        # a restarted collector retrying it
@@ -204,7 +168,7 @@ def test_retry_of_the_same_batch_adds_nothing(writer, pg):
     assert w2.write("b1", rows) is False
     w2.close()
     assert count(pg) == 100
-    assert query(pg, "SELECT batch_id, rows FROM batches") == [("b1", 100)]
+    assert pg_query(pg, "SELECT batch_id, rows FROM batches") == [("b1", 100)]
 
 
 def test_connection_lost_after_commit_then_retry_is_skipped(writer, pg):
@@ -216,7 +180,7 @@ def test_connection_lost_after_commit_then_retry_is_skipped(writer, pg):
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
     writer._commit = commit_then_lose
-    rows = make_rows(50)
+    rows = spread_rows(50)
     with pytest.raises(WriterError) as info:
         writer.write("b1", rows)
     assert not info.value.permanent
@@ -231,12 +195,12 @@ def test_connection_killed_before_commit_then_retry_stores_once(writer, pg):
 
     def killed(conn):
         pid = conn.info.backend_pid
-        query(pg, "SELECT pg_terminate_backend(%s)", (pid,))
-        wait_until(lambda: not query(pg, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)), timeout=10)
+        pg_query(pg, "SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(lambda: not pg_query(pg, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)), timeout=10)
         real(conn)
 
     writer._commit = killed
-    rows = make_rows(50)
+    rows = spread_rows(50)
     with pytest.raises(WriterError) as info:
         writer.write("b1", rows)
     assert not info.value.permanent
@@ -251,7 +215,7 @@ def test_connection_killed_before_commit_then_retry_stores_once(writer, pg):
 def test_rows_postgresql_refuses_are_permanent(pg, fmt):
     w = PostgresWriter(dsn=pg, copy=fmt)
     w.open()
-    good = make_rows(3)
+    good = spread_rows(3)
     bad = [list(r) for r in good]
     bad[1][ROW_FIELDS.index("agent")] = "nul\x00byte"          # text cannot hold NUL
     with pytest.raises(WriterError) as info:
@@ -271,7 +235,7 @@ def test_postgresql_down_is_retryable_then_exactly_once(servers, pg):
     from tests.support.services import pg_start, pg_stop
     w = PostgresWriter(dsn=pg, connect_timeout=2)
     w.open()
-    a, b = make_rows(40), make_rows(60, start=1000)
+    a, b = spread_rows(40), spread_rows(60, start=1000)
     assert w.write("a", a) is True
     pg_stop(servers)
     try:
@@ -295,7 +259,7 @@ def test_retention_drops_whole_partitions(pg):
     w = PostgresWriter(dsn=pg)
     w.open()
     for k in range(5):
-        w.write("d%d" % k, make_rows(10, start=100 * k, t=now - k * DAY))
+        w.write("d%d" % k, spread_rows(10, start=100 * k, t=now - k * DAY))
     assert len(w.partitions()) == 5
     assert w.drop_partitions_before(today - dt.timedelta(days=3)) == [dt.date(2023, 11, 16)]
     assert count(pg) == 40
@@ -310,7 +274,7 @@ def test_retention_drops_whole_partitions(pg):
     assert w.partitions() == [dt.date(2023, 11, 19), today]
     assert count(pg) == 20
     # A late batch for a dropped day gets its partition back (and loses it at the next pass).
-    assert w.write("late", make_rows(5, start=900, t=now - 4 * DAY)) is True
+    assert w.write("late", spread_rows(5, start=900, t=now - 4 * DAY)) is True
     assert count(pg) == 25
     w.close()
 
@@ -321,7 +285,7 @@ def test_writer_thread_and_spool_exactly_once_across_an_outage(servers, pg, tmp_
     from tests.support.services import pg_start, pg_stop, wait_until
     spool = Spool(tmp_path / "spool", fsync=False)
     per = 200
-    batches = [make_rows(per, start=i * per, t=T0 + i) for i in range(50)]
+    batches = [spread_rows(per, start=i * per, t=T0 + i) for i in range(50)]
     for rows in batches[:25]:
         spool.put(encode_batch(rows))
     stop = threading.Event()
@@ -345,49 +309,49 @@ def test_writer_thread_and_spool_exactly_once_across_an_outage(servers, pg, tmp_
     assert thread.error is None
     assert thread.errors > 0 and thread.failed_batches == 0
     assert count(pg) == 50 * per
-    assert query(pg, "SELECT count(DISTINCT src_port) FROM flows") == [(50 * per,)]
-    assert query(pg, "SELECT count(*), sum(rows) FROM batches") == [(50, 50 * per)]
+    assert pg_query(pg, "SELECT count(DISTINCT src_port) FROM flows") == [(50 * per,)]
+    assert pg_query(pg, "SELECT count(*), sum(rows) FROM batches") == [(50, 50 * per)]
 
 
 @pytest.fixture
 def reader(pg, writer):
     """The DSN of a new login role granted myason_reader, as docs/operations.md makes one for the API."""
     name = "r_%s" % uuid.uuid4().hex[:12]
-    query(pg, "CREATE ROLE %s LOGIN" % name)
-    query(pg, "GRANT myason_reader TO %s" % name)
+    pg_query(pg, "CREATE ROLE %s LOGIN" % name)
+    pg_query(pg, "GRANT myason_reader TO %s" % name)
     yield psycopg.conninfo.make_conninfo(pg, user=name)
     # Its own privileges are none (they are the group's): it can go at once.
-    query(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-    query(pg, "DROP ROLE IF EXISTS %s" % name)
+    pg_query(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+    pg_query(pg, "DROP ROLE IF EXISTS %s" % name)
 
 
 def test_reader_role_may_select_and_nothing_else(writer, pg, reader):
     """Issue 12 item 15: the API's role (granted myason_reader by migration 007) reads and cannot write."""
-    writer.write("r1", make_rows(5))
-    writer.write("r2", make_rows(3, start=100, t=T0 + 3 * DAY))      # a day partition made after 007
+    writer.write("r1", spread_rows(5))
+    writer.write("r2", spread_rows(3, start=100, t=T0 + 3 * DAY))      # a day partition made after 007
     writer.maintain(now=T0 + 4 * DAY)
     # A table a later migration adds is readable too (default privileges).
-    query(pg, "CREATE TABLE future_table (x int)")
-    query(pg, "INSERT INTO future_table VALUES (1)")
-    assert query(reader, "SELECT count(*) FROM flows") == [(8,)]
+    pg_query(pg, "CREATE TABLE future_table (x int)")
+    pg_query(pg, "INSERT INTO future_table VALUES (1)")
+    assert pg_query(reader, "SELECT count(*) FROM flows") == [(8,)]
     for table in ("events", "rollup_1m", "rollup_top_1h", "health_samples", "future_table", "schema_migrations"):
-        query(reader, "SELECT count(*) FROM %s" % table)
-    assert query(reader, "SELECT count(*) FROM %s" % partition_name(dt.date(2023, 11, 18))) == [(3,)]
+        pg_query(reader, "SELECT count(*) FROM %s" % table)
+    assert pg_query(reader, "SELECT count(*) FROM %s" % partition_name(dt.date(2023, 11, 18))) == [(3,)]
     refused = ["INSERT INTO flows (src_ip) VALUES ('10.0.0.1')", "DELETE FROM flows", "UPDATE flows SET bytes = 0",
                "TRUNCATE flows", "DELETE FROM %s" % partition_name(dt.date(2023, 11, 15)), "DELETE FROM events",
                "DELETE FROM rollup_1m", "DELETE FROM batches", "INSERT INTO future_table VALUES (2)",
                "CREATE TABLE mine (x int)", "DROP TABLE future_table", "ALTER TABLE flows ADD COLUMN x int"]
     for sql in refused:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            query(reader, sql)
+            pg_query(reader, sql)
     assert count(pg) == 8
 
 
 def test_reader_role_migration_is_idempotent(writer, pg):
     """Re-applied (tests drop schema_migrations) with the role already there: no error, same grants."""
-    query(pg, "DELETE FROM schema_migrations WHERE version = 7")
+    pg_query(pg, "DELETE FROM schema_migrations WHERE version = 7")
     assert writer.migrate() == [7]
     assert writer.migrate() == []
-    assert query(pg, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'myason_reader'") == [(False,)]
-    assert query(pg, "SELECT has_table_privilege('myason_reader', 'flows', 'SELECT'),"
-                     " has_table_privilege('myason_reader', 'flows', 'INSERT')") == [(True, False)]
+    assert pg_query(pg, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'myason_reader'") == [(False,)]
+    assert pg_query(pg, "SELECT has_table_privilege('myason_reader', 'flows', 'SELECT'),"
+                        " has_table_privilege('myason_reader', 'flows', 'INSERT')") == [(True, False)]

@@ -1,6 +1,5 @@
 """Rollups in a real PostgreSQL 15: same results as a GROUP BY in Python, concurrency, partition drops."""
 import threading
-import uuid
 
 import pytest
 
@@ -8,6 +7,7 @@ from myason.store import rollup, rollup_maintain
 from myason.store.postgresql import PostgresWriter
 from tests.support.rollups import (I, RES, SERVICE_CASES, T0, RefRollups, assert_bounded, expected_tops,
                                    ref_candidates, ref_tops, ref_totals, rollup_rows, written)
+from tests.support.stores import pg_query
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -23,20 +23,14 @@ def rows_ms(n, **kw):
     return rows
 
 
-def query(dsn, sql, params=None):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else None
-
-
 def pg_totals(dsn, res):
-    return {(int(r[0]),) + tuple(r[1:5]): tuple(r[5:]) for r in query(
+    return {(int(r[0]),) + tuple(r[1:5]): tuple(r[5:]) for r in pg_query(
         dsn, "SELECT extract(epoch FROM bucket)::bigint, agent, if_name, proto, direction, bytes, packets, flows"
              " FROM rollup_%s" % res)}
 
 
 def pg_tops(dsn, res):
-    return {(int(r[0]),) + tuple(r[1:4]): tuple(r[4:]) for r in query(
+    return {(int(r[0]),) + tuple(r[1:4]): tuple(r[4:]) for r in pg_query(
         dsn, "SELECT extract(epoch FROM bucket)::bigint, agent, dimension, key, bytes, packets, flows, rank"
              " FROM rollup_top_%s" % res)}
 
@@ -52,22 +46,8 @@ def assert_rollups(dsn, rows, top, ref=None):
 
 
 def partitions(dsn):
-    return sorted(r[0] for r in query(dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                                           " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname LIKE 'rollup%'"))
-
-
-@pytest.fixture
-def pg(servers):
-    """A fresh database on the session's PostgreSQL; yields its DSN."""
-    if not servers.pg_dsn:
-        pytest.skip("PostgreSQL not started")
-    name = "t_%s" % uuid.uuid4().hex[:12]
-    query(servers.pg_dsn, "CREATE DATABASE %s" % name)
-    yield psycopg.conninfo.make_conninfo(servers.pg_dsn, dbname=name)
-    try:
-        query(servers.pg_dsn, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    except psycopg.Error:
-        pass
+    return sorted(r[0] for r in pg_query(dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                                              " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname LIKE 'rollup%'"))
 
 
 def open_writer(dsn, **options):
@@ -89,11 +69,11 @@ def test_rollups_match_a_group_by_in_python(pg):
     assert s["tops"]["1d"] == 3 and s["lag"] == 0
     assert_rollups(pg, rows, 5, written(batches, 5))
     assert "rollup_1m_p20231117" in partitions(pg) and "rollup_top_1d_p2023" in partitions(pg)
-    assert query(pg, "SELECT count(*) FROM rollup_cand") == [(0,)]
+    assert pg_query(pg, "SELECT count(*) FROM rollup_cand") == [(0,)]
     # Twice gives the same; marking everything dirty rebuilds from raw flows: exact lists.
     s = w.maintain(now=T0 + 5 * DAY)
     assert s["dirty"] == 0 and s["tops"]["1m"] == 0
-    query(pg, "INSERT INTO rollup_dirty (bucket) SELECT DISTINCT bucket FROM rollup_1m")
+    pg_query(pg, "INSERT INTO rollup_dirty (bucket) SELECT DISTINCT bucket FROM rollup_1m")
     w.maintain(now=T0 + 5 * DAY)
     assert_rollups(pg, rows, 5)
     w.close()
@@ -175,7 +155,7 @@ def test_two_maintainers_and_two_writers_at_once(pg):
         assert pg_totals(pg, res) == ref_totals(rows, res), res
     # Which candidates met which list depends on the interleaving; whatever it was, no batch is
     # counted twice (every listed figure at most the truth) and no list is longer than the top.
-    assert query(pg, "SELECT count(*) FROM rollup_cand") == [(0,)]
+    assert pg_query(pg, "SELECT count(*) FROM rollup_cand") == [(0,)]
     for res in RES:
         true = ref_tops(rows, res, 10 ** 9)
         lists = pg_tops(pg, res)
@@ -263,7 +243,7 @@ def test_a_write_adds_its_totals_and_candidates_nothing_else(pg):
     for res in RES:
         assert pg_totals(pg, res) == ref_totals(rows, res), res
     cands, _ = ref_candidates(rows, 5, "postgresql")
-    assert query(pg, "SELECT count(*) FROM rollup_cand") == [(sum(len(v) for v in cands.values()),)]
+    assert pg_query(pg, "SELECT count(*) FROM rollup_cand") == [(sum(len(v) for v in cands.values()),)]
     assert pg_tops(pg, "1m") == {}          # writing never runs the maintenance
     w.close()
 
@@ -291,10 +271,10 @@ def test_service_ports_of_rollups_made_before_migration_5(pg):
     w.close()
     # As if the rollups had been made before migration 005: no service_port lists anywhere.
     for res in RES:
-        query(pg, "DELETE FROM rollup_top_%s WHERE dimension = 'service_port'" % res)
-    query(pg, "DELETE FROM schema_migrations WHERE version = 5")
+        pg_query(pg, "DELETE FROM rollup_top_%s WHERE dimension = 'service_port'" % res)
+    pg_query(pg, "DELETE FROM schema_migrations WHERE version = 5")
     w = open_writer(pg)
-    assert query(pg, "SELECT count(*) > 0 FROM rollup_dirty") == [(True,)]
+    assert pg_query(pg, "SELECT count(*) > 0 FROM rollup_dirty") == [(True,)]
     w.maintain(now=T0 + 3 * DAY)
     assert_rollups(pg, rows, 5)
     w.close()

@@ -10,7 +10,7 @@ from myason.store.base import WriterError, decode_batch, decode_batch_events, en
 from myason.store.events import detector_of, event_columns, parse_time
 from myason.store.query import fetch_events, format_greylist, greylist, parse_duration
 from myason.store.sqlite import SqliteWriter
-from tests.unit.store.test_sqlite import make_rows
+from tests.support.rows import numbered_rows
 
 
 def ev(i, cat="Recon.Scanning", src="203.0.113.66", t="2026-01-02T03:04:05Z"):
@@ -48,10 +48,10 @@ def test_sqlite_stores_enriched_rows_and_events_once(tmp_path):
     db = tmp_path / "f.db"
     w = SqliteWriter(path=str(db))
     w.open()
-    rows = [r + ["inbound", "ssh", "CZ", "", 2852, 0, "CESNET", "", "", ""] for r in make_rows(3)]
+    rows = [r + ["inbound", "ssh", "CZ", "", 2852, 0, "CESNET", "", "", ""] for r in numbered_rows(3)]
     assert w.write("b1", rows, events=[ev(1), ev(2, "Attempt.Login", "203.0.113.9")]) is True
     assert w.write("b1", rows, events=[ev(1)]) is False
-    assert w.write("b2", make_rows(2, start=100)) is True
+    assert w.write("b2", numbered_rows(2, start=100)) is True
     with pytest.raises(WriterError) as exc:
         w.write("b3", [], events=[{"ID": "no time"}])
     assert exc.value.permanent

@@ -14,7 +14,7 @@ import pytest
 from myason.errors import ConfigError
 from myason.store import influxdb as ix
 from myason.store.base import WriterError
-from tests.unit.store.test_influxdb_lp import make_row
+from tests.support.rows import row_with
 
 PASSWORD = "pa:ss w@rd/&p=1"
 
@@ -76,7 +76,7 @@ def test_username_and_password_go_in_a_basic_header(server, tmp_path):
     url, seen = server
     w = ix.InfluxDBWriter(url=url, username="writer", password=PASSWORD, retention="30d", interval=10,
                           state_file=str(tmp_path / "state"), fsync=False)
-    w.write("b1", [make_row()])
+    w.write("b1", [row_with()])
     w.close()
     kinds = {(m, p.split("?")[0]) for m, p, _, _ in seen}
     assert {("GET", "/ping"), ("POST", "/query"), ("POST", "/write")} <= kinds
@@ -88,7 +88,7 @@ def test_credentials_in_the_url_are_used_as_basic_and_never_printed(server, tmp_
     url, seen = server
     with_auth = url.replace("http://", "http://writer:%s@" % urllib.parse.quote(PASSWORD, safe=""))
     w = ix.InfluxDBWriter(url=with_auth, state_file=str(tmp_path / "state"), fsync=False)
-    w.write("b1", [make_row()])
+    w.write("b1", [row_with()])
     assert all(h.get("Authorization") == basic("writer", PASSWORD) for _, _, h, _ in seen)
     assert_private(seen, PASSWORD)
     # A server that went away: the message names host and port, not the credentials.
@@ -101,7 +101,7 @@ def test_credentials_in_the_url_are_used_as_basic_and_never_printed(server, tmp_
 def test_token_header_and_no_mixing(server, tmp_path):
     url, seen = server
     w = ix.InfluxDBWriter(url=url, token="tok-123", state_file=str(tmp_path / "state"), fsync=False)
-    w.write("b1", [make_row()])
+    w.write("b1", [row_with()])
     assert all(h.get("Authorization") == "Token tok-123" for _, _, h, _ in seen)
     assert_private(seen, "tok-123")
     with pytest.raises(ConfigError) as info:

@@ -8,15 +8,7 @@ from myason.errors import ConfigError
 from myason.schema import ROW_FIELDS
 from myason.store.base import WriterError, writer_class
 from myason.store import influxdb as ix
-
-
-def make_row(**kw):
-    base = dict(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=1234, dst_port=80, proto=6, tos=0,
-                packets=2, bytes=200, first=1000.0, last=1000.5, tcp_flags=0, agent="a1",
-                if_name="eth0", in_if=2, out_if=0, ip_version=4, vlan=0, next_hop="", src_mask=0,
-                dst_mask=0, src_as=0, dst_as=0, end_reason="idle", received=1001.0, exporter="192.0.2.1")
-    base.update(kw)
-    return [base[f] for f in ROW_FIELDS]
+from tests.support.rows import row_with
 
 
 # A line protocol line: measurement, tags (escaped), fields, timestamp.
@@ -53,7 +45,7 @@ def test_proto_names():
 
 
 def test_hostile_tag_values_make_valid_lines():
-    rows = [make_row(agent="evil agent,x=1\n", if_name="if\\", in_if=0)]
+    rows = [row_with(agent="evil agent,x=1\n", if_name="if\\", in_if=0)]
     totals, skipped = ix.aggregate(rows, 10)
     lines = ix.format_lines(totals, 10, 0, "m x", (("collector", "c=1"),))
     assert skipped == 0 and len(lines) == 1
@@ -66,14 +58,14 @@ def test_hostile_tag_values_make_valid_lines():
 
 
 def test_interface_falls_back_to_index_then_placeholder():
-    totals, _ = ix.aggregate([make_row(if_name="", in_if=7), make_row(if_name="", in_if=0)], 10)
+    totals, _ = ix.aggregate([row_with(if_name="", in_if=7), row_with(if_name="", in_if=0)], 10)
     ifaces = sorted(parse_tags(l)["interface"] for l in ix.format_lines(totals, 10, 0))
     assert ifaces == ["-", "7"]
 
 
 def test_bucketing_by_interval_start():
-    rows = [make_row(first=1000.0, last=1000.0), make_row(first=1009.999, last=1009.999),
-            make_row(first=1010.0, last=1010.0)]
+    rows = [row_with(first=1000.0, last=1000.0), row_with(first=1009.999, last=1009.999),
+            row_with(first=1010.0, last=1010.0)]
     totals, _ = ix.aggregate(rows, 10)
     by_bucket = {k[0]: v for k, v in totals.items()}
     assert by_bucket == {100: [400, 4, 2], 101: [200, 2, 1]}
@@ -101,14 +93,14 @@ def test_spread_edge_cases():
 
 
 def test_long_flow_counted_once_in_first_interval():
-    totals, _ = ix.aggregate([make_row(first=1005.0, last=1035.0, bytes=3000, packets=30)], 10)
+    totals, _ = ix.aggregate([row_with(first=1005.0, last=1035.0, bytes=3000, packets=30)], 10)
     cells = {k[0]: v for k, v in totals.items()}
     assert cells == {100: [500, 5, 1], 101: [1000, 10, 0], 102: [1000, 10, 0], 103: [500, 5, 0]}
 
 
 def test_bad_rows_are_skipped_not_raised():
-    rows = [make_row(), make_row(bytes="x"), make_row(first=None), make_row(first=float("nan")),
-            [1, 2, 3], make_row(last=float("inf")), make_row(bytes=5)]
+    rows = [row_with(), row_with(bytes="x"), row_with(first=None), row_with(first=float("nan")),
+            [1, 2, 3], row_with(last=float("inf")), row_with(bytes=5)]
     totals, skipped = ix.aggregate(rows, 10)
     assert skipped == 5
     assert sum(v[0] for v in totals.values()) == 200 + 5
@@ -117,7 +109,7 @@ def test_bad_rows_are_skipped_not_raised():
 def test_cardinality_bounded_with_100k_addresses():
     rows = []
     for i in range(100000):
-        rows.append(make_row(src_ip="10.%d.%d.%d" % (i >> 16, (i >> 8) & 255, i & 255),
+        rows.append(row_with(src_ip="10.%d.%d.%d" % (i >> 16, (i >> 8) & 255, i & 255),
                              dst_ip="fd00::%x" % i, src_port=i % 65536, dst_port=(i * 7) % 65536,
                              proto=(6, 17, 1, 58)[i % 4], if_name=("eth0", "eth1")[i % 2],
                              ip_version=(4, 6)[i % 2], first=1000.0 + i % 600, last=1000.0 + i % 600))
@@ -132,7 +124,7 @@ def test_cardinality_bounded_with_100k_addresses():
 
 
 def test_extra_tag_functions():
-    rows = [make_row(vlan=10), make_row(vlan=20), make_row(vlan=10)]
+    rows = [row_with(vlan=10), row_with(vlan=20), row_with(vlan=10)]
     totals, _ = ix.aggregate(rows, 10, extra=(lambda r: r[ROW_FIELDS.index("vlan")],))
     lines = ix.format_lines(totals, 10, 0, extra_names=("vlan",))
     assert sorted(parse_tags(l)["vlan"] for l in lines) == ["10", "20"]
@@ -218,7 +210,7 @@ def writer(tmp_path, **kw):
 
 def test_retry_writes_identical_points_new_batch_distinct(tmp_path):
     w = writer(tmp_path)
-    rows = [make_row(first=1000.0 + i, last=1000.0 + i, proto=(6, 17)[i % 2]) for i in range(30)]
+    rows = [row_with(first=1000.0 + i, last=1000.0 + i, proto=(6, 17)[i % 2]) for i in range(30)]
     w.write("b1", rows)
     w.write("b1", rows)             # retried after, e.g., a lost connection
     w.write("b2", rows)
@@ -235,7 +227,7 @@ def test_retry_writes_identical_points_new_batch_distinct(tmp_path):
 
 def test_batch_lines_chunks(tmp_path):
     w = writer(tmp_path, batch_lines=2)
-    w.write("b", [make_row(first=1000.0 + 10 * i, last=1000.0 + 10 * i) for i in range(5)])
+    w.write("b", [row_with(first=1000.0 + 10 * i, last=1000.0 + 10 * i) for i in range(5)])
     assert [len(c) for c in w.transport.sent] == [2, 2, 1]
 
 
@@ -243,7 +235,7 @@ def test_transport_error_propagates(tmp_path):
     w = writer(tmp_path)
     w.transport = FakeTransport(WriterError("down"))
     with pytest.raises(WriterError):
-        w.write("b", [make_row()])
+        w.write("b", [row_with()])
 
 
 @pytest.mark.parametrize("opts, key", [

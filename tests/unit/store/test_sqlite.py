@@ -13,16 +13,7 @@ from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.base import WriterError, writer_class
 from myason.store.sqlite import SqliteWriter, retention_cutoff
 from tests.support.modes import tree_modes
-
-T0 = 1700000000.0   # 2023-11-14 22:13:20 UTC
-
-
-def make_rows(n, start=0, t=T0):
-    """n distinct valid rows in ROW_FIELDS order; src_port carries the row number."""
-    return [["10.0.%d.%d" % (i // 256 % 256, i % 256), "2001:db8::%x" % (i + 1), start + i, 443, 6, 0,
-             2, 120 + i, t + i * 0.001, t + i * 0.001 + 1.5, 0x1b, "edge-1", "eth0", 2, 3, 4, 0,
-             "192.0.2.1" if i % 2 else "", 24, 64, 0, 4200000000, "idle", t + 5.0, "127.0.0.1"]
-            for i in range(n)]
+from tests.support.rows import T0, numbered_rows
 
 
 def stored(path):
@@ -70,14 +61,14 @@ def test_schema_wal_and_migrations_are_applied_once(writer, db):
 
 
 def test_round_trip(writer, db):
-    rows = make_rows(50)
+    rows = numbered_rows(50)
     assert writer.write("b1", rows[:20]) is True
     assert writer.write("b2", rows[20:]) is True
     assert stored(db) == expected(rows)
 
 
 def test_retry_is_skipped_also_after_reopen(writer, db):
-    rows = make_rows(5)
+    rows = numbered_rows(5)
     assert writer.write("b1", rows) is True
     assert writer.write("b1", rows) is False
     writer.close()
@@ -89,7 +80,7 @@ def test_retry_is_skipped_also_after_reopen(writer, db):
 
 
 def test_crash_before_commit_then_retry_lands_exactly_once(writer, db):
-    rows = make_rows(30)
+    rows = numbered_rows(30)
     writer.write("a", rows[:10])
     writer.close()
     # Another process runs the writer's transaction up to, not including, COMMIT and dies.
@@ -115,7 +106,7 @@ def test_crash_before_commit_then_retry_lands_exactly_once(writer, db):
 
 
 def test_bad_rows_are_permanent_and_store_nothing(writer, db):
-    good = make_rows(3)
+    good = numbered_rows(3)
     bad_type = [list(r) for r in good]
     bad_type[1][2] = 1.5                           # a float port: STRICT refuses it
     for batch in (bad_type, [good[0][:10]], [good[0][:6] + [1 << 70] + good[0][7:]]):
@@ -133,11 +124,11 @@ def test_locked_database_is_retryable(db):
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(WriterError) as info:
-        w.write("b1", make_rows(2))
+        w.write("b1", numbered_rows(2))
     assert not info.value.permanent
     other.execute("ROLLBACK")
     other.close()
-    assert w.write("b1", make_rows(2)) is True
+    assert w.write("b1", numbered_rows(2)) is True
     w.close()
 
 
@@ -148,7 +139,7 @@ def test_retention_deletes_days_before_the_cutoff(db):
     w.clock = lambda: now
     w.open()
     for k in range(5):       # rows 8, 9, 10, 11 and 12 days after T0's day... minus up to 4 days
-        w.write("d%d" % k, make_rows(1, start=k, t=now - k * day))
+        w.write("d%d" % k, numbered_rows(1, start=k, t=now - k * day))
     w.housekeeping()         # hourly, by the collector's maintenance thread
     w.close()
     cutoff = retention_cutoff(2, now)
@@ -158,8 +149,8 @@ def test_retention_deletes_days_before_the_cutoff(db):
 
 def test_delete_before_and_batch_id_pruning(writer, db):
     writer.clock = lambda: T0
-    writer.write("old", make_rows(2, t=T0 - 86400))
-    writer.write("new", make_rows(2, start=2, t=T0))
+    writer.write("old", numbered_rows(2, t=T0 - 86400))
+    writer.write("new", numbered_rows(2, start=2, t=T0))
     assert writer.delete_before(dt.date(2023, 11, 14)) == 2
     assert [r[2] for r in stored(db)] == [2, 3]
     writer.clock = lambda: T0 + 30 * 86400.0
@@ -194,7 +185,7 @@ def test_files_are_never_world_readable_under_umask_022(tmp_path, umask022):
     w = SqliteWriter(path=db)
     w.open()
     try:
-        assert w.write("b1", make_rows(3)) is True
+        assert w.write("b1", numbered_rows(3)) is True
         modes = tree_modes(str(tmp_path))
         assert {p: m for p, m in modes.items() if p != "."} == {
             "flows.db": 0o640, "flows.db-wal": 0o640, "flows.db-shm": 0o640}, modes
@@ -211,7 +202,7 @@ def test_file_mode_option_and_files_of_older_versions(tmp_path, umask022):
     w = SqliteWriter(path=db, file_mode="0600")
     w.open()
     try:
-        w.write("b1", make_rows(1))
+        w.write("b1", numbered_rows(1))
         assert all(m == 0o600 for p, m in tree_modes(str(tmp_path)).items() if p != "."), tree_modes(str(tmp_path))
     finally:
         w.close()
