@@ -14,8 +14,8 @@ import pytest
 
 from myason import wire
 from tests.support.services import wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, spool_files
-from tests.integration.test_collector_hostile import row_key, scrape, sqlite_rows
+from tests.support.collector import scrape, spool_files, sqlite_rows
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector, row_key
 
 
 def metric(c, name, key=None):

@@ -21,9 +21,9 @@ import pytest
 from myason.collector import journal
 from myason.store.base import decode_batch_events
 from tests.support.services import influx_query, influx_rows, wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, pg_reset, pg_rows, \
-    spool_files
-from tests.integration.test_collector_hostile import row_key, sqlite_rows
+from tests.support.collector import spool_files, sqlite_rows
+from tests.support.stores import pg_reset, pg_rows
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector, row_key
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

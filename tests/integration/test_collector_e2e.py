@@ -1,5 +1,4 @@
 """Agent -> encrypted UDP -> collector -> storage, end to end with real processes and servers."""
-import csv
 from collections import Counter
 
 import pytest
@@ -7,21 +6,7 @@ import pytest
 from tests.support import trafficgen as gen
 from tests.support import collector as col
 from tests.support.services import influx_query, influx_rows, wait_until
-
-KEY_FIELDS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos", "packets", "bytes", "tcp_flags",
-              "end_reason")
-
-
-def agent_records(csv_path):
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return rows, Counter(tuple(str(r[k]) for k in KEY_FIELDS) + (round(float(r["first"]), 6),
-                                                                  round(float(r["last"]), 6)) for r in rows)
-
-
-def as_key(row):
-    return tuple(str(row[k]) for k in KEY_FIELDS) + (round(float(row["first"]), 6), round(float(row["last"]), 6))
-
+from tests.support.streams import agent_key, agent_records
 
 sqlite_rows = col.sqlite_rows
 
@@ -42,7 +27,7 @@ def test_agent_to_collector_to_sqlite_exactly_once(tmp_path, scenario):
         wait_until(lambda: len(sqlite_rows(db)) >= len(rows), timeout=30)
         assert c.stop() == 0
     stored = sqlite_rows(db)
-    assert Counter(as_key(r) for r in stored) == expected
+    assert Counter(agent_key(r) for r in stored) == expected
     assert {r["agent"] for r in stored} == {col.AGENT_ID}
     assert {r["exporter"] for r in stored} == {"127.0.0.1"}
     assert "rejects" in c.log()
@@ -84,7 +69,7 @@ def test_real_captures_land_in_postgresql_influxdb_and_sqlite(tmp_path, servers)
     got_pg = Counter(tuple(str(v) for v in r[:10]) + (round(float(r[10]), 6), round(float(r[11]), 6))
                      for r in pg_rows())
     assert got_pg == expected
-    assert Counter(as_key(r) for r in sqlite_rows(db)) == expected
+    assert Counter(agent_key(r) for r in sqlite_rows(db)) == expected
     res = influx_rows(influx_query(servers.influx_url, "SELECT sum(bytes), sum(packets), sum(flows) FROM flows"))
     assert res and (res[0]["sum"], res[0]["sum_1"], res[0]["sum_2"]) == (
         sum(int(r["bytes"]) for r in rows), sum(int(r["packets"]) for r in rows), len(rows))

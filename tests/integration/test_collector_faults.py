@@ -6,76 +6,20 @@ UDP has no retransmission, so the senders here (a real agent for the PostgreSQL 
 built on myason.wire for the signal tests) only send while a collector runs.
 """
 import signal
-import socket
 import sqlite3
 import threading
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
-from myason import wire
 from myason.collector.journal import load_sequences
 from myason.schema import FIELDS
 from tests.support import trafficgen as gen
 from tests.support import collector as col
+from tests.support.collector import assert_no_loss_inside, scrape, spool_files, sqlite_rows
 from tests.support.services import influx_query, influx_rows, pg_start, pg_stop, wait_until
-from tests.integration.test_collector_e2e import agent_records
-from tests.integration.test_collector_hostile import SummaryCollector, flow_row, free_tcp_port, row_key, scrape, \
-    sqlite_rows
-
-AGENT = "ctl-1"
-ROWS_PER_DATAGRAM = 20
-
-
-class Stream:
-    """A controlled agent: datagrams of ROWS_PER_DATAGRAM fresh rows, contiguous seq, made with myason.wire."""
-
-    def __init__(self, c, agent=AGENT):
-        self.agent, self.port = agent, c.port
-        self.fernet = Fernet(c.keys[agent].encode())
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rows = {}             # seq -> rows of that datagram
-        self.seq = 0
-
-    def send(self, n, pause_every=500, metrics_port=None):
-        """Send n datagrams; every pause_every, wait for the collector to have taken them in."""
-        total = (lambda: scrape(metrics_port).get(("myason_datagrams_total", None), 0)) if metrics_port else None
-        base = total() if total else 0
-        for i in range(1, n + 1):
-            now = time.time()
-            first = self.seq * ROWS_PER_DATAGRAM
-            rows = [flow_row(self.agent, first + j, now) for j in range(ROWS_PER_DATAGRAM)]
-            self.sock.sendto(wire.encode_datagram(rows, self.agent, self.seq, self.fernet), ("127.0.0.1", self.port))
-            self.rows[self.seq] = rows
-            self.seq += 1
-            if total and i % pause_every == 0:
-                wait_until(lambda: total() >= base + i - 100, timeout=30, interval=0.01)
-
-    def expected(self, seqs=None):
-        """Counter of row keys of the given datagrams (default: all sent)."""
-        seqs = self.rows if seqs is None else seqs
-        return Counter(row_key(r) for s in seqs for r in self.rows[s])
-
-    def seq_of(self):
-        """row key -> seq of the datagram that carried it."""
-        return {row_key(r): s for s, rows in self.rows.items() for r in rows}
-
-
-def collector(tmp_path, writers, metrics=True, **extra):
-    """A SummaryCollector under tmp_path/c (config, keystore, spool) for AGENT and the e2e agent."""
-    port = free_tcp_port() if metrics else None
-    c = SummaryCollector(tmp_path / "summary.json", tmp_path / "c", writers, agents=(col.AGENT_ID, AGENT),
-                         metrics="127.0.0.1:%d" % port if metrics else None, **extra)
-    c.metrics_port = port
-    return c
-
-
-def spool_files(c, sub):
-    """Batch files in one spool subfolder, over every writer's spool."""
-    return sorted(p.name for p in Path(c.dir / "spool").glob("*/%s/*.batch" % sub))
+from tests.support.stores import pg_reset, pg_rows
+from tests.support.streams import AGENT, ROWS_PER_DATAGRAM, Stream, agent_key, agent_records, collector, row_key
 
 
 def writer_stats(summary):
@@ -84,48 +28,8 @@ def writer_stats(summary):
     return stats
 
 
-def assert_no_loss_inside(summary):
-    """No datagram dropped by the kernel or a full queue, no batch moved to errors/."""
-    assert summary["kernel_drops"] == 0 and summary["queue_dropped"] == 0
-    assert all(w["failed_batches"] == 0 for w in summary["writers"].values())
-    assert all(s["errors"] == 0 for s in summary["spool"].values())
-
-
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL
-
-PG_COLUMNS = ("host(src_ip), host(dst_ip), src_port, dst_port, proto, tos, packets, bytes, "
-              "extract(epoch from first)::float8, extract(epoch from last)::float8, tcp_flags, agent, if_name, "
-              "in_if, out_if, ip_version, vlan, coalesce(host(next_hop), ''), src_mask, dst_mask, src_as, dst_as, "
-              "end_reason")
-AGENT_KEY_FIELDS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos", "packets", "bytes", "tcp_flags",
-                    "end_reason")
-
-
-def pg_reset(dsn):
-    """Drop the collector's tables so each test starts from an empty database."""
-    import psycopg
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS flows CASCADE")
-        conn.execute("DROP TABLE IF EXISTS batches, schema_migrations CASCADE")
-
-
-def pg_rows(dsn):
-    """Every stored flow as a FIELDS-ordered tuple ([] while the server or table is not there)."""
-    import psycopg
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            return [tuple(r) for r in conn.execute("SELECT %s FROM flows" % PG_COLUMNS).fetchall()]
-    except psycopg.Error:
-        return []
-
-
-def agent_key(row):
-    """The e2e test's identity of an agent row (CSV dict or FIELDS-ordered tuple)."""
-    if not isinstance(row, dict):
-        row = dict(zip(FIELDS, row))
-    return tuple(str(row[k]) for k in AGENT_KEY_FIELDS) + (round(float(row["first"]), 6),
-                                                         round(float(row["last"]), 6))
 
 
 @pytest.mark.root

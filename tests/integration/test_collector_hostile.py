@@ -14,7 +14,6 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 import zlib
 from collections import Counter
 
@@ -25,35 +24,12 @@ from myason import wire
 from myason.schema import FIELDS
 from tests.support import trafficgen as gen
 from tests.support import collector as col
+from tests.support.collector import SummaryCollector, free_tcp_port, scrape, sqlite_rows
 from tests.support.services import wait_until
+from tests.support.streams import flow_row, row_key
 
 VALID, HOSTILE, FENCED = "valid-1", "hostile-1", "fenced-1"
 MAX_DATAGRAM = 8192
-_FIRST, _LAST = FIELDS.index("first"), FIELDS.index("last")
-
-
-def flow_row(agent, i, now):
-    """A valid row, unique by (src_port, first) for i below 65536 * 1000."""
-    v6 = i % 5 == 0
-    first = round(now - 120 + (i % 60000) * 0.001, 3)
-    packets = 1 + i % 50
-    return ["2001:db8::%x" % (i % 65000 + 1) if v6 else "10.%d.%d.%d" % (i >> 16 & 255, i >> 8 & 255, i & 255),
-            "2001:db8:ffff::1" if v6 else "192.0.2.%d" % (i % 250 + 1),
-            i % 65536, 443, 6, 0, packets, packets * 100 + i % 7, first, first + 1.5, 0x1b, agent, "eth0", 2,
-            3, 6 if v6 else 4, i % 4095, "" if i % 3 else ("2001:db8::fe" if v6 else "10.0.0.1"), 24, 24,
-            64500, 0, "fin"]
-
-
-def row_key(row):
-    """Comparable identity of a stored or sent row (FIELDS only, floats rounded to the microsecond)."""
-    vals = [row[f] for f in FIELDS] if isinstance(row, dict) else list(row[:len(FIELDS)])
-    vals[_FIRST], vals[_LAST] = round(float(vals[_FIRST]), 6), round(float(vals[_LAST]), 6)
-    nh = FIELDS.index("next_hop")
-    vals[nh] = vals[nh] or ""
-    return tuple(vals)
-
-
-sqlite_rows = col.sqlite_rows
 
 
 def seal(agent, fernet, plaintext, at=None):
@@ -66,17 +42,6 @@ def body(agent, rows, seq=0, sent=None):
     """zlib-compressed wire JSON body with the given rows."""
     return zlib.compress(orjson.dumps({"v": 1, "agent": agent, "seq": seq,
                                        "sent": time.time() if sent is None else sent, "flows": rows}))
-
-
-def scrape(port):
-    """Prometheus text of the collector's metrics endpoint as {(name, key): value}."""
-    # The endpoint comes up just after the "listening" line the harness waits for.
-    text = wait_until(lambda: urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read(),
-                      timeout=10, ignore=(OSError,)).decode()
-    out = {}
-    for m in re.finditer(r'^(myason_\w+?)(?:\{key="([^"]*)"\})? ([0-9.e+-]+)$', text, re.M):
-        out[(m.group(1), m.group(2))] = float(m.group(3))
-    return out
 
 
 def invalid_field_rows(agent, now):
@@ -364,27 +329,3 @@ def test_hostile_datagrams_are_counted_by_reason_and_never_stored(tmp_path):
     assert HOSTILE not in agents or agents[HOSTILE]["datagrams"] == 0
     assert summary["flows_spooled"] == expected_rows
     assert all(w["failed_batches"] == 0 for w in summary["writers"].values())
-
-
-
-def free_tcp_port():
-    """A TCP port free on 127.0.0.1 right now (for the metrics endpoint)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SummaryCollector(col.Collector):
-    """The harness's Collector, run with `--summary-json FILE` so its counters are machine-readable."""
-
-    def __init__(self, summary_json, *args, **kw):
-        super().__init__(*args, **kw)
-        self.summary_json = summary_json
-
-    def start(self, timeout=30, prefix=()):
-        """Start the process with --summary-json and wait until it listens."""
-        return super().start(timeout, ("--summary-json", str(self.summary_json)), prefix)
-
-    def summary(self):
-        """The counters the last run wrote at exit."""
-        return json.loads(self.summary_json.read_text())

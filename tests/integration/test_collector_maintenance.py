@@ -2,8 +2,9 @@
 import pytest
 
 from tests.support.services import wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, pg_reset, pg_rows
-from tests.integration.test_collector_hostile import scrape
+from tests.support.collector import scrape
+from tests.support.stores import pg_reset, pg_rows
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector
 
 psycopg = pytest.importorskip("psycopg")
 

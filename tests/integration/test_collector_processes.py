@@ -16,8 +16,8 @@ from cryptography.fernet import Fernet
 
 from tests.support import collector as col
 from tests.support.services import wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, assert_no_loss_inside, collector
-from tests.integration.test_collector_hostile import row_key, sqlite_rows
+from tests.support.collector import assert_no_loss_inside, scrape, sqlite_rows
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector, row_key
 
 AGENTS = ("ctl-1", "ctl-2", "ctl-3")
 
@@ -147,5 +147,4 @@ def test_sighup_applies_a_rotated_keystore_and_keeps_the_old_one_when_broken(tmp
 
 def scrape_rejects(c):
     """The collector's rejects by reason, read from its metrics endpoint."""
-    from tests.integration.test_collector_hostile import scrape
     return {k: v for (name, k), v in scrape(c.metrics_port).items() if name == "myason_rejects_total"}

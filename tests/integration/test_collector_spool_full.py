@@ -3,8 +3,8 @@ import sqlite3
 from collections import Counter
 
 from tests.support.services import wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector, spool_files
-from tests.integration.test_collector_hostile import row_key, scrape, sqlite_rows
+from tests.support.collector import scrape, spool_files, sqlite_rows
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector, row_key
 
 
 def test_a_writer_behind_blocks_the_intake_for_all_and_loses_nothing_for_one_only(tmp_path):

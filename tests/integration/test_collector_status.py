@@ -6,11 +6,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from tests.support.collector import ROOT
-
+from tests.support.collector import ROOT, sqlite_rows
 from tests.support.services import wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector
-from tests.integration.test_collector_hostile import sqlite_rows
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector
 
 
 def get(port, path):

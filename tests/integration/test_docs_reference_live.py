@@ -11,11 +11,10 @@ import urllib.error
 import urllib.request
 import uuid
 
+from tests.support.collector import free_tcp_port, sqlite_rows
+from tests.support.docs import ROOT, doc, exposed_families, metric_rows, parse_schema, section, tables, ticked
 from tests.support.services import wait_until
-from tests.integration.test_collector_faults import ROWS_PER_DATAGRAM, Stream, collector
-from tests.integration.test_collector_hostile import free_tcp_port, sqlite_rows
-from tests.unit.test_docs_reference import ROOT, doc, exposed_families, metric_rows, parse_schema, section, \
-    tables, ticked
+from tests.support.streams import ROWS_PER_DATAGRAM, Stream, collector
 
 
 def get(port, path):

@@ -1,5 +1,8 @@
-"""Run a real collector process (and agents feeding it) for integration tests."""
+"""Run a real collector process (and agents feeding it) for integration tests; read its metrics endpoint,
+its exit summary, its spool and its SQLite store."""
+import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -7,10 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
 from cryptography.fernet import Fernet
+
+from tests.support.services import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "e2e-agent"
@@ -114,6 +120,52 @@ class Collector:
     def __exit__(self, *exc):
         if self.proc is not None:
             self.stop()
+
+
+def free_tcp_port():
+    """A TCP port free on 127.0.0.1 right now (for the metrics endpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port):
+    """Prometheus text of the collector's metrics endpoint as {(name, key): value}."""
+    # The endpoint comes up just after the "listening" line the harness waits for.
+    text = wait_until(lambda: urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read(),
+                      timeout=10, ignore=(OSError,)).decode()
+    out = {}
+    for m in re.finditer(r'^(myason_\w+?)(?:\{key="([^"]*)"\})? ([0-9.e+-]+)$', text, re.M):
+        out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+class SummaryCollector(Collector):
+    """The harness's Collector, run with `--summary-json FILE` so its counters are machine-readable."""
+
+    def __init__(self, summary_json, *args, **kw):
+        super().__init__(*args, **kw)
+        self.summary_json = summary_json
+
+    def start(self, timeout=30, prefix=()):
+        """Start the process with --summary-json and wait until it listens."""
+        return super().start(timeout, ("--summary-json", str(self.summary_json)), prefix)
+
+    def summary(self):
+        """The counters the last run wrote at exit."""
+        return json.loads(self.summary_json.read_text())
+
+
+def spool_files(c, sub):
+    """Batch files in one spool subfolder, over every writer's spool."""
+    return sorted(p.name for p in Path(c.dir / "spool").glob("*/%s/*.batch" % sub))
+
+
+def assert_no_loss_inside(summary):
+    """No datagram dropped by the kernel or a full queue, no batch moved to errors/."""
+    assert summary["kernel_drops"] == 0 and summary["queue_dropped"] == 0
+    assert all(w["failed_batches"] == 0 for w in summary["writers"].values())
+    assert all(s["errors"] == 0 for s in summary["spool"].values())
 
 
 def sqlite_rows(path):
