@@ -21,6 +21,7 @@ from tests.support import collector as col
 from tests.support.attacks import DETECT, attacks
 from tests.support.rollups import ref_service_port
 from tests.support.services import influx_query, influx_rows, wait_until
+from tests.support.stores import pg_query
 
 psycopg = pytest.importorskip("psycopg")
 mmdb_writer = pytest.importorskip("mmdb_writer")
@@ -43,12 +44,6 @@ def mmdb(path, kind, records):
         w.insert_network(IPSet([net]), rec)
     w.to_db_file(str(path))
     return str(path)
-
-
-def pg_query(dsn, sql):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(sql)
-        return cur.fetchall() if cur.description else None
 
 
 def send_garbage(port):

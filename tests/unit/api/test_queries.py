@@ -9,7 +9,7 @@ from myason.api import queries
 from myason.api.app import create_app
 from myason.api.config import ApiConfig
 from myason.store.sqlite import SqliteWriter
-from tests.unit.api.test_app_sqlite import AUTH, TOKEN, row
+from tests.support.api import AUTH, TOKEN, row
 
 S = 1700000268          # 2023-11-14T22:17:48Z
 
