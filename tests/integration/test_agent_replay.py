@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import trafficgen as gen
+from tests.support.mmdb import asn_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,9 +142,7 @@ def test_unsupported_link_type_is_counted_and_skipped(tmp_path):
 
 
 def test_replay_fills_as_numbers_from_an_asn_database(scenario_pcap, tmp_path):
-    pytest.importorskip("mmdb_writer")
-    from tests.unit.agent.test_asn import _write
-    db = _write(tmp_path / "asn.mmdb")
+    db = asn_database(tmp_path / "asn.mmdb")
     conf = tmp_path / "agent.yaml"
     conf.write_text("asn_database: %s\n" % db)
     out = tmp_path / "flows.jsonl"

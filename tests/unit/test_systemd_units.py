@@ -1,13 +1,12 @@
 """conf/*.service: the privileges each daemon gets, read from the unit files themselves."""
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
 from myason.cli import build_parser
+from tests.support.systemd import CONF, parse_unit, service
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 UNITS = ("myason-agent.service", "myason-collector.service", "myason-api.service")
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
              "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
@@ -15,28 +14,6 @@ HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome":
              "LockPersonality": "yes", "SystemCallArchitectures": "native",
              # Issue 12 item 17.
              "PrivateMounts": "yes", "ProcSubset": "pid", "ProtectProc": "invisible", "UMask": "0077"}
-
-
-def parse_unit(text):
-    """{section: {key: [values in order]}} of a systemd unit file (comments and blank lines skipped)."""
-    out, section = {}, None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        m = re.fullmatch(r"\[([A-Za-z]+)\]", line)
-        if m:
-            section = out.setdefault(m.group(1), {})
-            continue
-        key, sep, value = line.partition("=")
-        assert sep and section is not None, "not a unit line: %r" % raw
-        section.setdefault(key.strip(), []).append(value.strip())
-    return out
-
-
-def service(name):
-    """The [Service] section of a unit: key -> last value (what systemd uses for single values)."""
-    return {k: v[-1] for k, v in parse_unit((CONF / name).read_text())["Service"].items()}
 
 
 def syscall_filter(name):

@@ -5,35 +5,11 @@ import pytest
 
 from myason.agent.asn import AsnLookup, open_asn
 from myason.errors import ConfigError
+from tests.support.mmdb import asn_database
 
-mmdb_writer = pytest.importorskip("mmdb_writer")
-IPSet = pytest.importorskip("netaddr").IPSet
-
-NETWORKS = {
-    "1.0.0.0/24": (13335, "CLOUDFLARENET"),
-    "8.8.8.0/24": (15169, "GOOGLE"),
-    "192.0.2.0/25": (64500, "DOC-NET-A"),
-    "192.0.2.128/25": (64501, "DOC-NET-B"),
-    "2001:db8::/32": (64496, "V6-DOC"),
-    "2001:db8:aa::/48": (4200000000, "V6-MORE-SPECIFIC"),  # 32-bit ASN above 2**31
-}
-
-
-def _write(path, ip_version=6, extra=()):
-    writer = mmdb_writer.MMDBWriter(
-        ip_version=ip_version, database_type="GeoLite2-ASN", description="myason test",
-        ipv4_compatible=(ip_version == 6))
-    for net, (asn, org) in NETWORKS.items():
-        if ip_version == 4 and ":" in net:
-            continue
-        writer.insert_network(IPSet([net]), {
-            "autonomous_system_number": mmdb_writer.MmdbU32(asn),
-            "autonomous_system_organization": org,
-        })
-    for net, record in extra:
-        writer.insert_network(IPSet([net]), record)
-    writer.to_db_file(str(path))
-    return path
+# The whole module needs them (mmdb-writer builds the databases).
+pytest.importorskip("mmdb_writer")
+pytest.importorskip("netaddr")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +19,7 @@ def db_path(tmp_path_factory):
         ("203.0.113.64/26", {"autonomous_system_organization": "NO-NUMBER"}),
         ("203.0.113.128/26", {"autonomous_system_number": "garbage"}),
     )
-    return _write(tmp_path_factory.mktemp("asn") / "asn.mmdb", extra=extra)
+    return asn_database(tmp_path_factory.mktemp("asn") / "asn.mmdb", extra=extra)
 
 
 @pytest.fixture
@@ -106,7 +82,7 @@ def test_cache_does_not_change_answers(db_path):
 
 
 def test_ipv4_only_database(tmp_path):
-    with AsnLookup(_write(tmp_path / "v4.mmdb", ip_version=4)) as v4:
+    with AsnLookup(asn_database(tmp_path / "v4.mmdb", ip_version=4)) as v4:
         assert v4.lookup("8.8.8.8") == 15169
         assert v4.lookup("2001:db8::1") == 0
         assert v4.lookup(ipaddress.ip_address("2001:db8::1").packed) == 0
