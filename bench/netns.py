@@ -7,8 +7,8 @@ only frames on the link are the ones replayed. Everything is removed on exit, on
 or Ctrl-C; namespaces of an earlier run whose process is gone (killed with -9) are removed at
 the next start.
 
-(bench/ keeps its own helper: it does not import tests/, see tests/integration/netns.py for the
-tests' version with addresses.)
+(A helper of its own: the tests' tests/support/netns.py joins a namespace to the current one and
+gives both ends addresses.)
 """
 import contextlib
 import os

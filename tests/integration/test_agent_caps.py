@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import netns
+from tests.support import netns
+from tests.support.agents import AGENT_IF, OTHER_MAC, PEER_IF, Agent, namespace_pair, read_records, write_conf
 from tests.support.summary import parse_summary
-from tests.integration.test_agent_live import (AGENT_IF, OTHER_MAC, PEER_IF, Agent, namespace_pair, read_records,
-                                               write_conf)
+from tests.support.systemd import service
 
 ROOT = Path(__file__).resolve().parents[2]
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -32,7 +32,6 @@ PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 
 def unit_caps():
     """The agent unit's AmbientCapabilities= in setpriv syntax (e.g. "+net_raw")."""
-    from tests.unit.test_systemd_units import service
     names = service("myason-agent.service")["AmbientCapabilities"].split()
     return ",".join("+" + n.lower().replace("cap_", "", 1) for n in names)
 

@@ -4,79 +4,23 @@ Two throw-away namespaces are joined by a veth pair: the agent meters its end, a
 in the other one sends known frames. IPv6 is disabled in both namespaces so the kernel sends
 nothing of its own (no DAD, MLD or router solicitations) and the records can be checked exactly.
 """
-import contextlib
-import itertools
-import json
-import os
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from tests.support import netns
+from tests.support.agents import (AGENT_IF, AGENT_IP, OTHER_MAC, PEER_IF, PEER_IP, Agent, DatagramSink, namespace_pair,
+                                  read_records, write_conf)
 from tests.support.summary import parse_summary
-
-try:
-    from . import netns
-except ImportError:  # pragma: no cover - run from this directory
-    import netns
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_ID = "live-it"
-AGENT_IF, PEER_IF = "mya0", "myp0"
-AGENT_IP, PEER_IP = "10.198.0.1", "10.198.0.2"
-OTHER_MAC = "02:00:00:00:99:99"  # not the agent's: its kernel ignores these frames, capture does not
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not netns.have_netns(), reason="needs root and the `ip` tool")]
-
-_counter = itertools.count()
-
-
-# ---- namespaces ------------------------------------------------------------------------
-
-def _ip(*args):
-    """Run `ip ARGS`, fail on error, return stdout."""
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20).stdout
-
-
-def _link_info(ns, ifname):
-    out = _ip("-n", ns, "-o", "link", "show", "dev", ifname)
-    index = int(out.split(":", 1)[0])
-    mac = re.search(r"link/ether ([0-9a-f:]{17})", out).group(1)
-    return index, mac
-
-
-@contextlib.contextmanager
-def namespace_pair():
-    """Namespaces (agent, peer) joined by veth AGENT_IF <-> PEER_IF, IPv4 only; always removed."""
-    tag = "%d-%d" % (os.getpid(), next(_counter))
-    agent_ns, peer_ns = "myit-a-" + tag, "myit-p-" + tag
-    try:
-        for ns in (agent_ns, peer_ns):
-            _ip("netns", "add", ns)
-            # Before the veth exists, so its ends never get an IPv6 link-local address.
-            netns.run_in_ns(ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                                 "net.ipv6.conf.default.disable_ipv6=1"])
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", agent_ns, "link", "add", "name", AGENT_IF, "type", "veth",
-            "peer", "name", PEER_IF, "netns", peer_ns)
-        _ip("-n", agent_ns, "addr", "add", AGENT_IP + "/24", "dev", AGENT_IF)
-        _ip("-n", peer_ns, "addr", "add", PEER_IP + "/24", "dev", PEER_IF)
-        _ip("-n", agent_ns, "link", "set", AGENT_IF, "up")
-        _ip("-n", peer_ns, "link", "set", PEER_IF, "up")
-        agent_index, agent_mac = _link_info(agent_ns, AGENT_IF)
-        _, peer_mac = _link_info(peer_ns, PEER_IF)
-        yield {"agent_ns": agent_ns, "peer_ns": peer_ns, "ifindex": agent_index,
-               "agent_mac": agent_mac, "peer_mac": peer_mac}
-    finally:
-        for ns in (agent_ns, peer_ns):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -95,87 +39,13 @@ def key_file(tmp_path_factory):
     return path
 
 
-# ---- the agent process -----------------------------------------------------------------
-
-class Agent:
-    """`myason agent` running inside a namespace; stop() sends SIGTERM and returns its results."""
-
-    def __init__(self, ns, conf, *args):
-        argv = ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "myason.py"), "agent",
-                "-ac", str(conf), "--no-progress", *args]
-        # `ip netns exec` execs the command, so this pid is the agent's own (SIGTERM reaches it).
-        self.proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-
-    def _sockets(self, ifindex):
-        # /proc/PID/net is the agent's namespace: its packet sockets bound to ETH_P_ALL on ifindex.
-        try:
-            text = Path("/proc/%d/net/packet" % self.proc.pid).read_text()
-        except OSError:
-            return []
-        out = []
-        for line in text.splitlines()[1:]:
-            f = line.split()
-            if len(f) >= 7 and f[3] == "0003" and int(f[4]) == ifindex:
-                out.append(int(f[6]))  # Rmem: bytes waiting in the socket
-        return out
-
-    def _poll(self, what, cond, deadline):
-        end = time.monotonic() + deadline
-        while not cond():
-            if self.proc.poll() is not None:
-                raise AssertionError("agent exited (%s) while waiting for %s:\n%s"
-                                     % (self.proc.returncode, what, self.proc.stderr.read()))
-            if time.monotonic() > end:
-                raise AssertionError("timed out waiting for %s" % what)
-            time.sleep(0.02)
-
-    def wait_capturing(self, ifindex, deadline=30.0):
-        """Return once the agent's capture socket on ifindex is bound (its filter is attached first)."""
-        self._poll("the capture socket", lambda: self._sockets(ifindex), deadline)
-
-    def wait_drained(self, ifindex, deadline=10.0):
-        """Return once the agent has read every frame queued in its capture socket."""
-        self._poll("the capture socket to drain", lambda: self._sockets(ifindex) == [0], deadline)
-
-    def stop(self, timeout=60):
-        """SIGTERM, wait, and return (exit code, stdout, stderr)."""
-        try:
-            self.proc.send_signal(signal.SIGTERM)
-            out, err = self.proc.communicate(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.communicate()
-        return self.proc.returncode, out, err
-
-    def kill(self):
-        """Make sure the process is gone (test clean-up)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
-
-
-def write_conf(path, **values):
-    """An agent YAML config from keyword values (JSON values are valid YAML)."""
-    path.write_text("".join("%s: %s\n" % (k, json.dumps(v)) for k, v in values.items()))
-    return path
-
+# ---- what the agent reports ------------------------------------------------------------
 
 def snmp_counter(pid, table, name):
     """A counter of /proc/PID/net/snmp (the namespace of that process), e.g. ('Icmp', 'OutEchoReps')."""
     lines = [l.split() for l in Path("/proc/%d/net/snmp" % pid).read_text().splitlines()
              if l.startswith(table + ":")]
     return int(dict(zip(lines[0][1:], lines[1][1:]))[name])
-
-
-def read_records(path):
-    """A record file (.csv) as dicts with typed values."""
-    import csv
-    from myason.schema import FLOAT_FIELDS, INT_FIELDS
-    with open(path, newline="") as fh:
-        return [{k: int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v
-                 for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 KEY = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos")
@@ -302,34 +172,6 @@ def test_live_veth_records_are_exact(nsp, tmp_path):
     assert "datagrams_sent" not in summary
 
 
-class _Collector:
-    """A UDP socket (made in the current thread's namespace) with a thread keeping what it gets."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.datagrams = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while True:
-            try:
-                self.datagrams.append(self.sock.recv(70000))
-            except socket.timeout:
-                if self._stop.is_set():
-                    return
-
-    def close(self):
-        """Drain what is queued, stop the thread and close the socket."""
-        self._stop.set()
-        self._thread.join(10)
-        self.sock.close()
-
-
 def _rows(datagrams, keyring):
     """Every flow row of the datagrams, decoded with keyring."""
     from myason import wire
@@ -351,7 +193,7 @@ def test_own_export_traffic_is_not_metered(nsp, key_file, tmp_path, exclude):
     keyring = keys.load_key_file(key_file)
     ns = nsp["agent_ns"]
     with netns.in_netns(ns):
-        collector = _Collector()
+        collector = DatagramSink()
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))

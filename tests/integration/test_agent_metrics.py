@@ -1,69 +1,13 @@
 """The agent's Prometheus endpoint, scraped while a live agent meters known traffic (root only)."""
-import re
-import socket
-import time
-
 import pytest
 
-from tests.integration import netns
+from tests.support import netns
+from tests.support.agents import (AGENT_IF, OTHER_MAC, PEER_IF, Agent, DatagramSink, free_port, namespace_pair,
+                                  wait_metric, write_conf)
 from tests.support.summary import parse_summary
-from tests.integration.test_agent_live import AGENT_IF, OTHER_MAC, PEER_IF, Agent, _Collector, namespace_pair, write_conf
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not netns.have_netns(), reason="needs root and the `ip` tool")]
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
-
-
-def free_port(ns):
-    """A TCP port free on 127.0.0.1 inside namespace ns."""
-    with netns.in_netns(ns):
-        s = socket.socket()
-    with s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(ns, port):
-    """GET /metrics from 127.0.0.1:port in namespace ns: {'name{labels}': value}; {} if not up yet."""
-    with netns.in_netns(ns):
-        s = socket.socket()
-    try:
-        s.settimeout(5)
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        return {}
-    finally:
-        s.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    assert head.split()[1] == "200", head
-    out = {}
-    for line in body.splitlines():
-        m = _SAMPLE.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-def wait_metric(agent, ns, port, name, cond, deadline=15.0):
-    """Scrape until cond(value of name) holds; return the whole scrape."""
-    end = time.monotonic() + deadline
-    while True:
-        m = scrape(ns, port)
-        if name in m and cond(m[name]):
-            return m
-        if agent.proc.poll() is not None:
-            raise AssertionError("agent exited: %s" % agent.proc.stderr.read())
-        if time.monotonic() > end:
-            raise AssertionError("timed out waiting for %s (last scrape: %s)" % (name, m.get(name)))
-        time.sleep(0.05)
 
 
 def test_metrics_endpoint_reports_the_pipeline(tmp_path):
@@ -76,7 +20,7 @@ def test_metrics_endpoint_reports_the_pipeline(tmp_path):
     with namespace_pair() as nsp:
         ns = nsp["agent_ns"]
         with netns.in_netns(ns):
-            collector = _Collector()
+            collector = DatagramSink()
         port = free_port(ns)
         conf = write_conf(tmp_path / "agent.yaml", agent_id="metrics-it", interfaces=[AGENT_IF],
                           key_file=str(key_file), collectors=["127.0.0.1:%d" % collector.port],

@@ -16,10 +16,10 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from myason import keys, wire
 from myason.schema import FIELDS
-from tests.integration import netns
+from tests.support import netns
+from tests.support.agents import (AGENT_IF, OTHER_MAC, PEER_IF, Agent, DatagramSink, free_port, namespace_pair,
+                                  read_records, wait_metric, write_conf)
 from tests.support.summary import parse_summary
-from tests.integration.test_agent_live import AGENT_IF, OTHER_MAC, PEER_IF, Agent, _Collector, namespace_pair, write_conf
-from tests.integration.test_agent_metrics import free_port, wait_metric
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not netns.have_netns(), reason="needs root and the `ip` tool")]
@@ -86,7 +86,7 @@ def test_sighup_rotates_key_adds_collector_and_keeps_every_flow(tmp_path):
     with namespace_pair() as nsp:
         ns = nsp["agent_ns"]
         with netns.in_netns(ns):
-            col_a, col_b = _Collector(), _Collector()
+            col_a, col_b = DatagramSink(), DatagramSink()
         port = free_port(ns)
         common = dict(interfaces=[AGENT_IF], key_file=str(key_file), export_interval=0.1, tick=0.1,
                       cache_fin_timeout=0, stats_interval=0, metrics="127.0.0.1:%d" % port)
@@ -173,7 +173,6 @@ def test_sighup_swaps_interfaces_and_rejects_a_bad_filter(tmp_path):
     pytest.importorskip("scapy")
     from myason.agent import capture
     from myason.errors import CaptureError
-    from tests.integration.test_agent_live import read_records
     try:
         capture.compile_bpf("udp", capture.LINKTYPE_ETHERNET, 65535)
     except CaptureError:

@@ -14,11 +14,7 @@ import pytest
 from myason.agent import capture
 from myason.agent.capture import LiveSource
 from myason.errors import CaptureError
-
-try:
-    from . import netns
-except ImportError:
-    import netns
+from tests.support import netns
 
 REPO = Path(__file__).resolve().parents[2]
 _skip_unless_root = pytest.mark.skipif(not netns.have_netns(), reason="needs root and the `ip` tool")
