@@ -85,7 +85,7 @@ def _event(detect_time=None):
 
 
 def _fill(path, rows, event):
-    from myason.store import rollup, rollup_maintain
+    from myason.store import rollup_maintain
     from myason.store.sqlite import SqliteWriter
     writer = SqliteWriter(path=str(path))
     writer.open()

@@ -1,4 +1,5 @@
-"""tests/support/grafana.py (Grafana query expansion) against the expectations of Grafana's own tests (macros_test.go, rangeutil, query_test.go)."""
+"""tests/support/grafana.py (Grafana query expansion) against the expectations of Grafana's own tests
+(macros_test.go, rangeutil, query_test.go)."""
 import datetime as dt
 
 import pytest

@@ -177,7 +177,7 @@ def test_json_format_lines_parse(tmp_path):
         log = logging.getLogger("myason.j")
         log.info("hello %s", "world", extra={"iface": "eth0", "count": 3, "obj": object()})
         try:
-            1 / 0
+            1 / 0  # noqa: B018 - raises, for the traceback
         except ZeroDivisionError:
             log.error("oops", exc_info=True)
     first, second = [json.loads(line) for line in out.read_text().splitlines()]

@@ -430,7 +430,7 @@ def test_shared_captures(subset):
     for path in files:
         with open_capture(path) as cap:
             n = 0
-            for ts, data, lt, ifindex, orig in cap.packets():
+            for _ in cap.packets():
                 n += 1
             assert n == cap.stats["packets"]
             if subset == "real":

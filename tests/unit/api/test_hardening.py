@@ -58,7 +58,9 @@ def test_made_up_methods_share_one_metrics_label(hostile):
 
 def test_large_results_evict_older_ones_and_the_total_stays_bounded():
     m = Memo(maxsize=100, maxbytes=200_000)
-    big = lambda i: {"rows": [[i, "x" * 100, 1.5] for _ in range(300)]}     # ~70 kB each
+    def big(i):
+        return {"rows": [[i, "x" * 100, 1.5] for _ in range(300)]}     # ~70 kB each
+
     for i in range(20):
         m.get_or_run(("q", i), 60, lambda i=i: big(i))
         assert m.stats()["bytes"] <= 200_000

@@ -5,7 +5,6 @@ import pytest
 
 from myason.collector.config import load_collector_config
 from myason.errors import ConfigError
-from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_DEFAULTS, ENRICH_FIELDS, ROW_FIELDS
 from myason.store.base import WriterError, decode_batch, decode_batch_events, encode_batch
 from myason.store.events import detector_of, event_columns, parse_time
 from myason.store.query import fetch_events, format_greylist, greylist, parse_duration

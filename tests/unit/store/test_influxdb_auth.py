@@ -65,7 +65,7 @@ def basic(user, password):
 
 def assert_private(seen, secret):
     encoded = {secret, urllib.parse.quote(secret), urllib.parse.quote_plus(secret)}
-    for method, path, headers, body in seen:
+    for method, path, _headers, body in seen:
         for form in encoded:
             assert form not in path and form not in body, (method, path, body)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)

@@ -216,7 +216,9 @@ def test_retry_writes_identical_points_new_batch_distinct(tmp_path):
     w.write("b2", rows)
     first, retry, other = w.transport.sent
     assert first == retry
-    stamps = lambda lines: {(l.split(" ")[0], l.rsplit(" ", 1)[1]) for l in lines}
+    def stamps(lines):
+        return {(line.split(" ")[0], line.rsplit(" ", 1)[1]) for line in lines}
+
     assert not stamps(first) & stamps(other)   # nothing of b2 can overwrite b1
     w.close()
     # After a restart the retried batch keeps its points (same timestamps), so it overwrites itself.
