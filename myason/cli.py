@@ -60,8 +60,10 @@ def build_parser():
     a.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     a.add_argument("--no-progress", action="store_true", help="no progress bar during replay")
     a.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
-    a.add_argument("--engine", choices=("fast", "python"), default="fast",
-                   help="replay engine: fast (numba, default) or python (the reference path)")
+    a.add_argument("--engine", choices=("fast", "python"),
+                   help="fast (numba: replay chunks, live TPACKET_V3 rings with `workers` per "
+                        "interface) or python (the reference path, one frame at a time); default: "
+                        "the config's engine (fast)")
     a.add_argument("--time-shift", metavar="now|SECONDS",
                    help="replay: add SECONDS (may be negative) to every record's first and last, or with "
                         "'now' put the capture's newest packet at the moment the replay starts (recent "
@@ -244,7 +246,7 @@ def _agent(args):
     try:
         from myason.agent.app import AgentApp
         app = AgentApp(cfg, read=args.read, output=args.output, export=export,
-                       progress=False if args.no_progress else None, engine=args.engine,
+                       progress=False if args.no_progress else None, engine=args.engine or cfg.engine,
                        config_path=args.agent_conf, time_shift=time_shift)
         app.install_signals()
         code = app.run()
@@ -323,8 +325,14 @@ def _check_agent_config(args, cfg):
     else:
         mode += " without export (run it with --no-export)"
         needs.append("export needs key_file and collectors")
+    engine = args.engine or cfg.engine
+    if engine == "fast":
+        engine += " engine, %s" % ("chunks" if args.read else "%d ring worker%s per interface" % (
+            cfg.workers, "" if cfg.workers == 1 else "s"))
+    else:
+        engine += " engine"
     print(_config_text(cfg), end="")
-    print("myason: config checked for %s" % "; ".join([mode] + needs), file=sys.stderr)
+    print("myason: config checked for %s" % "; ".join([mode, engine] + needs), file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,16 +1,20 @@
 """Agent wiring: sources -> packet processors -> exporter, joined by bounded queues.
 
-Live: per interface a sniffer thread (drops and counts when its queue is full: the kernel will
-not wait for us anyway) and a processor thread (blocks when the flow queue is full: a flow is
-never dropped); one exporter for the agent, which owns the per-agent sequence number.
-Replay: one reader thread per run (blocking puts: replay is exact) feeding one processor.
-With the fast engine (numba, the replay default) the reader walks and decodes the files into
-chunks of per-packet arrays and the processor applies them in one kernel call per chunk; the
-"python" engine is the reference path, frame by frame (live capture always uses it).
+Live: per interface and worker a sniffer thread and a processor thread (blocks when the flow
+queue is full: a flow is never dropped); one exporter for the agent, which owns the per-agent
+sequence number. With the fast engine (numba, the default) each interface has `workers`
+TPACKET_V3 ring sockets in a PACKET_FANOUT group (agent/ring.py): a sniffer decodes whole ring
+blocks into chunks of per-packet arrays and waits for room in its queue (the ring is the
+buffer, the kernel counts its drops), the processor applies a chunk in one kernel call. The
+"python" engine is the reference path, frame by frame from one LiveSource per interface (its
+sniffer drops and counts when its queue is full: the kernel will not wait for us anyway).
+Replay: one reader thread per run (blocking puts: replay is exact) feeding one processor; with
+the fast engine the reader walks and decodes the files into chunks the same way.
 Shutdown order: stop sources, drain the packet queues, flush the caches, drain the flow
 queue, close the sinks. SIGHUP reloads the configuration and key file in place (see reload.py
 and docs/operations.md): caches, queues and the sequence number carry on.
 """
+import dataclasses
 import logging
 import os
 import queue
@@ -22,13 +26,21 @@ from contextlib import closing
 
 from myason.agent import reload as reloading
 from myason.agent.export import DONE, Exporter, UdpSender
-from myason.agent.lanes import Lane, SnifferThread
+from myason.agent.lanes import Lane, SnifferThread, Worker, members
 from myason.agent.process import PacketProcessor
 
 log = logging.getLogger("myason.agent")
 
 # Agent metrics that go up and down; everything else is a counter.
-GAUGES = ("flows_cached", "packet_queue_depth", "flow_queue_depth", "interfaces")
+GAUGES = ("flows_cached", "packet_queue_depth", "flow_queue_depth", "interfaces", "workers")
+# Chunks queued between a ring sniffer and its processor: each holds up to MAX_BLOCKS_PER_READ
+# ring blocks of frames, and the ring itself is the buffer.
+RING_QUEUE = 4
+
+
+def worker_cache_limit(limit, workers):
+    """Each worker's share of cache_limit (rounded up)."""
+    return max(1, -(-int(limit) // max(1, int(workers))))
 
 
 class ProcessorThread(threading.Thread):
@@ -179,7 +191,8 @@ class AgentApp(reloading.LiveReload):
         self.config_path = config_path  # re-read on SIGHUP
         self.read = list(read or ())
         self.live = not self.read
-        self.engine = engine          # replay engine: "fast" (numba) or "python" (reference)
+        self.engine = engine          # "fast" (numba; live: rings) or "python" (reference)
+        self.ring = False             # live capture on rings (the fast engine could be loaded)
         self.output = output
         self.export = export
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -233,26 +246,41 @@ class AgentApp(reloading.LiveReload):
     # -- threads -------------------------------------------------------------------------
 
     def _make_source(self, iface, cfg):
+        exclude = cfg.collectors if cfg.exclude_export_traffic else ()
+        if self.ring:
+            from myason.agent.ring import RingCapture
+            return RingCapture(iface.name, iface.bpf_filter, cfg.promiscuous, cfg.snaplen, exclude,
+                               workers=cfg.workers, block_size=cfg.ring_block_size,
+                               frame_size=cfg.ring_frame_size, blocks=cfg.ring_blocks,
+                               block_timeout=cfg.ring_block_timeout)
         from myason.agent.capture import LiveSource
-        return LiveSource(iface.name, iface.bpf_filter, cfg.promiscuous, cfg.snaplen,
-                          exclude=cfg.collectors if cfg.exclude_export_traffic else ())
+        return LiveSource(iface.name, iface.bpf_filter, cfg.promiscuous, cfg.snaplen, exclude=exclude)
 
     def _lane(self, iface, source):
         cfg = self.cfg
-        pkt_q = queue.Queue(cfg.packet_queue)
-        proc = PacketProcessor(cfg, cfg.agent_id, {source.ifindex: iface.name}, self._routes, self._asn,
-                               packet_clock=False)
-        sniffer = SnifferThread(source, pkt_q, self.stop, lock=self._stats_lock)
-        thread = ProcessorThread("processor-%s" % iface.name, proc, pkt_q, self.flow_q, cfg.tick,
-                                 time.time, source.linktype, source.ifindex)
-        return Lane(iface, source, proc, sniffer, thread)
+        socks = members(source)
+        workers = []
+        # cache_limit bounds the interface's flows: each worker gets its share (the fanout
+        # hash spreads flows evenly).
+        wcfg = dataclasses.replace(cfg, cache_limit=worker_cache_limit(cfg.cache_limit, len(socks)))
+        for i, member in enumerate(socks):
+            suffix = iface.name if len(socks) == 1 else "%s/%d" % (iface.name, i)
+            pkt_q = queue.Queue(RING_QUEUE if self.ring else cfg.packet_queue)
+            proc = PacketProcessor(wcfg, cfg.agent_id, {source.ifindex: iface.name}, self._routes, self._asn,
+                                   packet_clock=False, engine="fast" if self.ring else "python")
+            thread = ProcessorThread("processor-%s" % suffix, proc, pkt_q, self.flow_q, cfg.tick,
+                                     time.time, source.linktype, source.ifindex)
+            sniffer = SnifferThread(member, pkt_q, self.stop, lock=self._stats_lock, name="sniffer-%s" % suffix,
+                                    consumer=thread)
+            workers.append(Worker(member, proc, sniffer, thread))
+        return Lane(iface, source, workers)
 
     def processor_threads(self):
         """Every processor thread, running or finished."""
-        return [lane.thread for lane in list(self.lanes.values()) + self.retired] + self.procs
+        return [t for lane in list(self.lanes.values()) + self.retired for t in lane.processors] + self.procs
 
     def _sniffers(self):
-        return [lane.sniffer for lane in list(self.lanes.values()) + self.retired] + self.readers
+        return [t for lane in list(self.lanes.values()) + self.retired for t in lane.sniffers] + self.readers
 
     @property
     def output_closed(self):
@@ -318,6 +346,7 @@ class AgentApp(reloading.LiveReload):
         self._announce()
         self.flow_q = queue.Queue(self.cfg.flow_queue)
         if self.live:
+            self.ring = self._fast_live()
             for iface in self.cfg.interfaces:
                 src = self._make_source(iface, self.cfg)
                 src.open()
@@ -399,14 +428,32 @@ class AgentApp(reloading.LiveReload):
             log.info("capture sockets open: CAP_NET_ADMIN dropped")
 
     def _fast_replay(self):
+        return self._fast("replaying")
+
+    def _fast_live(self):
+        fast = self._fast("capturing")
+        if fast:
+            cfg = self.cfg
+            from myason.agent.ring import ring_bytes
+            log.info("live capture on the fast engine: %d worker%s per interface, rings of %d x %d KiB "
+                     "(%d MiB per interface)", cfg.workers, "" if cfg.workers == 1 else "s", cfg.ring_blocks,
+                     cfg.ring_block_size >> 10,
+                     ring_bytes(cfg.ring_block_size, cfg.ring_blocks, cfg.workers) >> 20)
+        return fast
+
+    def _fast(self, doing):
         if self.engine == "python":
             return False
         if self.engine != "fast":
             raise ValueError("engine must be 'fast' or 'python', not %r" % (self.engine,))
         from myason.agent.process import fast_engine_available
-        if fast_engine_available():
-            return True
-        log.warning("numba is not available: replaying with the python engine")
+        try:
+            if fast_engine_available():
+                return True
+            log.warning("the compiled kernels are not available (numba is not installed, or cannot make "
+                        "machine code in this process): %s with the python engine", doing)
+        except Exception as exc:  # noqa: BLE001 - e.g. numba's JIT under MemoryDenyWriteExecute
+            log.warning("the compiled kernels cannot be loaded (%s): %s with the python engine", exc, doing)
         return False
 
     def serve_metrics(self, endpoint):
@@ -467,6 +514,7 @@ class AgentApp(reloading.LiveReload):
             "flow_bytes_exported": exporter.flow_bytes if exporter else 0,
             "decode_rejects": s.get("rejects", {}),
             "kernel_packets": s.get("kernel_packets", 0), "kernel_drops": s.get("kernel_drops", 0),
+            "kernel_freezes": s.get("kernel_freezes", 0),
             "queue_dropped_packets": s["queue_dropped_packets"],
             "flows_cached": s.get("flows_cached", 0), "flows_created": s.get("flows_created", 0),
             "flows_expired": s.get("exported_by_reason", {}), "flows_exported": s["flows_exported"],
@@ -474,6 +522,7 @@ class AgentApp(reloading.LiveReload):
             "send_errors": s.get("send_errors", 0),
             "reloads": self.reloads, "reload_errors": self.reload_errors,
             "interfaces": len(self.lanes),
+            "workers": sum(len(lane.workers) for lane in self.lanes.values()),
             "packet_queue_depth": sum(t.inbox.qsize() for t in self.processor_threads() if t.is_alive()),
             "flow_queue_depth": self.flow_q.qsize() if self.flow_q is not None else 0,
         }

@@ -253,12 +253,27 @@ class LiveSource:
         """Open the socket, attach the filter and start capturing; CaptureError says why it cannot."""
         if self._sock is not None:
             return
+        self.open_with(*self.program())
+
+    def program(self):
+        """(filter expression, BPF instructions) this source attaches; CaptureError if impossible.
+
+        Looks the interface up (ifindex, link type) and resolves the exclusions' host names.
+        """
         self.ifindex, self.arphrd, self.linktype = interface_linktype(self.ifname)
-        cooked = self.linktype == LINKTYPE_LINUX_SLL
-        self.filter_expression = build_filter(self.bpf_filter, self._resolved_exclude())
+        expression = build_filter(self.bpf_filter, self._resolved_exclude())
         # Name the user's filter; scapy's message quotes the whole expression with the exclusions.
-        insns = filter_program(self.filter_expression, self.ifname, self.arphrd, self.snaplen,
-                               name=self.bpf_filter or self.filter_expression)
+        return expression, filter_program(expression, self.ifname, self.arphrd, self.snaplen,
+                                          name=self.bpf_filter or expression)
+
+    def open_with(self, expression, insns):
+        """open() with a program() already made (sources sharing one interface share it)."""
+        if self._sock is not None:
+            return
+        if not self.ifindex:
+            self.ifindex, self.arphrd, self.linktype = interface_linktype(self.ifname)
+        cooked = self.linktype == LINKTYPE_LINUX_SLL
+        self.filter_expression = expression
         try:
             # Protocol 0 receives nothing until bind(), so no frame slips in before the filter.
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW, 0)
@@ -270,13 +285,21 @@ class LiveSource:
             self._setup(sock, insns)
         except OSError as exc:
             sock.close()
-            if exc.errno == errno.ENODEV:
-                raise CaptureError("no such network interface: %r" % (self.ifname,)) from exc
-            raise CaptureError("cannot capture on %r: %s" % (self.ifname, exc)) from exc
+            raise self._socket_error(exc) from exc
         self._sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
-        self._buf = bytearray(self.snaplen + (SLL_HDR_LEN if cooked else 0))
+        self._opened()
+
+    def _opened(self):
+        """The socket is set up: the buffer frames are read into."""
+        self._buf = bytearray(self.snaplen + (SLL_HDR_LEN if self.linktype == LINKTYPE_LINUX_SLL else 0))
+
+    def _socket_error(self, exc):
+        """CaptureError for an OSError of the socket's set-up."""
+        if exc.errno == errno.ENODEV:
+            return CaptureError("no such network interface: %r" % (self.ifname,))
+        return CaptureError("cannot capture on %r: %s" % (self.ifname, exc))
 
     def _resolved_exclude(self):
         out = []
@@ -322,6 +345,11 @@ class LiveSource:
                             self.ifname, got, RCVBUF_BYTES, RCVBUF_BYTES)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        self._bind(sock)
+        sock.setblocking(False)
+
+    def _bind(self, sock):
+        """Start receiving from the interface (and make it promiscuous if asked)."""
         sock.bind((self.ifname, ETH_P_ALL))
         if self.promiscuous:
             try:
@@ -329,7 +357,6 @@ class LiveSource:
                                 struct.pack("@iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b""))
             except OSError:
                 pass  # some virtual devices refuse it; capture still works for what reaches them
-        sock.setblocking(False)
 
     def read_batch(self, stop_event=None):
         """Frames available now (up to batch_size) as (epoch seconds, bytes), waiting at most poll_timeout."""

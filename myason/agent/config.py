@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -72,6 +73,52 @@ def check_interfaces(key, value):
     return tuple(out)
 
 
+def default_workers():
+    """The number of CPUs this process may run on: ring workers per interface by default."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):     # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+ENGINES = ("fast", "python")
+# Ring block sizes: powers of two (the kernel allocates each block as 2**k pages), page-aligned
+# on any page size up to 64 KiB.
+RING_BLOCK_MIN, RING_BLOCK_MAX = 1 << 16, 1 << 27
+RING_FRAME_MIN = 80           # TPACKET3_HDRLEN (68) rounded up to TPACKET_ALIGNMENT (16)
+
+
+def check_engine(key, value):
+    """Validator for `engine`: fast or python."""
+    if value not in ENGINES:
+        fail(key, "one of %s" % ", ".join(ENGINES), value)
+    return value
+
+
+def check_power_of_two(lo, hi):
+    """Validator for a power of two in [lo, hi]."""
+    inner = check_int(lo, hi)
+
+    def check(key, value):
+        value = inner(key, value)
+        if value & (value - 1):
+            fail(key, "a power of two between %d and %d" % (lo, hi), value)
+        return value
+    return check
+
+
+def check_multiple(step, lo, hi):
+    """Validator for a multiple of step in [lo, hi]."""
+    inner = check_int(lo, hi)
+
+    def check(key, value):
+        value = inner(key, value)
+        if value % step:
+            fail(key, "a multiple of %d between %d and %d" % (step, lo, hi), value)
+        return value
+    return check
+
+
 def check_metrics_endpoint(key, value):
     """Validator for a Prometheus endpoint 'host:port' (IP literal or name); kept as normalised text."""
     if not isinstance(value, str):
@@ -107,6 +154,13 @@ class AgentConfig:
         check_optional(check_str(allow_empty=False, expected="a file path"))))
     stats_interval: float = field(default=60.0, metadata=meta(check_float(lo=0)))
     metrics: str | None = field(default=None, metadata=meta(check_optional(check_metrics_endpoint)))
+    # Live capture on the fast engine (docs/agent.md): TPACKET_V3 rings, `workers` per interface.
+    engine: str = field(default="fast", metadata=meta(check_engine))
+    workers: int = field(default_factory=default_workers, metadata=meta(check_int(1, 64)))
+    ring_block_size: int = field(default=1 << 20, metadata=meta(check_power_of_two(RING_BLOCK_MIN, RING_BLOCK_MAX)))
+    ring_frame_size: int = field(default=2048, metadata=meta(check_multiple(16, RING_FRAME_MIN, RING_BLOCK_MIN)))
+    ring_blocks: int = field(default=32, metadata=meta(check_int(2, 65536)))
+    ring_block_timeout: float = field(default=0.05, metadata=meta(check_float(0.001, 60.0)))
 
     def __post_init__(self):
         validate_fields(self)

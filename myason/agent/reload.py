@@ -20,10 +20,12 @@ EXPORT_KEYS = ("key_file", "collectors", "max_datagram", "export_interval")
 CACHE_KEYS = ("cache_limit", "cache_active_timeout", "cache_inactive_timeout", "cache_fin_timeout", "tick")
 OTHER_LIVE_KEYS = ("stats_interval", "asn_database", "metrics")
 # Keys that change what a capture socket sees: the affected sockets are reopened.
-CAPTURE_KEYS = ("interfaces", "promiscuous", "snaplen", "exclude_export_traffic")
-# Keys fixed for the life of the process: sizes of queues already built, and the identity that
-# names the sequence-number stream the collectors follow.
-RESTART_KEYS = ("agent_id", "packet_queue", "flow_queue")
+CAPTURE_KEYS = ("interfaces", "promiscuous", "snaplen", "exclude_export_traffic", "ring_block_size",
+                "ring_frame_size", "ring_blocks", "ring_block_timeout")
+# Keys fixed for the life of the process: sizes of queues already built, the identity that
+# names the sequence-number stream the collectors follow, the engine and its workers (a flow
+# cache per worker).
+RESTART_KEYS = ("agent_id", "packet_queue", "flow_queue", "engine", "workers")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class ReloadPlan:
 def capture_params(cfg, iface):
     """What a capture socket on `iface` depends on; a difference means reopening it."""
     exclude = cfg.collectors if cfg.exclude_export_traffic else ()
-    return (iface.bpf_filter, cfg.promiscuous, cfg.snaplen, tuple(exclude))
+    return (iface.bpf_filter, cfg.promiscuous, cfg.snaplen, tuple(exclude), cfg.ring_block_size,
+            cfg.ring_frame_size, cfg.ring_blocks, cfg.ring_block_timeout)
 
 
 def changed_keys(old, new):
@@ -221,7 +224,7 @@ class LiveReload:
             for iface in plan.capture.added + plan.capture.reopened:
                 lane = self.lanes.get(iface.name)
                 if lane is not None:
-                    lane.sniffer.expect_switch()
+                    lane.expect_switch()
                 src = self._make_source(iface, cfg)
                 opened["sources"][iface.name] = src
                 try:
@@ -237,7 +240,7 @@ class LiveReload:
             for name, src in opened["sources"].items():
                 src.close()
                 if name in self.lanes:
-                    self.lanes[name].sniffer.cancel_switch()
+                    self.lanes[name].cancel_switch()
             if "sender" in opened:
                 opened["sender"].close()
             raise
@@ -271,19 +274,19 @@ class LiveReload:
         start = []
         for iface in capture.reopened:
             lane, src = self.lanes[iface.name], sources[iface.name]
-            current = lane.sniffer.source
-            if (src.ifindex, src.linktype) == (current.ifindex, current.linktype):
-                lane.sniffer.replace_source(src)
+            if lane.can_replace(src):
+                lane.replace_source(src)
                 lane.iface = iface
                 continue
             # The device was recreated under the same name: a new lane, the old one flushes.
-            lane.sniffer.cancel_switch()
+            lane.cancel_switch()
             lane.retire()
             self.retired.append(lane)
             start.append((iface, src))
         start += [(iface, sources[iface.name]) for iface in capture.added]
         for iface, src in start:
             lane = self.lanes[iface.name] = self._lane(iface, src)
-            self.exporter.add_producer()   # before its thread can send DONE
+            for _ in lane.processors:
+                self.exporter.add_producer()   # before its thread can send DONE
             for t in lane.threads():
                 t.start()

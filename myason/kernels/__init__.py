@@ -1,10 +1,10 @@
 """The compiled kernels (numba) of the fast paths, in one low-level package of their own.
 
-Kernel modules: decode (classic-pcap walk and frame decoding), flowtable (the flow table of
-the agent's FastFlowCache), pgcopy (PostgreSQL binary COPY rows), influx (the InfluxDB
-writer's aggregation). registry builds them (numba.njit, cached on disk, warmed by
-`python -m myason.kernels` at install) and load() returns them; constants holds the packet
-constants the kernels share with the reference code.
+Kernel modules: decode (classic-pcap walk and frame decoding), flowtable (the flow table
+of the agent's FastFlowCache), ring (the TPACKET_V3 block walker of live capture), pgcopy
+(PostgreSQL binary COPY rows), influx (the InfluxDB writer's aggregation). registry builds
+them (numba.njit, cached on disk, warmed by `python -m myason.kernels` at install) and load()
+returns them; constants holds the packet constants the kernels share with the reference code.
 
 Layer rule: this package imports numpy, numba and the bottom layer (myason.schema) only, never
 myason.agent, myason.store, myason.collector or myason.api; the agent and the store import it

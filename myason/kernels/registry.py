@@ -39,7 +39,7 @@ log = logging.getLogger("myason.kernels")
 
 # The kernel modules, imported by load(). A new kernel module goes here.
 MODULES = ("myason.kernels.decode", "myason.kernels.flowtable", "myason.kernels.pgcopy",
-           "myason.kernels.influx")
+           "myason.kernels.influx", "myason.kernels.ring")
 
 
 def ro(dtype, ndim=1):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from tests.support import netns
-from tests.support.agents import (AGENT_IF, AGENT_IP, OTHER_MAC, PEER_IF, PEER_IP, Agent, DatagramSink, namespace_pair,
-                                  read_records, write_conf)
+from tests.support.agents import (AGENT_IF, AGENT_IP, KEY, OTHER_MAC, PEER_IF, PEER_IP, Agent, DatagramSink, blast,
+                                  namespace_pair, read_records, snmp_counter, sum_by_key, write_conf)
 from tests.support.summary import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,31 +40,6 @@ def key_file(tmp_path_factory):
 
 
 # ---- what the agent reports ------------------------------------------------------------
-
-def snmp_counter(pid, table, name):
-    """A counter of /proc/PID/net/snmp (the namespace of that process), e.g. ('Icmp', 'OutEchoReps')."""
-    lines = [l.split() for l in Path("/proc/%d/net/snmp" % pid).read_text().splitlines()
-             if l.startswith(table + ":")]
-    return int(dict(zip(lines[0][1:], lines[1][1:]))[name])
-
-
-KEY = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos")
-
-
-def sum_by_key(records):
-    """Records merged per flow key: packets and bytes summed, tcp flags OR-ed, the rest kept as sets."""
-    agg = {}
-    for r in records:
-        k = tuple(r[f] for f in KEY)
-        a = agg.setdefault(k, {"packets": 0, "bytes": 0, "tcp_flags": 0, "in_if": set(), "if_name": set(),
-                               "vlan": set(), "ip_version": set(), "agent": set(), "out_if": set()})
-        a["packets"] += r["packets"]
-        a["bytes"] += r["bytes"]
-        a["tcp_flags"] |= r["tcp_flags"]
-        for f in ("in_if", "if_name", "vlan", "ip_version", "agent", "out_if"):
-            a[f].add(r[f])
-    return agg
-
 
 # ---- traffic ---------------------------------------------------------------------------
 
@@ -241,26 +216,6 @@ def test_own_export_traffic_is_not_metered(nsp, key_file, tmp_path, exclude):
     assert summary["datagrams_sent"] == len(collector.datagrams)
     assert summary["flows_exported"] == len(rows)
     assert summary["kernel_drops"] == 0 and summary["queue_dropped_packets"] == 0
-
-
-def blast(nsp, n):
-    """Send n identical UDP frames from the peer as fast as a packet socket takes them; return how many went."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    frame = bytes(Ether(src=nsp["peer_mac"], dst=OTHER_MAC) / IP(src="10.198.9.1", dst="10.198.9.2")
-                  / UDP(sport=1111, dport=2222) / (b"z" * 200))
-    with netns.in_netns(nsp["peer_ns"]):
-        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    with tx:
-        tx.bind((PEER_IF, 0))
-        sent = 0
-        for _ in range(n):
-            try:
-                tx.send(frame)
-                sent += 1
-            except OSError:  # ENOBUFS: the frame never left, so it is not counted
-                pass
-    return sent
 
 
 def _flood_run(nsp, tmp_path, drain):

@@ -67,12 +67,29 @@ def namespace_pair():
 
 # ---- the agent process -----------------------------------------------------------------
 
+def capture_sockets(conf, args=()):
+    """(sockets per interface, ring engine) of an agent run with this config file and arguments:
+    `workers` ring sockets on the fast engine, one LiveSource on the python engine."""
+    from myason.agent.config import load_agent_config
+    from myason.agent.process import fast_engine_available
+    cfg = load_agent_config(str(conf))
+    args = list(args)
+    engine = args[args.index("--engine") + 1] if "--engine" in args else cfg.engine
+    if engine == "fast" and fast_engine_available():
+        return cfg.workers, True
+    return 1, False
+
+
 class Agent:
     """`myason agent` running inside a namespace; stop() sends SIGTERM and returns its results."""
+
+    # Until __init__ says otherwise (helpers that make the process themselves).
+    expected_sockets, ring = 1, False
 
     def __init__(self, ns, conf, *args):
         argv = ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "myason.py"), "agent",
                 "-ac", str(conf), "--no-progress", *args]
+        self.expected_sockets, self.ring = capture_sockets(conf, args)
         # `ip netns exec` execs the command, so this pid is the agent's own (SIGTERM reaches it).
         self.proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -101,12 +118,24 @@ class Agent:
             time.sleep(0.02)
 
     def wait_capturing(self, ifindex, deadline=30.0):
-        """Return once the agent's capture socket on ifindex is bound (its filter is attached first)."""
-        self._poll("the capture socket", lambda: self._sockets(ifindex), deadline)
+        """Return once the agent's capture sockets on ifindex are bound (a LiveSource's filter is
+        attached first; the ring sockets of a fanout group get theirs right after the last one
+        joined, hence the short pause)."""
+        self._poll("the capture sockets", lambda: len(self._sockets(ifindex)) >= self.expected_sockets,
+                   deadline)
+        if self.expected_sockets > 1:
+            time.sleep(0.1)
 
     def wait_drained(self, ifindex, deadline=10.0):
-        """Return once the agent has read every frame queued in its capture socket."""
-        self._poll("the capture socket to drain", lambda: self._sockets(ifindex) == [0], deadline)
+        """Return once the agent has read every frame queued in its capture sockets.
+
+        A ring holds no socket buffer (Rmem stays 0): its last block is handed over within
+        ring_block_timeout (0.05 s by default), hence the pause.
+        """
+        self._poll("the capture sockets to drain",
+                   lambda: (lambda socks: bool(socks) and not any(socks))(self._sockets(ifindex)), deadline)
+        if self.ring:
+            time.sleep(0.2)
 
     def stop(self, timeout=60):
         """SIGTERM, wait, and return (exit code, stdout, stderr)."""
@@ -222,3 +251,50 @@ def wait_metric(agent, ns, port, name, cond, deadline=15.0):
         if time.monotonic() > end:
             raise AssertionError("timed out waiting for %s (last scrape: %s)" % (name, m.get(name)))
         time.sleep(0.05)
+
+
+# ---- what the agent reports, and traffic ----------------------------------------------
+
+def snmp_counter(pid, table, name):
+    """A counter of /proc/PID/net/snmp (the namespace of that process), e.g. ('Icmp', 'OutEchoReps')."""
+    lines = [l.split() for l in Path("/proc/%d/net/snmp" % pid).read_text().splitlines()
+             if l.startswith(table + ":")]
+    return int(dict(zip(lines[0][1:], lines[1][1:]))[name])
+
+
+KEY = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "tos")
+
+
+def sum_by_key(records):
+    """Records merged per flow key: packets and bytes summed, tcp flags OR-ed, the rest kept as sets."""
+    agg = {}
+    for r in records:
+        k = tuple(r[f] for f in KEY)
+        a = agg.setdefault(k, {"packets": 0, "bytes": 0, "tcp_flags": 0, "in_if": set(), "if_name": set(),
+                               "vlan": set(), "ip_version": set(), "agent": set(), "out_if": set()})
+        a["packets"] += r["packets"]
+        a["bytes"] += r["bytes"]
+        a["tcp_flags"] |= r["tcp_flags"]
+        for f in ("in_if", "if_name", "vlan", "ip_version", "agent", "out_if"):
+            a[f].add(r[f])
+    return agg
+
+
+def blast(nsp, n):
+    """Send n identical UDP frames from the peer as fast as a packet socket takes them; return how many went."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    frame = bytes(Ether(src=nsp["peer_mac"], dst=OTHER_MAC) / IP(src="10.198.9.1", dst="10.198.9.2")
+                  / UDP(sport=1111, dport=2222) / (b"z" * 200))
+    with netns.in_netns(nsp["peer_ns"]):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with tx:
+        tx.bind((PEER_IF, 0))
+        sent = 0
+        for _ in range(n):
+            try:
+                tx.send(frame)
+                sent += 1
+            except OSError:  # ENOBUFS: the frame never left, so it is not counted
+                pass
+    return sent

@@ -103,6 +103,19 @@ BAD_VALUES = [
     ("metrics", 9107),
     ("metrics", "127.0.0.1"),
     ("metrics", "[::1]:99999"),
+    ("engine", "numba"),
+    ("engine", 1),
+    ("workers", 0),
+    ("workers", 65),
+    ("workers", "2"),
+    ("ring_block_size", 1 << 20 | 4096),
+    ("ring_block_size", 32768),
+    ("ring_block_size", 1 << 28),
+    ("ring_frame_size", 2040),
+    ("ring_frame_size", 64),
+    ("ring_blocks", 1),
+    ("ring_block_timeout", 0),
+    ("ring_block_timeout", 61),
 ]
 
 

@@ -90,9 +90,16 @@ def test_replay_ignores_capture_keys():
 
 def test_capture_params_follow_the_exclusion_switch():
     iface = BASE.interfaces[1]
-    assert rl.capture_params(BASE, iface) == ("tcp", True, 262144, (("192.0.2.1", 9999),))
+    assert rl.capture_params(BASE, iface) == ("tcp", True, 262144, (("192.0.2.1", 9999),), 1 << 20, 2048, 32, 0.05)
     off = dataclasses.replace(BASE, exclude_export_traffic=False)
     assert rl.capture_params(off, iface)[3] == ()
+
+
+def test_ring_sizes_reopen_the_sockets_and_workers_wait_for_a_restart():
+    p = plan(ring_blocks=64, workers=BASE.workers + 1, engine="python")
+    assert [i.name for i in p.capture.reopened] == [i.name for i in BASE.interfaces]
+    assert p.restart == ("engine", "workers")
+    assert p.cfg.ring_blocks == 64 and p.cfg.workers == BASE.workers and p.cfg.engine == "fast"
 
 
 # -- load_new_config: errors name the key ----------------------------------------------------
