@@ -10,7 +10,8 @@ import pytest
 
 from myason import kernels
 from myason.agent import fastcache
-from myason.agent.cache import FIN, RST, SYN, FlowCache
+from myason.agent.cache import FIN, RST, FlowCache
+from myason.kernels.constants import TCP_SYN as SYN
 from myason.agent.process import pack_key, round6
 
 ACK = 0x10
