@@ -7,7 +7,7 @@ Without --dsn, scripts/services.sh starts a throw-away PostgreSQL 15. The flows 
 the real PostgresWriter (binary COPY, rollup marks in the same transaction), in batches of
 100k rows generated from a fixed seed: 20k internal hosts (10.x) with skewed activity, 200k
 external ones, TCP/UDP/ICMP, enrichment columns filled. Then the writer's housekeeping indexes
-the closed (yesterday's) partition, ANALYZE runs, and myason.store.rollup.maintain rolls
+the closed (yesterday's) partition, ANALYZE runs, and myason.store.rollup_maintain.maintain rolls
 everything up. Two API processes serve the same database: one with its caches (the default
 config; "cached" = the same request again), one with both caches off ("uncached": every
 request executes). Host searches ask for a different busy host each time. Prints median and

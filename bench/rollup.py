@@ -1,4 +1,4 @@
-"""Rollup maintenance benchmark: seconds and flows/s of `rollup.maintain` over a day of flows.
+"""Rollup maintenance benchmark: seconds and flows/s of `rollup_maintain.maintain` over a day of flows.
 
     python3 bench/rollup.py [--dsn DSN] [--flows N] [--repeat N] [--keep] [--db NAME]
                             [--sqlite-flows N] [--per-dimension]

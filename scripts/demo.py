@@ -120,12 +120,12 @@ def maintain_rollups(db):
     page's charts need no wait."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from myason.store import rollup
+    from myason.store import rollup_maintain
     from myason.store.sqlite import SqliteWriter
     writer = SqliteWriter(path=str(db))
     writer.open()
     try:
-        rollup.maintain(writer)
+        rollup_maintain.maintain(writer)
     finally:
         writer.close()
 

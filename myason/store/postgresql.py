@@ -361,7 +361,7 @@ class PostgresWriter(Writer):
     def maintain(self, now=None, wait=True, deadline=None):
         """Rollups (as far as `deadline` allows), then every retention once; returns the summary.
 
-        See rollup.maintain; another maintainer of the same database makes it return at once
+        See rollup_maintain.maintain; another maintainer of the same database makes it return at once
         with summary["busy"] when not `wait`.
         """
         self._connection()

@@ -123,7 +123,7 @@ class _Dialect:
 
 
 class _Backend:
-    """Maintenance operations on one connection (see myason.store.rollup.maintain)."""
+    """Maintenance operations on one connection (see myason.store.rollup_maintain.maintain)."""
 
     def __init__(self, conn, dialect):
         self.conn = conn
