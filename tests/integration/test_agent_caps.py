@@ -158,20 +158,24 @@ def capture_as_nobody(workdir, caps, preexec_fn=None, proc_subset=False):
 
 
 @pytest.mark.skipif(not _nobody(), reason="no `nobody` user")
-def test_live_capture_with_the_units_capabilities_and_no_writable_executable_memory(workdir):
-    """As the unit runs it: CAP_NET_RAW alone, no W+X memory, a /proc of processes only (issue 12 item 17)."""
+def test_live_capture_with_the_units_capabilities(workdir):
+    """As the unit runs it: CAP_NET_RAW alone, a /proc of processes only (issue 12 item 17), the fast engine."""
     caps = unit_caps()
     assert caps == "+net_raw"
-    mdwe = mdwe_available()
-    err, eff, threads = capture_as_nobody(workdir, caps, _mdwe if mdwe else None,
-                                          proc_subset=shutil.which("unshare") is not None)
+    err, eff, threads = capture_as_nobody(workdir, caps, None, proc_subset=shutil.which("unshare") is not None)
     assert eff == 1 << CAP_NET_RAW
     assert {bits for (_, name), bits in threads.items() if name in ("CapEff", "CapPrm")} == {1 << CAP_NET_RAW}
     assert "CAP_NET_ADMIN" not in err          # nothing to drop, nothing to complain about
-    if not mdwe:
-        pytest.skip("captured with the unit's capabilities; this kernel has no PR_SET_MDWE (Linux 6.3+)")
-    # The compiled kernels need executable memory: under the unit's MemoryDenyWriteExecute the
-    # agent says so and captures on the reference engine (docs/agent.md).
+    assert "capturing with the python engine" not in err
+
+
+@pytest.mark.skipif(not _nobody(), reason="no `nobody` user")
+def test_without_writable_executable_memory_the_agent_falls_back_to_the_python_engine(workdir):
+    """Under MemoryDenyWriteExecute (a unit that adds it back) numba cannot load: the agent says so and still captures."""
+    if not mdwe_available():
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    err, eff, _ = capture_as_nobody(workdir, unit_caps(), _mdwe, proc_subset=shutil.which("unshare") is not None)
+    assert eff == 1 << CAP_NET_RAW
     assert "capturing with the python engine" in err
 
 
