@@ -192,7 +192,7 @@ def test_own_export_traffic_is_not_metered(nsp, key_file, tmp_path, exclude):
                 tx.sendto(b"m" * 100, rx.getsockname())
             sent += count
             agent._poll("our flow in the export",
-                        lambda: sum(r[col["packets"]] for r in ours(_rows(collector.datagrams, keyring))) == sent,
+                        lambda sent=sent: sum(r[col["packets"]] for r in ours(_rows(collector.datagrams, keyring))) == sent,
                         15)
         agent.wait_drained(lo_index)
         code, _, err = agent.stop()

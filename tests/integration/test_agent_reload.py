@@ -58,7 +58,7 @@ class Stream(threading.Thread):
             while not self.stop.is_set():
                 self.sender.send(self.frames)
                 self.rounds += 1
-        except BaseException as exc:  # noqa: B902 - reported by the test
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
     def wait_rounds(self, n, deadline=20.0):

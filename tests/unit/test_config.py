@@ -1,4 +1,5 @@
-"""Tests for myason.agent.config and myason.options: defaults, validation messages, YAML loading, conf/agent.yaml in step with code."""
+"""Tests for myason.agent.config and myason.options: defaults, validation messages, YAML loading,
+conf/agent.yaml in step with code."""
 import dataclasses
 import re
 from pathlib import Path
