@@ -43,7 +43,7 @@ def worker_cache_limit(limit, workers):
     return max(1, -(-int(limit) // max(1, int(workers))))
 
 
-class ProcessorThread(threading.Thread):
+class MeterThread(threading.Thread):
     """Runs a PacketProcessor over a packet queue and ticks its timers even when idle."""
 
     def __init__(self, name, proc, inbox, outbox, tick, clock=None, linktype=1, ifindex=0):
@@ -268,7 +268,7 @@ class AgentApp(reloading.LiveReload):
             pkt_q = queue.Queue(RING_QUEUE if self.ring else cfg.packet_queue)
             proc = PacketProcessor(wcfg, cfg.agent_id, {source.ifindex: iface.name}, self._routes, self._asn,
                                    packet_clock=False, engine="fast" if self.ring else "python")
-            thread = ProcessorThread("processor-%s" % suffix, proc, pkt_q, self.flow_q, cfg.tick,
+            thread = MeterThread("processor-%s" % suffix, proc, pkt_q, self.flow_q, cfg.tick,
                                      time.time, source.linktype, source.ifindex)
             sniffer = SnifferThread(member, pkt_q, self.stop, lock=self._stats_lock, name="sniffer-%s" % suffix,
                                     consumer=thread)
@@ -362,7 +362,7 @@ class AgentApp(reloading.LiveReload):
                                    engine="fast" if fast else "python", time_shift=self._replay_shift(newest))
             reader = ReplayReader(self.read, pkt_q, self.stop, self.progress, fast=fast)
             self.readers.append(reader)
-            self.procs.append(ProcessorThread("processor", proc, pkt_q, self.flow_q, self.cfg.tick))
+            self.procs.append(MeterThread("processor", proc, pkt_q, self.flow_q, self.cfg.tick))
             threads = [reader] + self.procs
         exporter = self.exporter = Exporter(self.flow_q, len(self.processor_threads()), batcher, sender,
                                             record_file, self.cfg.export_interval)

@@ -7,7 +7,7 @@ from cryptography.fernet import Fernet
 
 from myason import wire
 from myason.agent import reload as rl
-from myason.agent.app import ProcessorThread
+from myason.agent.app import MeterThread
 from myason.agent.process import PacketProcessor
 from myason.agent.config import AgentConfig, InterfaceConfig
 from myason.errors import ConfigError
@@ -156,7 +156,7 @@ def test_no_export_needs_no_key(tmp_path):
 
 def _thread(cfg):
     proc = PacketProcessor(cfg, cfg.agent_id, packet_clock=False)
-    return ProcessorThread("p", proc, None, None, cfg.tick)
+    return MeterThread("p", proc, None, None, cfg.tick)
 
 
 def test_set_cache_params_sets_timers_and_evicts_down_to_a_lower_limit():
@@ -181,7 +181,7 @@ def test_call_soon_runs_in_the_processor_thread_before_the_next_batch():
     cfg = AgentConfig(agent_id="a1")
     inbox, outbox = queue.Queue(), queue.Queue()
     seen = []
-    t2 = ProcessorThread("p2", PacketProcessor(cfg, "a1", packet_clock=False), inbox, outbox, 0.05)
+    t2 = MeterThread("p2", PacketProcessor(cfg, "a1", packet_clock=False), inbox, outbox, 0.05)
     t2.call_soon(lambda thread: seen.append(threading.current_thread() is thread))
     t2.start()
     inbox.put([])
