@@ -13,7 +13,7 @@ with the reference engine's. How each type is written:
 
 - integers: a word per five digits from lookup tables (100,000 groups); leading zeros are the
   padding byte 0, which the final squeeze removes;
-- first/last: round(t, 6) is n / 10**6 for an integer n (process.round6); for 1e-4 <= t < 2**33
+- first/last: round(t, 6) is n / 10**6 for an integer n (rowvalues.round6); for 1e-4 <= t < 2**33
   Python's repr (and orjson's, the same algorithm) of that float is exactly n's digits with a
   decimal point six places from the right and trailing zeros dropped (one kept): six-decimal
   values are 1e-6 apart, more than the float spacing below 2**33 (2**-20), so no shorter
@@ -37,6 +37,7 @@ from itertools import repeat
 import numpy as np
 import orjson
 
+from myason.agent.rowvalues import addr_texts, annotate, round6, round6_units
 from myason.schema import END_REASONS, FIELDS
 
 # Rows formatted per matrix: bounds the matrix (rows x ~500 bytes for JSON lines).
@@ -61,9 +62,8 @@ class RecordBlock:
         self.time_shift = float(time_shift or 0.0)
         self.ann = None
         if (routes is not None or asn is not None) and len(s):
-            from myason.agent.process import _annotate
             ver = (k[:, 4] & 0xFF).tolist()
-            ann = [_annotate(w, v, routes, asn) for w, v in zip(k.tolist(), ver)]
+            ann = [annotate(w, v, routes, asn) for w, v in zip(k.tolist(), ver)]
             # out_if, next_hop, src_mask, dst_mask, src_as, dst_as: one tuple per column
             self.ann = tuple(zip(*ann))
 
@@ -103,13 +103,12 @@ class RecordBlock:
                 gc.enable()
 
     def _rows(self, n):
-        from myason.agent.process import _addr_texts, round6
         k, u, s = self.k, self.u, self.s
         misc = k[:, 4]
         ver = misc & 0xFF
         v4 = ver == 4
-        src = _addr_texts(k[:, 0], k[:, 1], v4)
-        dst = _addr_texts(k[:, 2], k[:, 3], v4)
+        src = addr_texts(k[:, 0], k[:, 1], v4)
+        dst = addr_texts(k[:, 2], k[:, 3], v4)
         ifx = k[:, 5].tolist()
         names = self.if_names
         name = [names.get(x, "") for x in ifx] if names else repeat("", n)
@@ -205,7 +204,6 @@ def _uint_field(x):
 def _round6_units(x):
     """(n, ok): n = the integer that round(v, 6) is n / 10**6 of, for the values where ok
     (1e-4 <= round(v, 6) < 2**33, see the module's notes); the rest need repr."""
-    from myason.agent.process import round6_units
     n, out, exact = round6_units(x)
     with np.errstate(invalid="ignore"):
         ok = exact & (out >= 1e-4) & (out < 8589934592.0)
@@ -227,7 +225,6 @@ def _time_field(x, fallback):
     spare = 1
     if not ok.all():
         bad = np.flatnonzero(~ok)
-        from myason.agent.process import round6
         out, spare = _put_rows(out, spare, bad, fallback(round6(x[bad])))
     return out, spare
 

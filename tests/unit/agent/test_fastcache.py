@@ -12,7 +12,8 @@ from myason import kernels
 from myason.agent import fastcache
 from myason.agent.cache import FIN, RST, FlowCache
 from myason.kernels.constants import TCP_SYN as SYN
-from myason.agent.process import pack_key, round6
+from myason.agent.process import pack_key
+from myason.agent.rowvalues import round6
 
 ACK = 0x10
 
