@@ -1,8 +1,8 @@
 """The flow row: every column's name, type, order and meaning, for every layer.
 
-A row is a list. The agent exports WIRE_FIELDS (wire format v1, docs/protocol.md); the collector
-appends COLLECTOR columns (when and from where the datagram came), then enrichment appends
-ENRICH columns (docs/events.md). Writers store ROW_FIELDS or ENRICHED_ROW_FIELDS rows (a spool
+A row is a list. The agent exports FIELDS (the WIRE columns; wire format v1, docs/protocol.md);
+the collector appends COLLECTOR columns (when and from where the datagram came), then
+enrichment appends ENRICH columns (docs/events.md). Writers store ROW_FIELDS or ENRICHED_ROW_FIELDS rows (a spool
 written without enrichment holds ROW_FIELDS rows).
 
 Everything that needs a column's position, type or default reads it here: the docs' field
@@ -73,7 +73,7 @@ ENRICH = _part(
 )
 COLUMNS = WIRE + COLLECTOR + ENRICH
 
-FIELDS = WIRE_FIELDS = tuple(c.name for c in WIRE)
+FIELDS = tuple(c.name for c in WIRE)
 COLLECTOR_FIELDS = tuple(c.name for c in COLLECTOR)
 ROW_FIELDS = FIELDS + COLLECTOR_FIELDS
 ENRICH_FIELDS = tuple(c.name for c in ENRICH)

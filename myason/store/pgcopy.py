@@ -16,9 +16,8 @@ from itertools import chain, count, repeat
 from operator import mul, sub
 
 from myason.kernels import load_or_none as _load_kernels
-from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_FIELDS, ENRICH_INT_FIELDS, INDEX, ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS, ENRICH_FIELDS, ENRICH_INT_FIELDS, ROW_FIELDS, INDEX as _I
 
-_I = INDEX
 _NCOLS = len(ROW_FIELDS)
 # COPY column order: fixed-size columns first, then addresses, then texts.
 _FIXED_COLS = (("src_port", "i", 4), ("dst_port", "i", 4), ("proto", "h", 2), ("tos", "h", 2),

@@ -18,7 +18,7 @@ import re
 import time
 
 from myason.options import REQUIRED, check_int, check_str, parse_options
-from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS
+from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.base import Writer, WriterError, encode_prepared, register
 from myason.store.events import EVENT_COLUMNS, dumps, event_columns
 from myason.store.schema import load_migrations
@@ -37,7 +37,6 @@ _PARTITION_RE = re.compile(r"^flows_p(\d{8})$")
 # Btrees built on a day partition once the day is over (index name suffix, columns).
 CLOSED_INDEXES = (("src_ip", "src_ip"), ("dst_ip", "dst_ip"), ("agent_first", 'agent, "first"'))
 
-_I = INDEX
 _NCOLS = len(ROW_FIELDS)
 _NCOLS_ENRICHED = len(ENRICHED_ROW_FIELDS)
 _CASTS = {"id": "::uuid", "detecttime": "", "category": "::text[]", "source_ip": "::inet[]",

@@ -20,10 +20,9 @@ a microsecond per flow in the processors, where the batch is encoded anyway.
 """
 from __future__ import annotations
 
-from myason.schema import ENRICHED_ROW_FIELDS, INDEX
+from myason.schema import ENRICHED_ROW_FIELDS, INDEX as _I
 from myason.store.rollup import DIMENSIONS, PORT_PROTOCOLS, RESOLUTIONS, service_ports
 
-_I = INDEX
 # The top-N dimensions (myason.store.rollup.DIMENSIONS) and how a row gives each key.
 _STR_DIMS = ("src_ip", "dst_ip", "src_country", "dst_country")
 _INT_DIMS = ("src_port", "dst_port", "src_asn", "dst_asn")

@@ -10,9 +10,9 @@ import pytest
 
 from myason.agent import process
 from tests.support import trafficgen as gen
+from tests.support.captures import PCAPS, shared_files
 
 ROOT = Path(__file__).resolve().parents[2]
-PCAPS = ROOT.parent / "shared" / "pcaps"
 
 pytestmark = pytest.mark.skipif(not process.fast_engine_available(), reason="numba is not installed")
 
@@ -86,13 +86,6 @@ def test_asn_annotations(tmp_path, generated):
 def test_no_records(tmp_path, generated):
     assert same_bytes(tmp_path, [generated / "empty.pcap"], kinds=("jsonl",)) == []
     assert run("fast", [generated / "empty.pcap"], tmp_path / "e.csv").count(b"\n") == 1
-
-
-def shared_files(sub):
-    folder = PCAPS / sub
-    if not folder.is_dir():
-        pytest.skip("../shared/pcaps/%s is absent" % sub)
-    return sorted(folder.iterdir())
 
 
 @pytest.mark.shared

@@ -10,10 +10,9 @@ import pytest
 
 from myason import kernels
 from tests.support import trafficgen as gen
+from tests.support.captures import PCAPS, shared_files
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-PCAPS = SHARED / "pcaps"
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason="numba is not installed")
 
@@ -75,13 +74,6 @@ def test_generated_capture_tight_cache(tmp_path, generated):
                        generated / "tight.yaml")
     reasons = Counter(r[-1] for r in rows.elements())
     assert reasons["cache_full"] and reasons["active"] and reasons["fin"]
-
-
-def shared_files(sub):
-    folder = PCAPS / sub
-    if not folder.is_dir():
-        pytest.skip("../shared/pcaps/%s is absent" % sub)
-    return sorted(folder.iterdir())
 
 
 @pytest.mark.shared

@@ -2,10 +2,9 @@
 from itertools import count, repeat
 
 from myason import kernels
-from myason.schema import INDEX
+from myason.schema import INDEX as _I
 
 
-_I = INDEX
 I_FIRST, I_LAST, I_BYTES, I_PACKETS = _I["first"], _I["last"], _I["bytes"], _I["packets"]
 I_AGENT, I_IF_NAME, I_IN_IF, I_PROTO, I_IPV = (
     _I["agent"], _I["if_name"], _I["in_if"], _I["proto"], _I["ip_version"])
