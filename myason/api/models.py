@@ -91,6 +91,20 @@ class RangeOut(BaseModel):
     last: Optional[str]
 
 
+class AgentOut(BaseModel):
+    """One agent with flows in the window: its interfaces and the end of its latest rollup bucket."""
+
+    agent: str
+    interfaces: list[str]
+    last_seen: str
+
+
+class AgentsOut(BaseModel):
+    """The agents with flows in the window, most recently seen first."""
+
+    agents: list[AgentOut]
+
+
 class EventsOut(BaseModel):
     """IDEA events, newest first."""
 

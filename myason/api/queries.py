@@ -253,6 +253,45 @@ def data_range(db) -> dict:
     return {"first": iso(first), "last": iso(last)}
 
 
+# -- agents ---------------------------------------------------------------------------------------
+
+AGENTS_FINE = 2 * 86400     # the last two days come from the 1m rollups: last_seen to the minute
+
+
+def agents(db, since, now=None, until=None) -> list:
+    """[{agent, interfaces, last_seen}] of the agents with flows in the `since` seconds before `until`
+    (default now), most recently seen first, from the rollup totals (current with every stored batch).
+
+    The last two days are read from rollup_1m, older parts of the window from rollup_1h (rollup_1d
+    beyond a year): last_seen is the end of the latest bucket holding the agent's flows (capped at
+    the window's end), to the minute when that is recent, else to the hour or day. A few small
+    grouped scans whatever the store holds.
+    """
+    from myason.store.rollup import RESOLUTIONS
+    end = (time.time() if now is None else now) if until is None else until
+    start = end - since
+    d = db.dialect
+    split = max(start, end - AGENTS_FINE)
+    slices = [("1m", split, end)]
+    if start < split:
+        slices.append(("1h" if since <= 366 * 86400 else "1d", start, split))
+    seen = {}
+    for res, lo, hi in slices:
+        step = RESOLUTIONS[res]
+        # A bucket overlapping the slice counts: it may hold flows inside it.
+        sql = ("SELECT agent, if_name, %s FROM rollup_%s WHERE bucket > %s AND bucket < %s GROUP BY agent, if_name"
+               % (d.epoch("max(bucket)"), res, d.time_param(), d.time_param()))
+        _, rows = _fetch(db, sql, [float(lo - step), float(hi)])
+        for agent, if_name, bucket in rows:
+            a = seen.setdefault(agent, {"interfaces": set(), "last": {}})
+            a["interfaces"].add(if_name)
+            a["last"][res] = max(a["last"].get(res, 0.0), min(float(bucket) + step, end))
+    # The finer 1m slice wins: a coarse bucket reaching into it would overstate the end.
+    last = {name: a["last"].get("1m", max(a["last"].values())) for name, a in seen.items()}
+    return [{"agent": name, "interfaces": sorted(seen[name]["interfaces"]), "last_seen": iso(last[name])}
+            for name in sorted(seen, key=lambda n: (-last[n], n))]
+
+
 # -- events ---------------------------------------------------------------------------------------
 
 def events(db, since, category=None, source=None, limit=100, now=None, until=None) -> list:

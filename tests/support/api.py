@@ -60,6 +60,22 @@ REPLIES = ([row("10.2.0.%d" % i, "192.0.2.20", 50000 + i, 443, 6, 100, NOW - 600
               row("10.2.0.6", "192.0.2.6", 0, 2048, 1, 100000, NOW - 200)])
 
 
+# An agent that stopped days ago (/agents reads its older days from the coarse rollups), and what
+# /agents answers over A + B + C + D + OLD at NOW: (query string, [(agent, interfaces, last_seen)]).
+OLD = [row("10.3.0.1", "192.0.2.30", 40000, 443, 6, 100, NOW - 10 * 86400, agent="edge-3", if_name="wlan0"),
+       row("10.3.0.1", "192.0.2.30", 40001, 443, 6, 100, NOW - 5 * 86400 + 30, agent="edge-3", if_name="eth9")]
+_RECENT = [("edge-1", ["eth0"], NOW - 120), ("edge-2", ["eth1"], NOW - 1200)]
+AGENTS = [("since=1h", _RECENT), ("", _RECENT + [("edge-3", ["eth9", "wlan0"], NOW - 5 * 86400 + 3180)]),
+          ("since=7d", _RECENT + [("edge-3", ["eth9"], NOW - 5 * 86400 + 3180)]),
+          ("since=10m", _RECENT[:1]), ("since=3d&end=4d", [("edge-3", ["eth9"], NOW - 5 * 86400 + 60)]),
+          ("since=1h&end=2023-11-15T09:00:00Z", [])]
+
+
+def agents_answer(expected):
+    """The /agents body of AGENTS' expected list."""
+    return {"agents": [{"agent": a, "interfaces": i, "last_seen": queries.iso(t)} for a, i, t in expected]}
+
+
 # -- stores ---------------------------------------------------------------------------------------
 
 def write_store(path, rows=(), events=(), maintain=False):

@@ -4,6 +4,6 @@ Routers are built per app (not at import) because some parameter limits come fro
 (e.g. /events' `limit` is capped by `events_limit`), and every route reads the app's Context.
 Order of inclusion is the order of the OpenAPI document and of docs/api.md.
 """
-from myason.api.routes import events, flows, rollups, service
+from myason.api.routes import agents, events, flows, rollups, service
 
-TOPICS = (flows, rollups, events, service)
+TOPICS = (flows, rollups, agents, events, service)
