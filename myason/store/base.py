@@ -23,6 +23,7 @@ _BUILTIN = {
     "influxdb": "myason.store.influxdb",
     "jsonl": "myason.store.jsonl",
     "mentat": "myason.store.mentat",
+    "notify": "myason.store.notify.writer",
 }
 _REGISTRY = {}
 

@@ -10,7 +10,8 @@ from myason.store.base import writer_class, writer_names
 # The least each writer needs before it looks at its other options.
 WRITER_MINIMUM = {"sqlite": {"path": "/nonexistent/x.db"}, "postgresql": {"dsn": "postgresql:///x"},
                   "influxdb": {"url": "http://127.0.0.1:1"}, "jsonl": {"dir": "/nonexistent"},
-                  "mentat": {"queue_dir": "/nonexistent"}}
+                  "mentat": {"queue_dir": "/nonexistent"},
+                  "notify": {"state": "/nonexistent/notify.db", "rules": []}}
 
 
 @pytest.mark.parametrize("name", writer_names())
