@@ -91,8 +91,14 @@ def build_parser():
 
     g = sub.add_parser("greylist", help="export the sources of stored events (for firewalls)")
     g.add_argument("-cc", "--collector-conf", metavar="FILE", help="collector YAML config (its first SQL writer)")
-    g.add_argument("--since", default="7d", metavar="DURATION", help="how far back (default 7d)")
-    g.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    g.add_argument("--since", metavar="DURATION", help="how far back (default 7d; with --push the config's since)")
+    g.add_argument("--format", choices=("csv", "json"), help="output format (default csv)")
+    g.add_argument("--push", metavar="FILE", help="push to a firewall instead, as the greylist_push section of FILE "
+                   "says: an nftables script or ipset file, applied by its command when it changed "
+                   "(docs/greylist.md)")
+    g.add_argument("--once", action="store_true", help="with --push: one round, whatever the config's interval")
+    g.add_argument("-lc", "--logger-conf", metavar="FILE", help="with --push: logging YAML (dictConfig)")
+    g.add_argument("--log-json", action="store_true", help="with --push: log one JSON object per line")
 
     q = sub.add_parser("api", help="serve the query API and the web page over HTTP")
     q.add_argument("-ac", "--api-conf", metavar="FILE", help="API YAML config (default: built-in defaults)")
@@ -446,10 +452,14 @@ def _events(args):
     from myason.store import query
     cfg = load_collector_config(args.collector_conf)
     writer = query.first_sql_writer(cfg.writers)
-    since = time.time() - query.parse_duration("--since", args.since)
+    if args.command == "greylist" and args.push:
+        return _greylist_push(args, writer)
+    since = time.time() - query.parse_duration("--since", args.since or "7d")
     if args.command == "greylist":
+        if args.once:
+            raise ConfigError("--once", "goes with --push")
         events = query.fetch_events(writer, since)
-        sys.stdout.write(query.format_greylist(query.greylist(events), args.format))
+        sys.stdout.write(query.format_greylist(query.greylist(events), args.format or "csv"))
         return EXIT_OK
     events = query.fetch_events(writer, since, args.category, args.source)
     if args.json:
@@ -461,6 +471,22 @@ def _events(args):
             print(query.format_event_line(ev))
         print("%d events" % len(events), file=sys.stderr)
     return EXIT_OK
+
+
+def _greylist_push(args, writer):
+    from myason.greylist.config import load_push_config
+    from myason.greylist.push import GreylistPusher
+    from myason.logs import setup_logging
+    if args.format:
+        raise ConfigError("--format", "not with --push: the config's format (nftables or ipset) applies")
+    cfg = load_push_config(args.push, since=args.since)
+    handle = setup_logging(args.logger_conf, json_format=args.log_json)
+    try:
+        pusher = GreylistPusher(cfg, writer)
+        pusher.install_signals()
+        return pusher.run(once=args.once)
+    finally:
+        handle.stop()
 
 
 def _api(args):

@@ -23,7 +23,7 @@ PKG = ROOT / "myason"
 # small modules may use each other (import cycles are refused separately).
 LAYERS = (
     ("cli", "__main__"),
-    ("api", "collector", "agent"),
+    ("api", "collector", "agent", "greylist"),
     ("enrich", "detect"),
     ("store",),
     ("schema", "wire", "keys", "options", "kernels", "nets", "services", "errors", "metrics", "logs",
