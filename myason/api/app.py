@@ -1,6 +1,7 @@
 """The FastAPI application: bearer-token auth, errors as {"error": ...}, middleware; routes in api/routes/."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -15,14 +16,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from myason import __version__
 from myason.api import routes
-from myason.api.cache import Jobs, Memo
+from myason.api.cache import Memo
 from myason.api.config import ApiConfig, resolve_database, resolve_token
 from myason.api.context import ApiError, Context
 from myason.api.db import Database, DatabaseError, open_database
 from myason.api.periods import PERIODS
 from myason.api.routes.service import STATIC_DIR
+from myason.api.searches import GAUGES as SEARCH_GAUGES, Searches
 from myason.api.security import SecurityHeaders, TrustedHost, trusted_host_names
+from myason.api.spool import ResultSpool
 from myason.api.telemetry import Telemetry
+from myason.metrics import StatsCollector
 
 log = logging.getLogger("myason.api")
 
@@ -60,8 +64,19 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
         database = open_database(spec, config.pool_size, config.query_timeout)
     if config.auth and token is None:
         token = resolve_token(config)
+    # A configured result spool is taken at once (a bad or busy directory stops the start); the
+    # default one, a temp dir, when the first search runs.
+    spool = ResultSpool(config.result_spool, config.result_spool_bytes, config.result_ttl, clock)
+    if config.result_spool:
+        spool.open()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        app.state.searches.close()
+
     # /docs and /redoc load their scripts from a CDN without integrity checks: off unless asked for.
-    app = FastAPI(title="myason API", version=__version__, dependencies=[Depends(known_params_only)],
+    app = FastAPI(lifespan=lifespan, title="myason API", version=__version__, dependencies=[Depends(known_params_only)],
                   docs_url="/docs" if config.docs else None, redoc_url="/redoc" if config.docs else None,
                   description="Flow search (Docket-style path grammar), traffic, top lists, events and "
                               "store health. Authenticate with `Authorization: Bearer TOKEN`.")
@@ -70,8 +85,11 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
     app.state.config = config
     app.state.memo = memo = Memo(config.query_cache_size, config.query_cache_bytes)
     app.state.periods = periods = Memo(config.period_cache_size, config.period_cache_bytes)
-    app.state.jobs = jobs = Jobs(config.known_ids)
+    cache_on = config.query_cache_size > 0 and config.query_cache_bytes > 0
+    app.state.searches = searches = Searches(spool, config.search_workers, config.search_queue, config.known_ids,
+                                             config.query_cache_ttl if cache_on else 0.0, memo, clock)
     app.state.telemetry = telemetry = Telemetry(lambda: {"cache": {"query": memo.stats(), "period": periods.stats()}})
+    telemetry.registry.register(StatsCollector(searches.metrics, gauges=SEARCH_GAUGES, prefix="myason_api"))
     bearer = HTTPBearer(auto_error=False, description="the API token (printed by `myason api` at start)")
 
     def require_token(creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
@@ -117,7 +135,7 @@ def create_app(config: ApiConfig, database: Optional[Database] = None, token: Op
             route = request.scope.get("route")
             telemetry.observe(getattr(route, "path", "unmatched"), request.method, status, time.perf_counter() - t0)
 
-    ctx = Context(config, database, clock, memo, periods, jobs, telemetry)
+    ctx = Context(config, database, clock, memo, periods, searches, telemetry)
     for topic in routes.TOPICS:
         app.include_router(topic.build(ctx, auth))
 

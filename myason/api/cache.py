@@ -1,4 +1,4 @@
-"""Result caching for the API: a TTL cache with in-flight deduplication, and the query job list.
+"""Result caching for the API: a TTL cache with in-flight deduplication.
 
 Identical requests that arrive while the first is still running wait for it and share its
 result (one execution); a finished result is kept for its TTL. Errors are shared with the
@@ -15,7 +15,6 @@ import collections
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 
 class _Flight:
@@ -132,14 +131,34 @@ class Memo:
             size = self.sizeof(flight.result) if keep else 0
             with self._lock:
                 del self._flights[key]
-                if keep and size <= self.maxbytes:
-                    self._drop(key)
-                    self._items[key] = (self.clock() + ttl, flight.result, size)
-                    self._bytes += size
-                    while len(self._items) > self.maxsize or self._bytes > self.maxbytes:
-                        self._drop(next(iter(self._items)))
+                if keep:
+                    self._keep(key, ttl, flight.result, size)
             flight.done.set()
         return flight.result, "executed"
+
+    def put(self, key, ttl, value) -> None:
+        """Keep `value`, computed elsewhere (a background flow search), as an execution of `key`."""
+        with self._lock:
+            self.misses += 1
+            self.executions += 1
+        if ttl > 0 and self.maxsize > 0 and self.maxbytes > 0:
+            size = self.sizeof(value)
+            with self._lock:
+                self._keep(key, ttl, value, size)
+
+    def count(self, what) -> None:
+        """Count an answer given elsewhere from this cache's values: 'hits' or 'shared'."""
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def _keep(self, key, ttl, value, size):
+        """Store under the lock held by the caller; a value larger than maxbytes is not kept."""
+        if size <= self.maxbytes:
+            self._drop(key)
+            self._items[key] = (self.clock() + ttl, value, size)
+            self._bytes += size
+            while len(self._items) > self.maxsize or self._bytes > self.maxbytes:
+                self._drop(next(iter(self._items)))
 
     def _drop(self, key):
         item = self._items.pop(key, None)
@@ -151,68 +170,3 @@ class Memo:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "shared": self.shared,
                     "executions": self.executions, "entries": len(self._items), "bytes": self._bytes}
-
-
-@dataclass
-class Job:
-    """One flow query as /status reports it."""
-
-    id: str
-    query: str
-    created: float
-    state: str = "running"
-    elapsed: float | None = None
-    count: int | None = None
-    error: str | None = None
-    started: float = field(default_factory=time.monotonic, repr=False)
-
-    def to_dict(self) -> dict:
-        """The /status answer."""
-        elapsed = self.elapsed if self.elapsed is not None else time.monotonic() - self.started
-        return {"id": self.id, "query": self.query, "state": self.state,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
-                "elapsed": round(elapsed, 6), "count": self.count, "error": self.error}
-
-
-class Jobs:
-    """The last `keep` query ids with their state, newest first."""
-
-    def __init__(self, keep=1000):
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._jobs = collections.OrderedDict()
-
-    def start(self, qid, canonical) -> Job:
-        """Record a new execution of query `qid` (replacing an older one of the same id)."""
-        job = Job(qid, canonical, time.time())
-        with self._lock:
-            self._jobs.pop(qid, None)
-            self._jobs[qid] = job
-            while len(self._jobs) > self.keep:
-                self._jobs.popitem(last=False)
-        return job
-
-    def seen(self, qid, canonical, count=None) -> None:
-        """Mark `qid` as answered again from the cache (front of /ids), recreating it if forgotten."""
-        with self._lock:
-            if qid in self._jobs:
-                self._jobs.move_to_end(qid)
-                return
-        self.finish(self.start(qid, canonical), count)
-
-    def finish(self, job, count=None, error=None) -> None:
-        """Mark a job done (with its row count) or failed (with a message)."""
-        job.elapsed = time.monotonic() - job.started
-        job.count = count
-        job.error = error
-        job.state = "error" if error is not None else "done"
-
-    def get(self, qid):
-        """The Job of `qid`, or None."""
-        with self._lock:
-            return self._jobs.get(qid)
-
-    def ids(self) -> list:
-        """Known ids, newest first."""
-        with self._lock:
-            return list(reversed(self._jobs))

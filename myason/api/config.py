@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
+from myason.api.grammar import GrammarError, parse_time
 from myason.errors import ConfigError
 from myason.options import (check_bool, check_float, check_int, check_optional, check_str, load_config, meta,
                             parse_endpoint, parse_options, read_yaml_mapping, to_plain, validate_fields)
@@ -37,6 +39,19 @@ def check_database(key, value):
     if not isinstance(value.get(need), str) or not value[need]:
         raise ConfigError("%s.%s" % (key, need), "required (a non-empty string)")
     return {"type": value["type"], need: value[need]}
+
+
+def check_default_bound(key, value):
+    """The time bound of a search without after/ or before/: a duration ('24h') or 0 (none) -> text or None."""
+    if value is None or value in (0, "0"):
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}[smhdw]", value) or int(value[:-1]) == 0:
+        raise ConfigError(key, "must be a duration (e.g. 24h, 7d) or 0 (no default bound), got %r" % (value,))
+    try:
+        parse_time(value)
+    except GrammarError as exc:
+        raise ConfigError(key, str(exc)) from None
+    return value
 
 
 def check_trusted_hosts(key, value):
@@ -79,6 +94,16 @@ class ApiConfig:
     query_timeout: float = field(default=30.0, metadata=meta(check_float(lo=0, lo_open=True)))
     pool_size: int = field(default=4, metadata=meta(check_int(1, 64)))
     events_limit: int = field(default=1000, metadata=meta(check_int(1, 1000000)))
+    # Flow searches in the background (myason.api.searches): a search not done within
+    # search_wait seconds is answered 202 with its id, its result is fetched from the spool later.
+    default_bound: str | None = field(default="24h", metadata=meta(check_default_bound))
+    search_wait: float = field(default=2.0, metadata=meta(check_float(lo=0, hi=3600)))
+    search_workers: int = field(default=2, metadata=meta(check_int(1, 64)))
+    search_queue: int = field(default=32, metadata=meta(check_int(1, 100000)))
+    result_spool: str | None = field(default=None, metadata=meta(
+        check_optional(check_str(allow_empty=False, expected="a directory path"))))
+    result_ttl: float = field(default=3600.0, metadata=meta(check_float(lo=0, lo_open=True)))
+    result_spool_bytes: int = field(default=256 << 20, metadata=meta(check_int(1024, 1 << 40)))
     # Connection limits (myason.api.protocol): slow or idle clients must not hold the server.
     max_connections: int = field(default=256, metadata=meta(check_int(1, 100000)))
     header_timeout: float = field(default=10.0, metadata=meta(check_float(lo=0, lo_open=True)))

@@ -32,9 +32,9 @@ class Context:
     config: Any
     database: Any
     clock: Callable[[], float]
-    memo: Any           # myason.api.cache.Memo of flow searches
+    memo: Any           # myason.api.cache.Memo of flow search results
     periods: Any        # Memo of period answers (traffic, top, range, stats)
-    jobs: Any           # myason.api.cache.Jobs: query ids and their states
+    searches: Any       # myason.api.searches.Searches: query ids, their states and results
     telemetry: Any
 
     def period_cached(self, key, ttl, fn):

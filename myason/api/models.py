@@ -13,10 +13,11 @@ class ErrorOut(BaseModel):
 
 
 class QueryOut(BaseModel):
-    """A flow search: rows (lists in `columns` order), newest flow first."""
+    """A flow search: rows (lists in `columns` order), newest flow first; `bound`: the time bound applied."""
 
     id: str
     query: str
+    bound: str
     columns: list[str]
     rows: list[list[Any]]
     count: int
@@ -25,22 +26,60 @@ class QueryOut(BaseModel):
     cached: bool
 
 
-class StatusOut(BaseModel):
-    """State of a query id."""
+class SearchAcceptedOut(BaseModel):
+    """A flow search not done yet (202): fetch `result_url` later, `status_url` tells its state."""
 
     id: str
     query: str
-    state: Literal["running", "done", "error"]
-    created: str
-    elapsed: float
-    count: Optional[int] = None
-    error: Optional[str] = None
+    state: Literal["queued", "running"]
+    status_url: str
+    result_url: str
+
+
+class StateChange(BaseModel):
+    """One entry of a search's history."""
+
+    state: Literal["queued", "running", "done", "failed", "expired"]
+    at: str
+
+
+class StatusOut(BaseModel):
+    """State of a query id, its history (every run), and the figures of its last run."""
+
+    id: str
+    query: str
+    bound: str
+    state: Literal["queued", "running", "done", "failed", "expired"]
+    history: list[StateChange]
+    rows: Optional[int]
+    truncated: Optional[bool]
+    seconds: Optional[float]
+    bytes: Optional[int]
+    error: Optional[str]
+    expires: Optional[str]
+    expired_by: Optional[Literal["result_ttl", "result_spool_bytes"]]
+    shared: int
+    result_url: str
 
 
 class IdsOut(BaseModel):
     """Known query ids, newest first."""
 
     ids: list[str]
+
+
+class UrlEntry(BaseModel):
+    """One endpoint of the API."""
+
+    path: str
+    methods: list[str]
+    summary: str
+
+
+class UrlsOut(BaseModel):
+    """The API's endpoints, as Docket's /urls lists its own."""
+
+    urls: list[UrlEntry]
 
 
 class TrafficPoint(BaseModel):

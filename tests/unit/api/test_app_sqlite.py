@@ -96,8 +96,9 @@ def test_host_query(client):
     r = get(client, "/q/host/10.1.0.1")
     assert r.status_code == 200
     body = r.json()
-    q = parse_query("host/10.1.0.1")
-    assert body["id"] == q.id and body["query"] == "host/10.1.0.1/limit/100"
+    q = parse_query("host/10.1.0.1/after/1d")      # the default bound is part of the query
+    assert body["id"] == q.id and body["query"] == "host/10.1.0.1/after/1d/limit/100"
+    assert body["bound"] == "after/24h (default)"
     assert body["columns"] == list(queries.FLOW_COLUMNS)
     assert body["count"] == 20 and not body["truncated"] and not body["cached"]
     firsts = [r[0] for r in body["rows"]]
@@ -155,8 +156,8 @@ def test_status_and_ids(client):
     a = get(client, "/q/host/10.1.0.2").json()
     b = get(client, "/q/host/10.1.0.1/limit/3").json()
     st = get(client, "/status/" + a["id"]).json()
-    assert st["state"] == "done" and st["count"] == 10 and st["query"] == "host/10.1.0.2/limit/100"
-    assert st["created"].endswith("Z") and st["elapsed"] >= 0
+    assert st["state"] == "done" and st["rows"] == 10 and st["query"] == "host/10.1.0.2/after/1d/limit/100"
+    assert [h["state"] for h in st["history"]] == ["queued", "running", "done"] and st["seconds"] >= 0
     assert get(client, "/ids").json()["ids"][:2] == [b["id"], a["id"]]
     get(client, "/q/host/10.1.0.2")     # asked again (cached): newest again
     assert get(client, "/ids").json()["ids"][0] == a["id"]
@@ -164,8 +165,8 @@ def test_status_and_ids(client):
 
 def test_inflight_queries_run_once(store, monkeypatch):
     client = make_client(store)
-    memo = client.app.state.memo
-    q = parse_query("net/10.1.0.0/16/limit/7")
+    memo, searches = client.app.state.memo, client.app.state.searches
+    q = parse_query("net/10.1.0.0/16/after/1d/limit/7")
     n = 4
     calls = []
     real = queries.flow_search
@@ -174,7 +175,7 @@ def test_inflight_queries_run_once(store, monkeypatch):
         calls.append(query.canonical)
         deadline = time.monotonic() + 10
         # Hold the execution until every other request is waiting for it.
-        while memo.waiters(("q", q.id)) < n - 1:
+        while searches.get(q.id).shared < n - 1:
             assert time.monotonic() < deadline, "the other requests never joined"
             time.sleep(0.01)
         return real(db, query, now)
@@ -210,8 +211,8 @@ def test_query_errors_are_not_cached(store, monkeypatch):
     monkeypatch.setattr(queries, "flow_search", flaky)
     r = get(client, "/q/host/10.1.0.1")
     assert r.status_code == 503 and r.json() == {"error": "database is locked"}
-    qid = parse_query("host/10.1.0.1").id
-    assert get(client, "/status/" + qid).json()["state"] == "error"
+    qid = parse_query("host/10.1.0.1/after/1d").id
+    assert get(client, "/status/" + qid).json()["state"] == "failed"
     assert get(client, "/q/host/10.1.0.1").json()["count"] == 20
     assert get(client, "/status/" + qid).json()["state"] == "done"
 

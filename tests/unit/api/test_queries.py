@@ -59,7 +59,7 @@ def test_flow_search_shows_times_rounded_and_newest_first(tmp_path):
     w.close()
     client = TestClient(create_app(ApiConfig(database={"type": "sqlite", "path": path}, token=TOKEN)),
                         raise_server_exceptions=False)
-    body = client.get("/q/host/10.1.0.1", headers=AUTH).json()
+    body = client.get("/q/host/10.1.0.1/after/2023-11-14T00:00:00Z", headers=AUTH).json()
     shown = [r[0] for r in body["rows"]]
     assert shown == ["2023-11-14T22:17:49.200Z", "2023-11-14T22:17:49.000Z", "2023-11-14T22:17:49.000Z",
                      "2023-11-14T22:17:48.999Z", "2023-11-14T22:17:48.500Z"]
