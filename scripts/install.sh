@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${MYASON_VENV:-$ROOT/.venv}
 
-APT_PKGS="python3 python3-venv python3-dev gcc libpcap0.8 tcpdump iproute2 softflowd nfdump tshark time strace chromium chromium-driver"
+APT_PKGS="python3 python3-venv python3-dev gcc libpcap0.8 tcpdump iproute2 softflowd nfdump tshark time strace chromium chromium-driver nftables ipset"
 need_apt=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_apt="$need_apt $p"

@@ -163,6 +163,47 @@ class NsSender:
         self._proc.stdout.close()
 
 
+@dataclass(frozen=True)
+class Spoke:
+    """A namespace joined to the hub namespace by its own veth pair, with addresses on both ends."""
+
+    ns: str
+    ip4: str
+    ip6: str
+    hub_ip4: str
+    hub_ip6: str
+
+
+@contextlib.contextmanager
+def hub_and_spokes(count):
+    """A hub namespace and `count` spoke namespaces, each joined to the hub by a veth pair
+    (10.201.<i>.0/24, fd00:201:<i>::/64); nothing of the current namespace is touched.
+    Yields (hub, [Spoke]); always removes them."""
+    if not have_netns():
+        raise RuntimeError("hub_and_spokes() needs root and the `ip` tool")
+    tag = "%d-%d" % (os.getpid(), next(_counter))
+    hub = "myhub-" + tag
+    spokes = [Spoke("myspk%d-%s" % (i, tag), "10.201.%d.1" % i, "fd00:201:%d::1" % i, "10.201.%d.2" % i,
+                    "fd00:201:%d::2" % i) for i in range(1, count + 1)]
+    made = []
+    try:
+        for ns in [hub] + [s.ns for s in spokes]:
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        for i, s in enumerate(spokes, 1):
+            hub_if, ns_if = "hub%d" % i, "spk%d" % i
+            _ip("-n", hub, "link", "add", hub_if, "type", "veth", "peer", "name", ns_if, "netns", s.ns)
+            for ns, ifname, ip4, ip6 in ((hub, hub_if, s.hub_ip4, s.hub_ip6), (s.ns, ns_if, s.ip4, s.ip6)):
+                _ip("-n", ns, "addr", "add", ip4 + "/24", "dev", ifname)
+                _ip("-n", ns, "-6", "addr", "add", ip6 + "/64", "dev", ifname, "nodad")
+                _ip("-n", ns, "link", "set", ifname, "up")
+        yield hub, spokes
+    finally:
+        for ns in made:
+            _ip("netns", "delete", ns, check=False)
+
+
 _CLONE_NEWNET = 0x40000000
 
 
