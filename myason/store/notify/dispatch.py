@@ -77,17 +77,21 @@ class Dispatcher:
             if outcome == "ok":
                 state.delivered(delivery_id)
                 self._blocked.pop(name, None)
-            elif outcome == "refused":
+                continue
+            if outcome == "refused":
                 state.give_up(delivery_id, "webhook_refused")
                 log.error("notify: webhook %s refused event %s (rule %s) with %s: given up", name, event_id, rule, detail)
-            elif now - created >= hook.give_up_after:
+                continue
+            # The backoff counts from the end of the failed attempt, which may have waited for its timeout.
+            ended = max(self.clock(), now)
+            if ended - created >= hook.give_up_after:
                 state.give_up(delivery_id, "webhook_expired")
                 log.error("notify: webhook %s: event %s (rule %s) undelivered after %d attempts over %.0f s (%s): "
-                          "given up", name, event_id, rule, attempts + 1, now - created, detail)
+                          "given up", name, event_id, rule, attempts + 1, ended - created, detail)
             else:
                 delay = hook.backoff(attempts + 1)
-                state.retry(delivery_id, attempts + 1, now + delay, detail)
-                self._blocked[name] = now + delay
+                state.retry(delivery_id, attempts + 1, ended + delay, detail)
+                self._blocked[name] = ended + delay
                 if self._limiter.allow(name):
                     log.warning("notify: webhook %s: %s (attempt %d of event %s; next in %.1f s, %d pending)",
                                 name, detail, attempts + 1, event_id, delay, state.pending())

@@ -72,8 +72,7 @@ class Mailer:
 def compose(rule, lines, opened, now, unlisted=0, folded=0, mail=None):
     """(subject, body) of the digest of one rule's window: `lines` are the events' digest lines."""
     total = len(lines) + unlisted
-    subject = "[myason] %s: %d event%s, %s - %s" % (rule, total, "" if total == 1 else "s",
-                                                    utc_text(opened), utc_text(now))
+    subject = "[myason] %s: %d event%s since %s" % (rule, total, "" if total == 1 else "s", utc_text(opened))
     out = ["Rule %s: %d event%s between %s and %s (UTC)." % (rule, total, "" if total == 1 else "s",
                                                               utc_text(opened), utc_text(now))]
     if folded:

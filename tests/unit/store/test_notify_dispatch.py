@@ -1,7 +1,11 @@
 """The notify writer and its dispatcher, stepped on a fake clock against real receivers on loopback:
 batches taken in once, retries with backoff, a dead receiver probed once per backoff, give-up rules,
 the bounded outbox, digest windows, the mail rate limit, and a restart resuming from the state file."""
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from myason.errors import ConfigError
 from myason.store.base import writer_class
@@ -10,6 +14,7 @@ from myason.store.notify.state import State
 from tests.support.receivers import SECRET, SmtpReceiver, WebhookReceiver, unused_tcp_port, verify, write_secret
 
 T0 = 1_800_000_000.0
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def ev(n, category="Recon.Scanning", source="203.0.113.%d"):
@@ -196,3 +201,22 @@ def test_writer_config_errors_name_the_key(tmp_path):
         with pytest.raises(ConfigError) as exc:
             writer_class("notify")(**dict(base, **change))
         assert exc.value.key == key, change
+
+
+def _examples():
+    """The notify writer examples of conf/collector.yaml (commented out) and docs/notifier.md."""
+    conf = (ROOT / "conf" / "collector.yaml").read_text()
+    block = re.search(r"^# - type: notify.*?(?=^# - type|^# Threads)", conf, re.S | re.M).group(0)
+    yield yaml.safe_load("\n".join(line[2:] if line.startswith("# ") else line[1:] for line in block.splitlines()))[0]
+    doc = (ROOT / "docs" / "notifier.md").read_text()
+    yield yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))["writers"][0]
+
+
+@pytest.mark.parametrize("example", list(_examples()), ids=["conf", "docs"])
+def test_the_shipped_examples_are_valid(tmp_path, example):
+    secret = str(write_secret(tmp_path / "secret"))
+    example = dict(example, state=str(tmp_path / "n.db"))
+    example.pop("type")
+    example["webhooks"] = {k: dict(v, secret_file=secret) for k, v in example["webhooks"].items()}
+    w = writer_class("notify")(**example)
+    assert [r.name for r in w.rules] == [r["name"] for r in example["rules"]]
