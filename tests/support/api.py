@@ -76,6 +76,36 @@ def agents_answer(expected):
     return {"agents": [{"agent": a, "interfaces": i, "last_seen": queries.iso(t)} for a, i, t in expected]}
 
 
+class Clock:
+    """A clock the test moves: `clock.t += 60`."""
+
+    def __init__(self, t=NOW):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+class TableLock:
+    """An ACCESS EXCLUSIVE lock on a PostgreSQL table, held by a transaction of its own until release():
+    a query of that table waits, genuinely in flight, until then."""
+
+    def __init__(self, dsn, table):
+        import psycopg
+        self.conn = psycopg.connect(dsn)
+        self.conn.execute("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE" % table)
+
+    def waiting(self, like):
+        """Backends of this database waiting for a lock while running a statement LIKE `like`."""
+        return self.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE %s", (like,)).fetchone()[0]
+
+    def release(self):
+        self.conn.rollback()
+        self.conn.close()
+
+
 # -- stores ---------------------------------------------------------------------------------------
 
 def write_store(path, rows=(), events=(), maintain=False):

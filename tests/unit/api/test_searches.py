@@ -10,15 +10,8 @@ from myason.api.cache import Memo
 from myason.api.db import DatabaseError
 from myason.api.searches import Busy, Searches
 from myason.api.spool import ResultSpool
+from tests.support.api import Clock
 from tests.support.services import wait_until
-
-
-class Clock:
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 def result(n, width=1):
@@ -42,7 +35,7 @@ def make(tmp_path):
     made = []
 
     def build(workers=1, queue_size=4, keep=100, cache_ttl=60.0, spool_bytes=1 << 20, ttl=600.0, memo=None):
-        clock = Clock()
+        clock = Clock(1000.0)
         spool = ResultSpool(str(tmp_path / ("s%d" % len(made))), spool_bytes, ttl, clock)
         s = Searches(spool, workers, queue_size, keep, cache_ttl, memo, clock)
         made.append(s)

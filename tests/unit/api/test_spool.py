@@ -7,14 +7,7 @@ import pytest
 from myason.api import spool as spool_mod
 from myason.api.spool import ResultSpool, TooBig
 from myason.errors import ConfigError
-
-
-class Clock:
-    def __init__(self, t=1000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
+from tests.support.api import Clock
 
 
 def name(i, run=1):
@@ -95,7 +88,7 @@ def test_a_write_that_fails_leaves_neither_a_result_nor_a_temporary_file(tmp_pat
 
 
 def test_results_expire_after_the_ttl(tmp_path):
-    clock = Clock()
+    clock = Clock(1000.0)
     s = ResultSpool(str(tmp_path), 1000, 60, clock).open()
     s.put(name(1), b"a" * 10)
     clock.t += 30
