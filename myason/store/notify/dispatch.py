@@ -100,10 +100,8 @@ class Dispatcher:
         for name, opened, _due, unlisted, folded, attempts in state.due_windows(now):
             rule = self.rules.get(name)
             if rule is None or rule.mail is None or self.mailer is None:
-                lines = state.window_lines(name)
-                state.mailed(name, [e for e, _ in lines], now, now - self.keep_sent, 0.0)
                 log.warning("notify: digest of %d events for rule %r dropped: the rule sends no mail now",
-                            len(lines) + unlisted, name)
+                            state.drop_window(name, unlisted), name)
                 continue
             mail = rule.mail
             recent = state.sent_since(name, now - mail["per"])

@@ -172,6 +172,15 @@ class State:
             c.execute("DELETE FROM sent WHERE t <= ?", (keep_since,))
             _add_counters(c, {"mail_sent": 1, "mail_events": len(event_ids)})
 
+    def drop_window(self, rule, unlisted):
+        """A window whose rule sends no mail any more (config changed): dropped; returns the events counted."""
+        with self.transaction() as c:
+            n = c.execute("SELECT count(*) FROM digest WHERE rule = ?", (rule,)).fetchone()[0] + unlisted
+            c.execute("DELETE FROM digest WHERE rule = ?", (rule,))
+            c.execute("DELETE FROM windows WHERE rule = ?", (rule,))
+            _add_counters(c, {"mail_dropped_unknown_rule": n})
+        return n
+
     def postpone(self, rule, due, counter, folded=0, attempts=0):
         """The window cannot be mailed now (rate limit, failed send): due again at `due`, counted."""
         with self.transaction() as c:

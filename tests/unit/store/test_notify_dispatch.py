@@ -220,3 +220,13 @@ def test_the_shipped_examples_are_valid(tmp_path, example):
     example["webhooks"] = {k: dict(v, secret_file=secret) for k, v in example["webhooks"].items()}
     w = writer_class("notify")(**example)
     assert [r.name for r in w.rules] == [r["name"] for r in example["rules"]]
+
+
+def test_a_window_whose_rule_sends_no_mail_any_more_is_dropped_and_counted(tmp_path):
+    w, state = make(tmp_path, smtp_port=unused_tcp_port(), rule={"mail": {"to": ["soc@example.org"], "window": 5}})
+    w.write("b1", [], events=[ev(1), ev(2)])
+    w.close()
+    w, state = make(tmp_path, url="http://127.0.0.1:9/")        # the same rule, now webhooks only
+    assert step(w, state, T0 + 5) is None
+    assert state.counters() == {"mail_dropped_unknown_rule": 2}
+    w.close()
