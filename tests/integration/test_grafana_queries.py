@@ -4,17 +4,23 @@ Two agents replay generated traffic (benign sessions and crafted attacks) into a
 with the postgresql and influxdb writers, GeoIP enrichment (small .mmdb files) and detection;
 the rollups are then maintained. Each dashboard's variables are resolved by running their own
 queries, then each panel query is expanded with tests/support/grafana.py over the data's time range and
-run: for PostgreSQL panels at the four rollup resolutions (the interval picks the table).
+run: for PostgreSQL panels at the four rollup resolutions (the interval picks the table), and again
+with the filter variables (source, destination, protocol, port) set. A set address must filter
+(fewer rows, each matching, sums equal to the raw flows'), and every data link, expanded for a
+returned row, must open a flow search whose clauses the API's grammar accepts.
 """
 import datetime as dt
+import ipaddress
 import json
 import socket
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
 import pytest
 
+from myason.api.grammar import parse_query
 from tests.support import grafana as g
 from tests.support import trafficgen as gen
 from tests.support import collector as col
@@ -36,6 +42,12 @@ ASNS = {"192.0.2.0/24": 64500, "198.51.100.0/24": 64501, "203.0.113.0/24": 64502
         "100.64.0.0/10": 64504, "2001:db8::/32": 64505}
 # Forced (range, max data points) per rollup resolution: the interval decides the table.
 RESOLUTIONS = {"1m": 60000, "15m": 900000, "1h": 3600000, "1d": 86400000}
+# The filter variables set for the sweep over every panel: values the generated traffic has on
+# every flow dashboard (HTTPS between 10.1/16 clients and 192.0.2.80) and on the events one.
+FILTERED = {"traffic.json": {"dst_net": "0.0.0.0/0", "proto": "tcp", "port": "443"},
+            "top.json": {"dst_net": "0.0.0.0/0", "proto": "tcp", "port": "443"},
+            "geo.json": {"dst_net": "0.0.0.0/0", "proto": "tcp", "port": "443"},
+            "events.json": {"src_net": "203.0.113.0/24", "dst_net": "0.0.0.0/0"}}
 
 
 def mmdb(path, kind, records):
@@ -126,13 +138,20 @@ def run(stack, ds_type, text, start, end, variables, max_dp=1000, min_interval=N
     return q, pg_query(dsn, q)
 
 
-def resolve_variables(stack, board, start, end, pick_first=False):
-    """Run the dashboard's variable queries in order, as Grafana does on load."""
+def resolve_variables(stack, board, start, end, pick_first=False, values=None):
+    """Run the dashboard's variable queries in order, as Grafana does on load.
+
+    values: what the user typed into text box variables (the others keep their defaults).
+    """
     variables = {}
     for model in board["templating"]["list"]:
         if model["type"] == "custom":
             options = [o.strip() for o in model["query"].split(",")]
             variables[model["name"]] = g.variable_from_model(model, options, model["current"]["value"])
+            continue
+        if model["type"] in ("textbox", "constant"):
+            value = (values or {}).get(model["name"], model["query"])
+            variables[model["name"]] = g.variable_from_model(model, [value], value)
             continue
         q, rows = run(stack, datasource_type(model["datasource"]), model["query"], start, end, variables)
         options = [str(r[0]) for r in rows]
@@ -174,6 +193,14 @@ def test_panel_query_returns_rows(stack, board_name, panel_id, ref):
         q, rows = run(stack, ds, text, start, end, variables, min_interval=panel.get("interval"))
         assert rows and has_values(rows), "%s / %s (first options: %s): no rows\n%s" % (
             board["title"], panel["title"], pick_first, q)
+    if board_name in FILTERED:
+        variables = resolve_variables(stack, board, start, end, values=FILTERED[board_name])
+        q, rows = run(stack, ds, text, start, end, variables, min_interval=panel.get("interval"))
+        if ds == "influxdb":
+            # InfluxDB has no address or port series: the panel goes empty rather than unfiltered.
+            assert not has_values(rows), "%s / %s ignores the filters\n%s" % (board["title"], panel["title"], q)
+        else:
+            assert rows and has_values(rows), "%s / %s (filtered): no rows\n%s" % (board["title"], panel["title"], q)
     if ds == "influxdb" or "rollup_" not in text:
         return
     # The same panel over two days around the data, at each rollup resolution.
@@ -206,15 +233,20 @@ def test_traffic_totals_agree_between_rollups_influxdb_and_raw_flows(stack):
     assert answer[0]["sum"] == raw_bytes
 
 
-def panel_rows(stack, board_name, title, **pick):
+def panel_rows(stack, board_name, title, values=None, **pick):
     board = load(col.ROOT / "grafana" / "dashboards" / board_name)
-    variables = resolve_variables(stack, board, stack[3], stack[4])
+    variables = resolve_variables(stack, board, stack[3], stack[4], values=values)
     for name, value in pick.items():
         variables[name].current = value
     panel = next(p for p in g.iter_panels(board) if p["title"] == title)
     t = panel["targets"][0]
     return run(stack, datasource_type(t["datasource"]), t.get("rawSql") or t["query"], stack[3], stack[4],
                variables, min_interval=panel.get("interval"))[1]
+
+
+def series(name):
+    """A per-second series' name without the range total the dashboards append ("tcp (12 MB)")."""
+    return name.rsplit(" (", 1)[0]
 
 
 def test_panels_show_the_traffic_that_was_sent(stack):
@@ -233,9 +265,9 @@ def test_panels_show_the_traffic_that_was_sent(stack):
     assert {"AS64502", "AS64503"} <= asns
     cats = {r[0] for r in panel_rows(stack, "events.json", "Events by category")}
     assert cats == {"Recon.Scanning", "Attempt.Login", "Availability.DoS", "Intrusion.Botnet"}
-    protos = {r[1] for r in panel_rows(stack, "traffic.json", "Bits/s by protocol")}
+    protos = {series(r[1]) for r in panel_rows(stack, "traffic.json", "Bits/s by protocol")}
     assert {"tcp", "udp", "icmp"} <= protos
-    directions = {r[1] for r in panel_rows(stack, "traffic.json", "Packets/s by direction")}
+    directions = {series(r[1]) for r in panel_rows(stack, "traffic.json", "Packets/s by direction")}
     assert {"inbound", "outbound"} <= directions
     rejects = {r[1] for r in panel_rows(stack, "health.json", "Rejects by reason")}
     assert rejects, "the garbage datagrams must show as a reject reason"
@@ -276,5 +308,104 @@ def test_port_panels_rank_service_ports_and_the_raw_panel_destination_ports(stac
     assert set(raw) & (replies - set(ref)), "the raw panel shows the replies' ephemeral destination ports"
     best = sorted(ref, key=lambda k: -ref[k])[:5]
     assert ref[best[-1]] > max(v for k, v in ref.items() if k not in best)   # no tie for the fifth
-    series = {r[1] for r in panel_rows(stack, "top.json", "Top 5 service ports over time")}
-    assert series == {"port %s" % k for k in best}
+    names = {series(r[1]) for r in panel_rows(stack, "top.json", "Top 5 service ports over time")}
+    assert names == {"port %s" % k for k in best}
+
+
+def test_per_second_series_carry_their_range_total(stack):
+    """Legends show min/max/mean of a rate; the name carries its true total, equal to the raw flows'."""
+    dsn = stack[0]
+    raw = dict(pg_query(dsn, "SELECT CASE proto WHEN 6 THEN 'tcp' WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp'"
+                             " WHEN 58 THEN 'icmpv6' ELSE proto::text END, sum(packets) FROM flows GROUP BY 1"))
+    names = {r[1] for r in panel_rows(stack, "traffic.json", "Packets/s by protocol")}
+    assert names == {"%s (%d packets)" % (k, v) for k, v in raw.items()}
+
+
+def in_net(address, net):
+    return ipaddress.ip_address(address) in ipaddress.ip_network(net, strict=False)
+
+
+def raw_sum(dsn, column, where, *params):
+    return pg_query(dsn, "SELECT coalesce(sum(%s), 0) FROM flows WHERE %s" % (column, where), params)[0][0]
+
+
+def test_address_filters_filter_every_kind_of_panel(stack):
+    """A source or destination address / CIDR narrows the panels to the matching flows, exactly."""
+    dsn = stack[0]
+    every = panel_rows(stack, "top.json", "Top source addresses", top="50")
+    one = panel_rows(stack, "top.json", "Top source addresses", values={"src_net": "203.0.113.66"}, top="50")
+    assert 0 < len(one) < len(every) and [r[0] for r in one] == ["203.0.113.66"]
+    assert one[0][1] == raw_sum(dsn, "bytes", "src_ip = %s::inet", "203.0.113.66")
+    every = panel_rows(stack, "top.json", "Top destination addresses", top="50")
+    net = panel_rows(stack, "top.json", "Top destination addresses", values={"dst_net": "192.0.2.0/24"}, top="50")
+    assert 0 < len(net) < len(every) and all(in_net(r[0], "192.0.2.0/24") for r in net)
+    talkers = panel_rows(stack, "top.json", "Top talkers (source or destination)",
+                         values={"src_net": "10.0.0.0/8", "dst_net": "192.0.2.53"}, top="50")
+    assert {r[0] for r in talkers} >= {"192.0.2.53"} and all(
+        r[0] == "192.0.2.53" or in_net(r[0], "10.0.0.0/8") for r in talkers)
+    v6 = panel_rows(stack, "top.json", "Top source addresses", values={"src_net": "2001:db8::/32"}, top="50")
+    assert v6 and all(in_net(r[0], "2001:db8::/32") for r in v6)
+    # Totals: the stats equal the raw flows' sums under the same filter, with protocol and port.
+    cases = [({"src_net": "10.0.0.0/8"}, "src_ip <<= %s::inet", ("10.0.0.0/8",)),
+             ({"dst_net": "192.0.2.80"}, "dst_ip <<= %s::inet", ("192.0.2.80",)),
+             ({"port": "53"}, "53 IN (src_port, dst_port)", ()),
+             ({"proto": "icmp"}, "proto = 1", ()),
+             ({"src_net": "10.0.0.0/8", "proto": "tcp", "port": "443"},
+              "src_ip <<= %s::inet AND proto = 6 AND 443 IN (src_port, dst_port)", ("10.0.0.0/8",))]
+    total = raw_sum(dsn, "bytes", "true")
+    for values, where, params in cases:
+        want = raw_sum(dsn, "bytes", where, *params)
+        assert 0 < want < total, values
+        assert panel_rows(stack, "traffic.json", "Bytes in range", values=values)[0][0] == want, values
+    # Events: the source filter keeps the events with a source in the network.
+    every = panel_rows(stack, "events.json", "Top event sources")
+    one = panel_rows(stack, "events.json", "Top event sources", values={"src_net": "203.0.113.9"})
+    assert 0 < len(one) < len(every) and {r[0] for r in one} == {"203.0.113.9"}
+
+
+def test_a_bad_filter_value_is_a_clear_error(stack):
+    """A typo in an address or port fails the panel with PostgreSQL's message naming the value."""
+    for values, word in (({"src_net": "10.0.0.300"}, "inet"), ({"port": "https"}, "integer")):
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match=word):
+            panel_rows(stack, "traffic.json", "Bytes in range", values=values)
+
+
+def named_rows(dsn, sql):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql)
+        names = [c.name for c in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def link_cases():
+    for path in BOARDS:
+        for panel in g.iter_panels(load(path)):
+            for link in panel["fieldConfig"]["defaults"].get("links", []):
+                yield pytest.param(path.name, panel["id"], link["url"], id="%s-%d" % (path.stem, panel["id"]))
+
+
+@pytest.mark.parametrize("board_name, panel_id, url", list(link_cases()))
+def test_data_links_open_a_flow_search_the_api_accepts(stack, board_name, panel_id, url):
+    """Each data link, expanded for rows of its panel, is the page's deep link with valid clauses."""
+    dsn, start, end = stack[0], stack[3], stack[4]
+    board, panel, target = find(board_name, panel_id, "A")
+    for values in ({}, FILTERED.get(board_name, {})):
+        variables = resolve_variables(stack, board, start, end, values=values)
+        q = g.expand_sql(target["rawSql"], start, end, variables, 1000, panel.get("interval") or "1m")
+        rows = named_rows(dsn, q)
+        assert rows, q
+        for row in rows[:3]:
+            href = g.expand_link(url, variables, {k: "" if v is None else str(v) for k, v in row.items()}, start, end)
+            parts = urllib.parse.urlsplit(href)
+            assert "%s://%s" % (parts.scheme, parts.netloc) == "http://127.0.0.1:8080" and parts.path == "/"
+            fragment = dict(kv.split("=", 1) for kv in parts.fragment.split("&"))
+            query = parse_query(urllib.parse.unquote(fragment["q"]))
+            clauses = dict(query.clauses)
+            assert clauses["after"].startswith(start.strftime("%Y-%m-%dT%H:%M:%S")), href
+            assert clauses["before"].startswith(end.strftime("%Y-%m-%dT%H:%M:%S")), href
+            clicked = [c for c in query.clauses if c[0] in ("host", "src", "dst", "port")]
+            if "__data.fields" in url:
+                assert any(str(v) in (c[1] for c in clicked) for v in row.values()), (href, row)
+            if values.get("port"):
+                assert ("port", values["port"]) in query.clauses and ("proto", "6") in query.clauses, href
+                assert ("net", values["dst_net"]) in query.clauses, href

@@ -21,11 +21,17 @@ Sources this follows (grafana/grafana unless noted):
   public/app/features/templating/template_srv.ts (variableRegex, replace, getAllValue),
   packages/grafana-data/src/datetime/rangeutil.ts (calculateInterval, roundInterval,
   secondsToHms), grafana-plugin-sdk-go backend/gtime/gtime.go (ParseInterval, FormatInterval).
+
+Data links (expand_link) follow public/app/features/panel/panellinks/link_srv.ts
+(getDataLinkUIModel: the URL is interpolated with the "uriencode" format unless a variable names
+its own) and the format registry's uriencode (encodeURI, then ! ' ( ) * percent-encoded) and
+date formats (${__from:date:iso} -> toISOString(), milliseconds and "Z").
 """
 from __future__ import annotations
 
 import datetime as dt
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -212,7 +218,30 @@ def format_value(value: Value, fmt: str) -> str:
         return ",".join("'%s'" % v.replace("'", "''") for v in values)
     if fmt == "glob":
         return "{%s}" % ",".join(values) if len(values) > 1 else ",".join(values)
+    if fmt == "uriencode":
+        return uri_encode("{%s}" % ",".join(values) if not isinstance(value, str) else value)
+    if fmt == "percentencode":
+        if isinstance(value, str):
+            return urllib.parse.quote(value, safe="-_.!~*'()")
+        return urllib.parse.quote("{%s}" % ",".join(values), safe="-_.!~*'()")
     raise GrafanaError("unknown variable format %r" % fmt)
+
+
+def uri_encode(text: str) -> str:
+    """encodeURIStrict of the format registry: encodeURI, plus ! ' ( ) * percent-encoded."""
+    return urllib.parse.quote(text, safe=";,/?:@&=+$-_.~#")
+
+
+def format_date(ms: int, arg: str) -> str:
+    """The "date" format of ${__from:date:...} / ${__to:date:...}: iso, seconds, or (default) ms."""
+    if arg == "iso":
+        t = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000)
+    if arg == "seconds":
+        return str(ms // 1000)
+    if arg in ("", "ms"):
+        return str(ms)
+    raise GrafanaError("date format %r is not reproduced here" % arg)
 
 
 def sql_value(value: Value, variable: Variable) -> str:
@@ -344,6 +373,35 @@ def expand_influxql(query: str, start: dt.datetime, end: dt.datetime,
     query = query.replace("$timeFilter", "time >= %dms and time <= %dms" % (_ms(start), _ms(end)))
     query = query.replace("$interval", interval)
     return query.replace("$__interval_ms", str(ms)).replace("$__interval", interval)
+
+
+# --- data links ---------------------------------------------------------------------------
+
+def expand_link(url: str, variables: Dict[str, Variable], fields: Dict[str, str], start: dt.datetime,
+                end: dt.datetime) -> str:
+    """A data link's URL as Grafana opens it for a clicked row (`fields`: the row's formatted values)."""
+    def one(m):
+        name = m.group(1) or m.group(2) or m.group(4)
+        path, fmt = m.group(5), m.group(3) or m.group(6)
+        if name in ("__from", "__to"):
+            ms = _ms(start if name == "__from" else end)
+            if fmt and fmt.startswith("date"):
+                return format_date(ms, fmt[5:])
+            return format_value(str(ms), fmt) if fmt else uri_encode(str(ms))
+        if name == "__data":
+            key = re.fullmatch(r'fields(?:\.(.+)|\["(.+)"\])', path or "")
+            if not key:
+                raise GrafanaError("unsupported data reference %r" % m.group(0))
+            value: Value = str(fields[key.group(1) or key.group(2)])
+        elif name in variables:
+            var = variables[name]
+            if var.current == ALL and var.all_value is not None:
+                return var.all_value
+            value = var.resolved()
+        else:
+            return m.group(0)
+        return format_value(value, fmt or "uriencode")
+    return _VARIABLE_RE.sub(one, url.replace("\n", ""))
 
 
 # --- dashboards ---------------------------------------------------------------------------

@@ -101,10 +101,21 @@ def test_dashboard_consistency(path, datasources):
         if v["type"] == "query":
             assert datasource_uid_ok(v["datasource"], datasources)
             assert referenced(v["query"]) <= set(variables) - {v["name"]}
+    for url in link_urls(board):
+        assert referenced(url) <= set(variables), url
     # Every variable is used somewhere (a stale one would only confuse).
     used = set().union(*(referenced(t.get("rawSql") or t.get("query")) for _, t in targets(board)),
-                       *(referenced(v.get("query", "")) for v in variables.values() if v["type"] == "query"))
+                       *(referenced(v.get("query", "")) for v in variables.values() if v["type"] == "query"),
+                       *(referenced(url) for url in link_urls(board)))
     assert set(variables) <= used
+
+
+def link_urls(board):
+    """The URL templates of the dashboard's links and of its panels' data links."""
+    urls = [link.get("url", "") for link in board.get("links", [])]
+    for panel in iter_panels(board):
+        urls += [link["url"] for link in panel["fieldConfig"]["defaults"].get("links", [])]
+    return urls
 
 
 def datasource_uid_ok(ref, datasources):
@@ -132,7 +143,11 @@ def test_both_datasources_and_the_agent_and_interface_variables_are_used():
     traffic = load(ROOT / "dashboards" / "traffic.json")
     sql = " ".join(t.get("rawSql", "") for _, t in targets(traffic))
     assert all("rollup_%s" % r in sql for r in ("1m", "15m", "1h", "1d"))
-    assert "FROM flows" not in sql   # the raw table is never scanned by a dashboard
+    # The raw table is read only in the branch for an address or port filter (docs/grafana.md).
+    branches = [b for _, t in targets(traffic)
+                for b in re.findall(r"SELECT [^()]*? FROM flows WHERE ([^\n]*)", t.get("rawSql", ""))]
+    assert branches and sql.count("FROM flows") == len(branches)
+    assert all(b.startswith("'$src_net$dst_net$port' <> ''") for b in branches)
 
 
 DIMENSION_REF = re.compile(r"dimension\s*(?:=\s*'(\w+)'|IN\s*\(([^)]*)\))")
@@ -159,3 +174,38 @@ def test_rollup_dimensions_exist_and_ports_rank_service_ports():
     assert set(used) <= set(DIMENSIONS), set(used) - set(DIMENSIONS)
     assert used["dst_port"] == {("top.json", "Top destination ports (raw)")}
     assert used["service_port"] == {("top.json", "Top service ports"), ("top.json", "Top 5 service ports over time")}
+
+
+FILTERS = {"traffic.json": {"src_net", "dst_net", "proto", "port"}, "top.json": {"src_net", "dst_net", "proto", "port"},
+           "geo.json": {"src_net", "dst_net", "proto", "port"}, "events.json": {"src_net", "dst_net"}}
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_every_panel_of_a_flow_dashboard_takes_the_filter_variables(name):
+    """Source, destination, protocol and port are text boxes (empty: any) applied to every query."""
+    board = load(ROOT / "dashboards" / name)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    for var in FILTERS[name]:
+        assert variables[var]["type"] == "textbox" and variables[var]["query"] == "", var
+    for panel, t in targets(board):
+        assert FILTERS[name] <= referenced(t.get("rawSql") or t["query"]), panel["title"]
+
+
+def test_data_links_open_the_flow_search_of_the_web_page():
+    """Data links use the page's deep link (#q=clauses) under myason_url, over the dashboard's time range."""
+    linked = {}
+    for path in DASHBOARDS:
+        board = load(path)
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        for panel in iter_panels(board):
+            for link in panel["fieldConfig"]["defaults"].get("links", []):
+                url = link["url"]
+                assert url.startswith("${myason_url}/#q=") and link["targetBlank"] is True, url
+                assert url.endswith("after%2F${__from:date:iso}%2Fbefore%2F${__to:date:iso}"), url
+                linked.setdefault(path.name, set()).add(panel["title"])
+        if path.name in linked:
+            assert variables["myason_url"]["query"] == "http://127.0.0.1:8080"
+    assert {"Top talkers (source or destination)", "Top service ports", "Top source addresses",
+            "Top destination addresses"} <= linked["top.json"]
+    assert {"Top event sources", "Top event targets"} <= linked["events.json"]
+    assert len(linked["geo.json"]) == len(list(iter_panels(load(ROOT / "dashboards" / "geo.json"))))
