@@ -483,7 +483,8 @@ def _greylist_push(args, writer):
     handle = setup_logging(args.logger_conf, json_format=args.log_json)
     try:
         pusher = GreylistPusher(cfg, writer)
-        pusher.install_signals()
+        if pusher.loops(args.once):
+            pusher.install_signals()
         return pusher.run(once=args.once)
     finally:
         handle.stop()

@@ -156,11 +156,15 @@ class GreylistPusher:
             text = text[:_STDERR_CHARS] + "..."
         log.error("greylist push: %s %s; stderr: %s (retried next round)", " ".join(argv), why, text or "-")
 
+    def loops(self, once=False) -> bool:
+        """True when run(once) keeps pushing every interval (the caller then installs the signals)."""
+        return not once and bool(self.cfg.interval)
+
     def run(self, once=False) -> int:
         """Push once (once, or interval 0): exit code 0 unless the round failed; else a round every
         interval seconds until stop() (SIGTERM, SIGINT), then 0."""
         log.info("greylist push: %s", describe(self.cfg))
-        if once or not self.cfg.interval:
+        if not self.loops(once):
             return 1 if self.round() == FAILED else 0
         while not self.stop_event.is_set():
             self.round()
