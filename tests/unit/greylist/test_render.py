@@ -1,5 +1,6 @@
 """The elements chosen from greylist rows and the nftables / ipset files made of them (golden text)."""
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,10 @@ def test_min_events_and_the_same_bytes_whatever_the_row_order():
     s = select(rs, c)
     assert [str(n) for n in s.v4 + s.v6] == ["192.0.2.2/32", "2001:db8::5/128"] and s.stats["below_min_events"] == 1
     assert render(select(list(reversed(rs)), c), c) == render(s, c)
+
+
+def test_the_docs_show_what_is_rendered():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "greylist.md").read_text()
+    shown = doc.split("### nftables\n\n```\n", 1)[1].split("```", 1)[0]
+    c = cfg()
+    assert render(select(rows(("192.0.2.1", 3), ("198.51.100.0/24", 1), ("2001:db8::5", 2)), c), c) == shown
