@@ -22,8 +22,6 @@ DEFAULT_COMMANDS = {"nftables": ("nft", "-f", "{file}"), "ipset": ("ipset", "res
 
 def check_duration(key, value):
     """A window such as "7d" -> (text, seconds)."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:     # a loaded config fed in again
-        value = value[0]
     if not isinstance(value, str):
         fail(key, "a duration such as 1h or 7d", value)
     return (value, parse_duration(key, value))

@@ -125,7 +125,7 @@ class GreylistPusher:
         if before is not None and losses == {k: before.stats[k] for k in _LOSSES if before.stats[k]}:
             return
         if selection.stats["truncated"]:
-            log.warning("greylist push: %d sources over max_elements (%d) left out, the least busy first",
+            log.warning("greylist push: %d sources past max_elements (%d) left out (the busiest are kept)",
                         selection.stats["truncated"], self.cfg.max_elements)
         if selection.stats["invalid"]:
             log.warning("greylist push: %d stored sources are not an address or network and were left out",
@@ -169,7 +169,10 @@ class GreylistPusher:
         while not self.stop_event.is_set():
             self.round()
             self.stop_event.wait(self.cfg.interval)
-        log.info("greylist push stopped: %s", ", ".join("%s %d" % kv for kv in self.counters.items()))
+        last = self.selection.stats if self.selection else {}
+        log.info("greylist push stopped: %s; last round's sources: %s",
+                 ", ".join("%s %d" % kv for kv in self.counters.items()),
+                 ", ".join("%s %d" % kv for kv in last.items()) or "none read")
         return 0
 
     def stop(self, *_):

@@ -213,7 +213,7 @@ def test_the_loop_follows_the_store_and_a_failed_apply_leaves_the_set_whole(tmp_
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "greylist push stopped: rounds" in err
+    assert "greylist push stopped: rounds" in err and "command_failures 0" in err and "rows 2" in err
 
     # A transaction the kernel refuses half-way (after the script's own delete and re-create of
     # the table: here a last command that deletes a table that does not exist) changes nothing:

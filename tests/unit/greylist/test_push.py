@@ -122,7 +122,7 @@ def test_selection_losses_are_warned_when_they_change_not_every_round(tmp_path, 
         p.round()
         p.round()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == ["greylist push: 1 sources over max_elements (1) left out, the least busy first",
+    assert warnings == ["greylist push: 1 sources past max_elements (1) left out (the busiest are kept)",
                         "greylist push: 1 stored sources are not an address or network and were left out"]
     assert p.selection.stats["truncated"] == 1 and p.selection.stats["invalid"] == 1
 
