@@ -7,49 +7,21 @@ housekeeping would. The page is driven with Selenium (Debian's chromium and chro
 the test skips only when those cannot be installed. The layout test leaves screenshots
 (page-1400.png, page-420.png) in its pytest tmp dir.
 """
-import base64
-import contextlib
 import csv
-import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 from myason.schema import FIELDS
+from tests.support.browser import (MYASON, ROOT, TOKEN, api_json, css, full_screenshot, headless_chromium,
+                                   page_errors, serve, set_viewport, wait_for)
 from tests.support.rollups import ref_service_port
 
-ROOT = Path(__file__).resolve().parents[2]
-MYASON = [sys.executable, str(ROOT / "myason.py")]
-TOKEN = "page-test-token-" + uuid.uuid4().hex[:8]
 EVENT_DESCRIPTION = "Horizontal scan: 10.66.0.1 probed 64 hosts on port 22"
-DEADLINE = 30.0
 _INT_FIELDS = {f for f in FIELDS if f not in ("src_ip", "dst_ip", "agent", "if_name", "next_hop", "end_reason",
                                                 "first", "last")}
-
-
-def _chromium():
-    """(chromium, chromedriver) paths, installing Debian's packages when missing; skip if impossible."""
-    def found():
-        return shutil.which("chromium"), shutil.which("chromedriver")
-    if not all(found()) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        cmd = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
-        if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
-            subprocess.run(cmd, env=env, capture_output=True, timeout=900)
-    chrome, driver = found()
-    if not (chrome and driver):
-        pytest.skip("chromium and chromium-driver are not installed and apt-get could not install them")
-    return chrome, driver
 
 
 def _records(tmp_path, retime=True):
@@ -117,101 +89,25 @@ def past_store(tmp_path):
     return path, rows
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def _serve(db, tmp_path):
-    """A real `myason api` process over the SQLite file `db`; yields its base address."""
-    port = _free_port()
-    conf = tmp_path / "api.yaml"
-    conf.write_text("bind: 127.0.0.1:%d\ntoken: %s\ndatabase: {type: sqlite, path: %s}\n" % (port, TOKEN, db))
-    log = open(tmp_path / "api.log", "w")
-    proc = subprocess.Popen(MYASON + ["api", "-ac", str(conf)], stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-    base = "http://127.0.0.1:%d/" % port
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while _get(base + "healthz") != 200:
-            assert proc.poll() is None, "myason api exited:\n" + (tmp_path / "api.log").read_text()
-            assert time.monotonic() < deadline, "myason api not ready:\n" + (tmp_path / "api.log").read_text()
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(30) == 0, (tmp_path / "api.log").read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-
-
 @pytest.fixture
 def api(store, tmp_path):
     """A real `myason api` process over the store; yields its base address."""
-    with _serve(store[0], tmp_path) as base:
+    with serve(store[0], tmp_path) as base:
         yield base
 
 
 @pytest.fixture
 def past_api(past_store, tmp_path):
     """A real `myason api` process over the store of 2024 flows; yields its base address."""
-    with _serve(past_store[0], tmp_path) as base:
+    with serve(past_store[0], tmp_path) as base:
         yield base
 
 
 @pytest.fixture
-def browser(tmp_path, request):
-    """A headless Chromium driven by Selenium; a screenshot is left in tmp_path when a test fails."""
-    _, driver_path = _chromium()
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1600"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
+def browser(tmp_path):
+    """A headless Chromium; a screenshot of its last page is left in tmp_path."""
+    with headless_chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.save_screenshot(str(tmp_path / "page.png"))
-        driver.quit()
-
-
-def page_errors(driver):
-    """Script errors and Content-Security-Policy refusals the browser logged (the page must cause none)."""
-    return [e for e in driver.get_log("browser")
-            if e.get("source") == "javascript" or "Content Security Policy" in e.get("message", "")]
-
-
-def wait_for(driver, pred, what):
-    """Poll pred(driver) until it returns something truthy; fail with the page's state after DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = pred(driver)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            errors = [e.text for e in driver.find_elements("css selector", "[data-error='1'], #error") if e.text]
-            pytest.fail("timed out waiting for %s; errors on the page: %s" % (what, errors))
-        time.sleep(0.1)
-
-
-def css(driver, selector):
-    return driver.find_elements("css selector", selector)
 
 
 def service_port_ranking(rows):
@@ -230,28 +126,6 @@ def talker_ranking(rows):
         for addr in (r[FIELDS.index("src_ip")], r[FIELDS.index("dst_ip")]):
             by[addr] = by.get(addr, 0) + r[FIELDS.index("bytes")]
     return sorted(by, key=lambda k: (-by[k], k))
-
-
-def api_json(base, path):
-    req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + TOKEN})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def set_viewport(driver, width, height=1000):
-    """Exactly `width` CSS pixels of viewport (a window size would include the window's frame)."""
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-
-
-def full_screenshot(driver, path):
-    """A PNG of the whole page, not only the viewport."""
-    size = driver.execute_script("return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}})
-    path.write_bytes(base64.b64decode(shot["data"]))
-    return path
 
 
 # What the layout checks measure, in the page. An address is on one line when its text has line

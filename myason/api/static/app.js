@@ -1,15 +1,14 @@
-// myason's built-in page: traffic, top talkers and ports, events and flow search from the query
-// API (docs/api.md). Vanilla JS, no external resources; charts are SVG drawn here.
-// Each panel gets data-loaded="1" and data-count="N" once a request for it succeeded
-// (data-error="1" when it failed), so tests and people can tell "empty" from "not loaded".
+// myason's built-in page: traffic, top talkers and ports, the agent selector, the time zone, and
+// the page's start (docs/api.md). Vanilla JS, no external resources; charts are SVG drawn here.
+// core.js (shared helpers), events.js (events, IDEA view, greylist) and search.js (flow search)
+// are loaded before it.
 'use strict';
 (function () {
-  const PERIODS = {'1h': 3600, '6h': 21600, '1d': 86400, '1w': 604800, '1m': 2592000, '3m': 7776000, '1y': 31536000};
+  const M = window.myason;
+  const {PERIODS, $, state, api, el, svg, markLoaded, markError, table, si, fmtBytes, fmtCount, toSeconds, fmtTime,
+    fmtMinute, fmtTick, isoTime, protoName} = M;
   // Width of one point of each period (myason/api/periods.py): which period shows a whole range.
   const WINDOWS = {'1h': 60, '6h': 600, '1d': 1800, '1w': 14400, '1m': 43200, '3m': 172800, '1y': 604800};
-  // Durations for events and search: "1m" is a minute there, so months are given in days.
-  const SINCE = {'1h': '1h', '6h': '6h', '1d': '1d', '1w': '7d', '1m': '30d', '3m': '90d', '1y': '365d'};
-  const PROTO_NAMES = {1: 'icmp', 2: 'igmp', 6: 'tcp', 17: 'udp', 47: 'gre', 50: 'esp', 58: 'icmpv6', 132: 'sctp'};
   const PROTO_COLORS = {tcp: '#2f6fdf', udp: '#f0a030', icmp: '#3fae6a', icmpv6: '#8a5bd6', gre: '#d65b8a', esp: '#4bb8c4', other: '#9aa3b5'};
   const PALETTE = ['#d65b8a', '#4bb8c4', '#b8a030', '#6b7385', '#c46a3d'];
   const SERVICES = {20: 'ftp-data', 21: 'ftp', 22: 'ssh', 23: 'telnet', 25: 'smtp', 53: 'dns', 67: 'dhcp', 80: 'http',
@@ -17,130 +16,12 @@
     993: 'imaps', 995: 'pop3s', 1194: 'openvpn', 3306: 'mysql', 3389: 'rdp', 5432: 'postgresql', 5900: 'vnc', 8080: 'http-alt'};
   const MAX_SERIES = 6;
   const REFRESH_MS = 60000;
-  const SVG = 'http://www.w3.org/2000/svg';
-  const BASE = location.pathname.replace(/static\/[^/]*$/, '').replace(/[^/]*$/, '');
-  const $ = (id) => document.getElementById(id);
+  state.traffic = null; state.lastQuery = null; state.timer = null; state.range = null;
 
-  // end: null while the period ends now, else the Unix time it ends at (a range of stored data).
-  const state = {period: sessionStorage.getItem('myason.period') || '1h', metric: sessionStorage.getItem('myason.metric') || 'bits',
-    end: Number(sessionStorage.getItem('myason.end')) || null, token: readToken(), traffic: null, lastQuery: null,
-    timer: null, range: null};
-  if (!PERIODS[state.period]) state.period = '1h';
-
-  // The token comes in the address fragment (never sent to the server), is kept for this tab only
-  // and is then removed from the address bar so it does not end up in bookmarks or screenshots.
-  function readToken() {
-    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
-    if (m) {
-      sessionStorage.setItem('myason.token', decodeURIComponent(m[1]));
-      history.replaceState(null, '', location.pathname + location.search);
-    }
-    return sessionStorage.getItem('myason.token');
-  }
-
-  class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
-  }
-
-  async function api(path, accept) {
-    const headers = {Accept: accept || 'application/json'};
-    if (state.token) headers.Authorization = 'Bearer ' + state.token;
-    let resp;
-    try {
-      resp = await fetch(BASE + path, {headers: headers, cache: 'no-store'});
-    } catch (e) {
-      throw new ApiError(0, 'cannot reach the API (' + e.message + ')');
-    }
-    if (!resp.ok) {
-      let msg = resp.status + ' ' + resp.statusText;
-      try {
-        const body = await resp.json();
-        const detail = body.error || body.detail;
-        if (detail) msg = resp.status + ': ' + (typeof detail === 'string' ? detail : JSON.stringify(detail));
-      } catch (e) { /* not JSON: keep the status line */ }
-      if (resp.status === 401) showAuth();
-      throw new ApiError(resp.status, msg);
-    }
-    return accept === 'text/csv' ? resp.text() : resp.json();
-  }
-
-  // --- small DOM helpers -------------------------------------------------------------------
-  function el(tag, attrs, ...kids) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      // Styles through the CSSOM: a style attribute would be refused by the page's CSP.
-      if (k === 'text') node.textContent = v; else if (k === 'style') node.style.cssText = v; else node.setAttribute(k, v);
-    }
-    for (const kid of kids) if (kid != null) node.append(kid);
-    return node;
-  }
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-    if (text != null) node.textContent = text;
-    return node;
-  }
-  function markLoaded(node, count) {
-    node.dataset.loaded = '1';
-    node.dataset.count = String(count);
-    delete node.dataset.error;
-  }
-  function markError(node, err) {
-    delete node.dataset.loaded;
-    node.dataset.error = '1';
-    node.replaceChildren(el('div', {class: 'error', text: err.message}));
-  }
-  function table(headers, rows) {
-    const head = el('tr', {}, ...headers.map(([label, cls]) => el('th', cls ? {class: cls, text: label} : {text: label})));
-    return el('table', {}, el('thead', {}, head), el('tbody', {}, ...rows));
-  }
-
-  // --- formatting --------------------------------------------------------------------------
-  function si(v, unit) {
-    const a = Math.abs(v);
-    const [d, p] = a >= 1e12 ? [1e12, 'T'] : a >= 1e9 ? [1e9, 'G'] : a >= 1e6 ? [1e6, 'M'] : a >= 1e3 ? [1e3, 'k'] : [1, ''];
-    if (a > 0 && a < 1) return String(parseFloat(v.toPrecision(2))) + ' ' + unit;
-    const x = v / d;
-    // Three significant digits at most, no trailing zeros: "1 GB", "2.5 Mb/s", "333 kB".
-    return String(parseFloat(x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2))) + ' ' + p + unit;
-  }
-  const fmtBytes = (v) => si(Number(v) || 0, 'B');
-  const fmtCount = (v) => (Number(v) || 0).toLocaleString('en-US');
   const rateUnit = () => (state.metric === 'bits' ? 'b/s' : 'pkt/s');
-  function toSeconds(t) {
-    if (typeof t === 'number') return t;
-    const ms = Date.parse(t);
-    return isNaN(ms) ? NaN : ms / 1000;
-  }
-  const pad = (n) => String(n).padStart(2, '0');
-  function fmtDay(t) {
-    const d = new Date(toSeconds(t) * 1000);
-    return isNaN(d) ? String(t) : d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
-  }
-  function fmtTime(t, withDate) {
-    const d = new Date(toSeconds(t) * 1000);
-    if (isNaN(d)) return String(t);
-    const hm = pad(d.getHours()) + ':' + pad(d.getMinutes());
-    return withDate ? fmtDay(t) + ' ' + hm + ':' + pad(d.getSeconds()) : hm;
-  }
-  // Seconds are truncated, as clocks show them: 12:00:28.999 is still second 28.
-  const fmtClock = (t) => fmtTime(t, true).slice(11);
-  const fmtMinute = (t) => fmtTime(t, true).slice(0, 16);
-  // A time for the API and the search grammar: UTC ISO 8601, whole seconds without a fraction.
-  const isoTime = (t) => new Date(toSeconds(t) * 1000).toISOString().replace('.000Z', 'Z');
   // The query string that ends the period at state.end (nothing while it ends now).
   const endParam = () => (state.end ? '&end=' + encodeURIComponent(isoTime(state.end)) : '');
-  function fmtTick(t, period) {
-    const d = new Date(t * 1000);
-    if (period <= 86400) return pad(d.getHours()) + ':' + pad(d.getMinutes());
-    if (period <= 604800) return d.toLocaleDateString('en-GB', {weekday: 'short'}) + ' ' + pad(d.getHours()) + 'h';
-    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
-  }
-  function protoName(key) {
-    if (key === undefined || key === null || key === '') return 'all';
-    const n = Number(key);
-    return Number.isInteger(n) && String(key).trim() !== '' ? (PROTO_NAMES[n] || 'proto ' + n) : String(key);
-  }
+  const agentParam = () => (state.agent ? '&agent=' + encodeURIComponent(state.agent) : '');
   function niceStep(max, ticks) {
     const raw = max / ticks;
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
@@ -160,7 +41,7 @@
   async function loadTraffic() {
     const node = $('traffic-chart');
     try {
-      const data = await api('traffic?by=proto&period=' + state.period + endParam());
+      const data = await api('traffic?by=proto&period=' + state.period + agentParam() + endParam());
       state.traffic = data;
       drawTraffic();
       const flows = (data.points || []).reduce((a, p) => a + (Number(p.flows) || 0), 0);
@@ -214,6 +95,7 @@
     sessionStorage.setItem('myason.period', period);
     if (end) sessionStorage.setItem('myason.end', String(end)); else sessionStorage.removeItem('myason.end');
     markButtons();
+    M.resetPaging();
     refresh();
   }
 
@@ -307,14 +189,14 @@
   async function loadTop(dimension, id, label, toQuery) {
     const node = $(id);
     try {
-      const data = await api('top/' + dimension + '?limit=10&period=' + state.period + endParam());
+      const data = await api('top/' + dimension + '?limit=10&period=' + state.period + agentParam() + endParam());
       // A search from the list asks for the flows of the list's own span.
-      const span = state.end ? 'after/' + isoTime(data.start) + '/before/' + isoTime(data.end) : 'after/' + SINCE[state.period];
+      const span = state.end ? 'after/' + isoTime(data.start) + '/before/' + isoTime(data.end) : 'after/' + M.SINCE[state.period];
       const rows = data.rows || [];
       const max = Math.max(1, ...rows.map((r) => Number(r.bytes) || 0));
       const trs = rows.map((r, i) => {
         const link = el('a', {href: '#', title: 'search flows of ' + r.key, text: label(r.key)});
-        link.addEventListener('click', (ev) => { ev.preventDefault(); runSearch(toQuery(r.key) + '/' + span); });
+        link.addEventListener('click', (ev) => { ev.preventDefault(); M.runSearch(toQuery(r.key) + '/' + span); });
         return el('tr', {},
           el('td', {class: 'num', text: String(i + 1)}), el('td', {class: 'key'}, link),
           el('td', {class: 'num', text: fmtBytes(r.bytes)}), el('td', {class: 'num', text: fmtCount(r.packets)}),
@@ -330,105 +212,37 @@
   }
   const portLabel = (k) => (SERVICES[Number(k)] ? k + ' (' + SERVICES[Number(k)] + ')' : String(k));
 
-  // --- events ------------------------------------------------------------------------------
-  function addresses(parts) {
-    const out = [];
-    for (const p of parts || []) out.push(...(p.IP4 || []), ...(p.IP6 || []));
-    return out;
-  }
-  // Lines may break between addresses, never inside one.
-  function addrCell(list) {
-    const td = el('td', {class: 'addrs'});
-    list.slice(0, 4).forEach((a, i) => td.append(...(i ? [', '] : []), el('span', {class: 'addr', text: a})));
-    if (list.length > 4) td.append(' +' + (list.length - 4) + ' more');
-    if (!list.length) td.textContent = '\u2013';
-    return td;
-  }
-  async function loadEvents() {
-    const node = $('events');
+  // --- the agent selector --------------------------------------------------------------------
+  // The agents with flows in the period shown (GET /agents); the one chosen stays listed even
+  // when it has none there, so that the choice is never dropped silently.
+  async function loadAgents() {
+    const select = $('agent');
     try {
-      const data = await api('events?limit=50&since=' + SINCE[state.period] + endParam());
-      const events = (data.events || []).slice().sort((a, b) => toSeconds(b.DetectTime) - toSeconds(a.DetectTime));
-      const trs = events.map((ev) => el('tr', {},
-        el('td', {class: 'time', text: fmtTime(ev.DetectTime, true)}),
-        el('td', {}, ...(ev.Category || []).map((c) => el('span', {class: 'tag', text: c}))),
-        addrCell(addresses(ev.Source)), addrCell(addresses(ev.Target)),
-        el('td', {text: ev.Description || ''})));
-      node.replaceChildren(events.length ? el('div', {class: 'scroll'}, table([['time'], ['category'], ['source'], ['target'], ['description']], trs))
-        : el('div', {class: 'empty', text: 'no events in this period'}));
-      markLoaded(node, events.length);
+      const data = await api('agents?since=' + M.SINCE[state.period] + endParam());
+      const agents = data.agents || [];
+      const options = [el('option', {value: '', text: 'all agents'})];
+      for (const a of agents) {
+        options.push(el('option', {value: a.agent, title: (a.interfaces || []).join(', ') + '; last seen ' + fmtTime(a.last_seen, true),
+          text: a.agent + ' (' + (a.interfaces || []).join(', ') + ')'}));
+      }
+      if (state.agent && !agents.some((a) => a.agent === state.agent)) {
+        options.push(el('option', {value: state.agent, text: state.agent + ' (no flows in this period)'}));
+      }
+      select.replaceChildren(...options);
+      select.value = state.agent;
+      markLoaded(select, agents.length);
     } catch (err) {
-      markError(node, err);
+      delete select.dataset.loaded;
+      select.dataset.error = '1';
+      select.title = err.message;
     }
   }
-
-  // --- flow search -------------------------------------------------------------------------
-  // "host/1.2.3.4 port/80", "/q/host/1.2.3.4/port/80" and "host/1.2.3.4/port/80" all mean the same.
-  function queryPath(text) {
-    const parts = text.trim().replace(/^\/?q\//, '').split(/[\s/]+/).filter(Boolean);
-    return parts.map(encodeURIComponent).join('/');
-  }
-  const TIME_COLUMNS = new Set(['first', 'last', 'received', 'detecttime']);
-  // Short headings keep the table within a desktop screen; each keeps the API's name as its title.
-  const LABELS = {if_name: 'if', src_ip: 'src', src_port: 'sport', dst_ip: 'dst', dst_port: 'dport', packets: 'pkts',
-    tcp_flags: 'flags', direction: 'dir', src_country: 'src cc', dst_country: 'dst cc', src_asn: 'src AS', dst_asn: 'dst AS'};
-  // A column is empty when no row has a value: null, '' or, for an ASN, 0 (unknown).
-  const isEmpty = (column, v) => v === null || v === undefined || v === '' || (/_asn$/.test(column) && v === 0);
-  function cell(column, value, sameDay) {
-    if (isEmpty(column, value)) return el('td', {text: ''});
-    if (TIME_COLUMNS.has(column)) return el('td', {class: 'time', title: String(value), text: sameDay ? fmtClock(value) : fmtTime(value, true)});
-    if (column === 'proto') return el('td', {title: String(value), text: protoName(value)});
-    if (typeof value === 'number') return el('td', {class: 'num', text: String(value)});
-    if (typeof value === 'object') return el('td', {class: 'mono', text: JSON.stringify(value)});
-    return el('td', {class: /_ip$|hop/.test(column) ? 'addr' : '', text: String(value)});
-  }
-  // The rows as a table without the columns that are empty in every row; times without their
-  // date when all fall on one day (the status line names it).
-  function flowTable(cols, rows) {
-    const keep = cols.map((c, i) => i).filter((i) => rows.some((r) => !isEmpty(cols[i], r[i])));
-    const days = rows.flatMap((r) => keep.filter((i) => TIME_COLUMNS.has(cols[i]) && r[i]).map((i) => fmtDay(r[i])));
-    const day = days.length && days.every((d) => d === days[0]) ? days[0] : null;
-    const head = el('tr', {}, ...keep.map((i) => el('th', {'data-col': cols[i], title: cols[i], text: LABELS[cols[i]] || cols[i]})));
-    const body = rows.map((r) => el('tr', {}, ...keep.map((i) => cell(cols[i], r[i], day))));
-    return {table: el('table', {class: 'flows'}, el('thead', {}, head), el('tbody', {}, ...body)), day: day};
-  }
-  async function runSearch(text) {
-    const input = $('search-input'), node = $('search-results'), status = $('search-status');
-    if (text !== undefined) input.value = text;
-    const path = queryPath(input.value);
-    if (!path) { input.focus(); return; }
-    status.className = 'status';
-    status.textContent = 'searching\u2026';
-    delete node.dataset.loaded;
-    try {
-      const data = await api('q/' + path);
-      const cols = data.columns || [];
-      const rows = data.rows || [];
-      state.lastQuery = path;
-      $('search-csv').disabled = false;
-      const shown = flowTable(cols, rows);
-      node.replaceChildren(rows.length ? el('div', {class: 'scroll'}, shown.table) : el('div', {class: 'empty', text: 'no flows match'}));
-      status.textContent = fmtCount(data.count !== undefined ? data.count : rows.length) + ' flow(s)'
-        + (shown.day ? ' on ' + shown.day : '') + (data.truncated ? ' (truncated: add limit/N for more)' : '') + ' in '
-        + (Number(data.elapsed) * 1000).toFixed(0) + ' ms \u2014 query ' + (data.query || path) + (data.id ? ' [' + data.id + ']' : '');
-      markLoaded(node, rows.length);
-    } catch (err) {
-      status.className = 'status error';
-      status.textContent = 'Search failed: ' + err.message;
-      markError(node, err);
-      node.replaceChildren();
-    }
-  }
-  async function downloadCsv() {
-    if (!state.lastQuery) return;
-    try {
-      const text = await api('q/' + state.lastQuery, 'text/csv');
-      const a = el('a', {href: URL.createObjectURL(new Blob([text], {type: 'text/csv'})), download: 'flows.csv'});
-      document.body.append(a); a.click(); a.remove();
-    } catch (err) {
-      $('search-status').className = 'status error';
-      $('search-status').textContent = 'CSV failed: ' + err.message;
-    }
+  function setAgent(name) {
+    state.agent = name;
+    if (name) sessionStorage.setItem('myason.agent', name); else sessionStorage.removeItem('myason.agent');
+    M.resetPaging();
+    refresh();
+    if (state.lastQuery) M.runSearch();
   }
 
   // --- page ----------------------------------------------------------------------------------
@@ -437,43 +251,70 @@
     box.textContent = message;
     box.hidden = !message;
   }
-  function showAuth() {
+  M.showAuth = function showAuth() {
     $('auth').hidden = false;
     showError(state.token ? 'The API refused the access token (401). Enter the token printed by `myason api`.'
       : 'No access token: open the address `myason api` printed (it ends in #token=...) or enter the token.');
-  }
+  };
   function markButtons() {
     for (const b of document.querySelectorAll('#periods button')) b.classList.toggle('on', b.dataset.period === state.period);
     for (const b of document.querySelectorAll('#metric button')) b.classList.toggle('on', b.dataset.metric === state.metric);
     $('range').hidden = !state.end;
     $('range-end').textContent = state.end ? 'until ' + fmtMinute(state.end) : '';
+    const tz = $('tz');
+    tz.textContent = M.zoneName();
+    tz.dataset.zone = state.utc ? 'utc' : 'local';
+    tz.title = state.utc ? 'times in UTC; click for local time' : 'times in local time; click for UTC';
   }
   async function refresh() {
     clearTimeout(state.timer);
-    const results = await Promise.allSettled([loadTraffic(),
+    const results = await Promise.allSettled([loadAgents(), loadTraffic(),
       loadTop('talkers', 'top-talkers', String, (k) => 'host/' + k),
       loadTop('ports', 'top-ports', portLabel, (k) => 'port/' + k),
-      loadEvents()]);
+      M.loadEvents(), M.loadGreylist()]);
     const failed = document.querySelectorAll('[data-error="1"]').length;
     if (!failed && results.every((r) => r.status === 'fulfilled')) { showError(''); $('auth').hidden = true; }
     $('updated').textContent = 'updated ' + fmtTime(Date.now() / 1000, true);
     state.timer = setTimeout(refresh, REFRESH_MS);
   }
+  // A `#q=` in the address runs that search; `agent=` chooses the agent, `wait=` is passed on to /q.
+  function readFragment(initial) {
+    const f = M.fragment();
+    if (f.wait !== undefined) state.wait = f.wait;
+    let changed = false;
+    if (f.agent !== undefined && f.agent !== state.agent) {
+      state.agent = f.agent;
+      sessionStorage.setItem('myason.agent', f.agent);
+      changed = true;
+    }
+    if (f.q) M.runSearch(f.q);
+    else if (changed && !initial && state.lastQuery) M.runSearch();
+    return changed;
+  }
 
   function init() {
     markButtons();
+    M.initSearch();
+    M.initEvents();
     $('periods').addEventListener('click', (ev) => {
       const p = ev.target.dataset && ev.target.dataset.period;
       if (!p) return;
-      state.period = p; sessionStorage.setItem('myason.period', p); markButtons(); refresh();
+      state.period = p; sessionStorage.setItem('myason.period', p); markButtons(); M.resetPaging(); refresh();
     });
     $('metric').addEventListener('click', (ev) => {
       const m = ev.target.dataset && ev.target.dataset.metric;
       if (!m) return;
       state.metric = m; sessionStorage.setItem('myason.metric', m); markButtons(); drawTraffic();
     });
-    $('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); runSearch(); });
-    $('search-csv').addEventListener('click', downloadCsv);
+    $('agent').addEventListener('change', (ev) => setAgent(ev.target.value));
+    // Every time on the page is redrawn in the other zone; the choice is kept for next time.
+    $('tz').addEventListener('click', () => {
+      state.utc = !state.utc;
+      localStorage.setItem('myason.tz', state.utc ? 'utc' : 'local');
+      markButtons();
+      refresh();
+      if (state.lastQuery) M.runSearch();
+    });
     $('range-show').addEventListener('click', showRange);
     $('range-now').addEventListener('click', () => setView(state.period, null));
     $('auth').addEventListener('submit', (ev) => {
@@ -492,8 +333,13 @@
       clearTimeout(resizeTimer);
       resizeTimer = setTimeout(drawTraffic, 100);
     }).observe($('traffic-chart'));
-    window.addEventListener('hashchange', () => { const t = readToken(); if (t && t !== state.token) { state.token = t; refresh(); } });
-    if (!state.token) showAuth();
+    window.addEventListener('hashchange', () => {
+      const t = M.readToken();
+      const agentChanged = readFragment(false);
+      if ((t && t !== state.token) || agentChanged) { state.token = t; refresh(); }
+    });
+    if (!state.token) M.showAuth();
+    readFragment(true);
     refresh();
   }
   init();
