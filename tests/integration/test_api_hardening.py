@@ -130,7 +130,7 @@ def test_no_auth_answers_only_loopback_host_names(store, tmp_path):
 
         def ask(host_header):
             conn = http.client.HTTPConnection(host, port, timeout=10)
-            conn.putrequest("GET", "/q/host/10.8.0.1", skip_host=True)
+            conn.putrequest("GET", "/q/host/10.8.0.1/after/2023-11-01T00:00:00Z", skip_host=True)
             conn.putheader("Host", host_header)
             conn.endheaders()
             r = conn.getresponse()
