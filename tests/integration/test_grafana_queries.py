@@ -389,8 +389,8 @@ def test_data_links_open_a_flow_search_the_api_accepts(stack, board_name, panel_
     """Each data link, expanded for rows of its panel, is the page's deep link with valid clauses."""
     dsn, start, end = stack[0], stack[3], stack[4]
     board, panel, target = find(board_name, panel_id, "A")
-    for values in ({}, FILTERED.get(board_name, {})):
-        variables = resolve_variables(stack, board, start, end, values=values)
+    for pick_first, values in ((False, {}), (True, {}), (False, FILTERED.get(board_name, {}))):
+        variables = resolve_variables(stack, board, start, end, pick_first, values=values)
         q = g.expand_sql(target["rawSql"], start, end, variables, 1000, panel.get("interval") or "1m")
         rows = named_rows(dsn, q)
         assert rows, q
@@ -406,6 +406,8 @@ def test_data_links_open_a_flow_search_the_api_accepts(stack, board_name, panel_
             clicked = [c for c in query.clauses if c[0] in ("host", "src", "dst", "port")]
             if "__data.fields" in url:
                 assert any(str(v) in (c[1] for c in clicked) for v in row.values()), (href, row)
+            if pick_first and "flow_clauses" in variables:
+                assert ("agent", AGENTS[0]) in query.clauses, href      # one agent selected: its clause
             if values.get("port"):
                 assert ("port", values["port"]) in query.clauses and ("proto", "6") in query.clauses, href
                 assert ("net", values["dst_net"]) in query.clauses, href

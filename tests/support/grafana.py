@@ -220,10 +220,6 @@ def format_value(value: Value, fmt: str) -> str:
         return "{%s}" % ",".join(values) if len(values) > 1 else ",".join(values)
     if fmt == "uriencode":
         return uri_encode("{%s}" % ",".join(values) if not isinstance(value, str) else value)
-    if fmt == "percentencode":
-        if isinstance(value, str):
-            return urllib.parse.quote(value, safe="-_.!~*'()")
-        return urllib.parse.quote("{%s}" % ",".join(values), safe="-_.!~*'()")
     raise GrafanaError("unknown variable format %r" % fmt)
 
 
