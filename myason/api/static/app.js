@@ -323,6 +323,9 @@
       sessionStorage.setItem('myason.token', state.token);
       $('token-input').value = '';
       refresh();
+      // A deep link opened without the token (from Grafana, in a new tab) runs its search now.
+      const q = M.fragment().q;
+      if (q) M.runSearch(q);
     });
     // Redrawn when its own box changes width, not only the window's: a scroll bar appearing narrows it too.
     let resizeTimer = null, drawnWidth = 0;
