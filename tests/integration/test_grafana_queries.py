@@ -319,6 +319,11 @@ def test_per_second_series_carry_their_range_total(stack):
                              " WHEN 58 THEN 'icmpv6' ELSE proto::text END, sum(packets) FROM flows GROUP BY 1"))
     names = {r[1] for r in panel_rows(stack, "traffic.json", "Packets/s by protocol")}
     assert names == {"%s (%d packets)" % (k, v) for k, v in raw.items()}
+    flows = panel_rows(stack, "traffic.json", "Flows per interval, total and by protocol")
+    count = pg_query(dsn, "SELECT count(*) FROM flows")[0][0]
+    assert sum(r[2] for r in flows if r[1] == "total") == count == sum(r[2] for r in flows if r[1] != "total")
+    attackers = panel_rows(stack, "events.json", "Attackers: distinct sources per interval")
+    assert {r[1] for r in attackers} >= {"all categories", "Recon.Scanning"}
 
 
 def in_net(address, net):
@@ -357,6 +362,10 @@ def test_address_filters_filter_every_kind_of_panel(stack):
         want = raw_sum(dsn, "bytes", where, *params)
         assert 0 < want < total, values
         assert panel_rows(stack, "traffic.json", "Bytes in range", values=values)[0][0] == want, values
+    countries = panel_rows(stack, "geo.json", "Sources by country", values={"src_net": "203.0.113.0/24"})
+    assert [r[0] for r in countries] == ["CN"]
+    assert [r[0] for r in panel_rows(stack, "geo.json", "Top source AS", values={"src_net": "203.0.113.0/24"})] \
+        == ["AS64502"]
     # Events: the source filter keeps the events with a source in the network.
     every = panel_rows(stack, "events.json", "Top event sources")
     one = panel_rows(stack, "events.json", "Top event sources", values={"src_net": "203.0.113.9"})
