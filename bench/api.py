@@ -8,10 +8,12 @@ the real PostgresWriter (binary COPY, rollup marks in the same transaction), in 
 100k rows generated from a fixed seed: 20k internal hosts (10.x) with skewed activity, 200k
 external ones, TCP/UDP/ICMP, enrichment columns filled. Then the writer's housekeeping indexes
 the closed (yesterday's) partition, ANALYZE runs, and myason.store.rollup_maintain.maintain rolls
-everything up. Two API processes serve the same database: one with its caches (the default
+everything up. Three API processes serve the same database: one with its caches (the default
 config; "cached" = the same request again), one with both caches off ("uncached": every
-request executes). Host searches ask for a different busy host each time. Prints median and
-p95 in milliseconds.
+request executes), and one also without the default time bound (`default_bound: 0`: a host
+search without after/ reads every stored flow instead of the last 24 h). All wait for whole
+searches (`search_wait: 600`, never a 202). Host searches ask for a different busy host each
+time. Prints median and p95 in milliseconds.
 """
 import argparse
 import random
@@ -95,12 +97,14 @@ def fill(dsn, flows, now, seed=1):
           % (flows, load_s, flows / load_s, index_s, maintain_s, rollup.format_summary(summary)), flush=True)
 
 
-def start_api(dsn, tmp, cached):
+UNCACHED = "query_cache_size: 0\nperiod_cache_size: 0\n"
+
+
+def start_api(dsn, tmp, name, extra=""):
     from tests.support.api import ApiProcess
-    conf = "database: {type: postgresql, dsn: '%s'}\ntoken: bench\n" % dsn
-    if not cached:
-        conf += "query_cache_size: 0\nperiod_cache_size: 0\n"
-    d = Path(tmp) / ("cached" if cached else "uncached")
+    # The latency of whole searches: a search is never answered 202 here.
+    conf = "database: {type: postgresql, dsn: '%s'}\ntoken: bench\nsearch_wait: 600\n%s" % (dsn, extra)
+    d = Path(tmp) / name
     d.mkdir()
     return ApiProcess(conf, d)
 
@@ -117,10 +121,10 @@ def timed(api, path):
 def figures(name, ms):
     ms = sorted(ms)
     if not ms:
-        print("%-44s no samples" % name)
+        print("%-52s no samples" % name)
         return
     p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
-    print("%-44s n=%-3d median %8.1f ms   p95 %8.1f ms" % (name, len(ms), statistics.median(ms), p95), flush=True)
+    print("%-52s n=%-3d median %8.1f ms   p95 %8.1f ms" % (name, len(ms), statistics.median(ms), p95), flush=True)
 
 
 def busy_hosts(n):
@@ -141,19 +145,23 @@ def main():
     with bench_database("bench_api", args.dsn, args.db, args.keep) as (dsn, created):
         if created:
             fill(dsn, args.flows, time.time())
-        hosts = busy_hosts(2 * args.requests + 2)
+        hosts = busy_hosts(3 * args.requests + 2)
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                cached, uncached = start_api(dsn, tmp, True), start_api(dsn, tmp, False)
-                apis = [cached, uncached]
+                apis.append(start_api(dsn, tmp, "cached"))
+                apis.append(start_api(dsn, tmp, "uncached", UNCACHED))
+                apis.append(start_api(dsn, tmp, "unbounded", UNCACHED + "default_bound: 0\n"))
+                cached, uncached, unbounded = apis
                 n = args.requests
                 timed(cached, "top/talkers?period=1d")             # fill the cache
                 figures("top talkers 1d, cached", [timed(cached, "top/talkers?period=1d") for _ in range(n)])
                 figures("top talkers 1d, uncached", [timed(uncached, "top/talkers?period=1d") for _ in range(n)])
                 timed(cached, "q/host/%s" % hosts[0])
                 figures("host search (limit 100), cached", [timed(cached, "q/host/%s" % hosts[0]) for _ in range(n)])
-                figures("host search (limit 100), uncached, distinct hosts",
+                figures("host search, default bound after/24h, uncached",
                         [timed(uncached, "q/host/%s" % h) for h in hosts[1:n + 1]])
+                figures("host search, no bound (default_bound: 0), uncached",
+                        [timed(unbounded, "q/host/%s" % h) for h in hosts[2 * n + 1:3 * n + 1]])
                 figures("host search after/1h, uncached, distinct hosts",
                         [timed(uncached, "q/host/%s/after/1h" % h) for h in hosts[n + 1:2 * n + 1]])
                 figures("traffic 1d by proto, uncached", [timed(uncached, "traffic?period=1d&by=proto") for _ in range(n)])
