@@ -101,13 +101,24 @@ class _Keeper:
 
 
 class SmtpReceiver:
-    """A real SMTP server (aiosmtpd's Controller, wrapped) on 127.0.0.1, without TLS or auth."""
+    """A real SMTP server (aiosmtpd's Controller, wrapped) on 127.0.0.1, without TLS.
 
-    def __init__(self, port=0):
+    auth: (user, password): AUTH is then required (allowed without TLS, on loopback only).
+    """
+
+    def __init__(self, port=0, auth=None):
         from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
         self._keeper = _Keeper()
         self.port = port or unused_tcp_port()
-        self._controller = Controller(self._keeper, hostname="127.0.0.1", port=self.port)
+        self.logins = []
+
+        def authenticator(server, session, envelope, mechanism, data):
+            self.logins.append((data.login.decode(), data.password.decode()))
+            return AuthResult(success=(data.login.decode(), data.password.decode()) == auth)
+
+        extra = {"authenticator": authenticator, "auth_required": True, "auth_require_tls": False} if auth else {}
+        self._controller = Controller(self._keeper, hostname="127.0.0.1", port=self.port, **extra)
 
     @property
     def mails(self):

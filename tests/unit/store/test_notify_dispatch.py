@@ -23,7 +23,7 @@ def ev(n, category="Recon.Scanning", source="203.0.113.%d"):
             "Target": [{"IP4": ["10.0.0.1"]}], "Node": [{"Name": "org.example.test"}]}
 
 
-def make(tmp_path, url=None, smtp_port=None, hook=None, rule=None, **options):
+def make(tmp_path, url=None, smtp_port=None, hook=None, rule=None, mail=None, **options):
     secret = write_secret(tmp_path / "secret")
     conf = {"state": str(tmp_path / "notify.db"), **options}
     rule = dict(rule or {}, name="r1")
@@ -32,7 +32,7 @@ def make(tmp_path, url=None, smtp_port=None, hook=None, rule=None, **options):
                                     **(hook or {})}}
         rule.setdefault("webhooks", ["soc"])
     if smtp_port:
-        conf["mail"] = {"host": "127.0.0.1", "port": smtp_port, "sender": "myason@example.org", "timeout": 5}
+        conf["mail"] = {"host": "127.0.0.1", "port": smtp_port, "sender": "myason@example.org", "timeout": 5, **(mail or {})}
     conf["rules"] = [rule]
     w = writer_class("notify")(**conf)
     w.clock = lambda: T0
@@ -230,3 +230,22 @@ def test_a_window_whose_rule_sends_no_mail_any_more_is_dropped_and_counted(tmp_p
     assert step(w, state, T0 + 5) is None
     assert state.counters() == {"mail_dropped_unknown_rule": 2}
     w.close()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")     # loopback only
+def test_smtp_auth_with_a_password_file(tmp_path):
+    password = tmp_path / "smtp.password"
+    write_secret(password, b"s3cret")
+    with SmtpReceiver(auth=("myason", "s3cret")) as smtp:
+        for user, sent in (("myason", 1), ("intruder", 1)):
+            (tmp_path / user).mkdir()
+            w, state = make(tmp_path / user, smtp_port=smtp.port, rule={"mail": {"to": ["soc@example.org"], "window": 5}},
+                            # A refused login leaves smtplib waiting for its timeout (aiosmtpd after a
+                            # failed AUTH PLAIN, smtplib trying LOGIN): keep it short.
+                            mail={"username": user, "password_file": str(password), "timeout": 0.5})
+            w.write("b1", [], events=[ev(1)])
+            step(w, state, T0 + 5)
+            assert len(smtp.mails) == sent
+            w.close()
+    assert smtp.logins == [("myason", "s3cret"), ("intruder", "s3cret")]
+    assert state.counters() == {"mail_failed_attempts": 1}
