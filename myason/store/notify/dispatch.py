@@ -3,8 +3,9 @@
 Each step sends the webhook deliveries whose time has come (oldest first) and the digests whose
 window has closed, then says when the next one is due. A receiver that fails is tried again
 after its backoff; its other deliveries wait with it (one probe per backoff, not one request
-per pending event), and a receiver that is down never holds back another receiver, the mails,
-or the collector's other writers (they have spools and threads of their own).
+per pending event), so a receiver that is down costs the other receivers and the mails at most
+one request (its timeout) per backoff, and the collector's other writers nothing (they have
+spools and threads of their own).
 
 One dispatcher per state file: it holds an exclusive flock on `<state>.lock`, so with
 `writers_number > 1` (several writer instances, one file) only one of them sends.
