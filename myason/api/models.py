@@ -145,9 +145,26 @@ class AgentsOut(BaseModel):
 
 
 class EventsOut(BaseModel):
-    """IDEA events, newest first."""
+    """IDEA events (each with "id", its IDEA ID), newest first; `next`: the cursor of the next page, or null."""
 
     events: list[dict[str, Any]]
+    next: Optional[str]
+
+
+class FlowsLinkOut(BaseModel):
+    """The flow search covering an event: clauses for /q/{clauses}, that URL, and the page's deep link."""
+
+    clauses: str
+    url: str
+    page: str
+
+
+class EventOut(BaseModel):
+    """One stored IDEA event, as stored, and the search for its flows."""
+
+    id: str
+    idea: dict[str, Any]
+    flows: FlowsLinkOut
 
 
 class GreylistRow(BaseModel):

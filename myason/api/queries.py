@@ -294,19 +294,48 @@ def agents(db, since, now=None, until=None) -> list:
 
 # -- events ---------------------------------------------------------------------------------------
 
-def events(db, since, category=None, source=None, limit=100, now=None, until=None) -> list:
-    """IDEA events detected in the `since` seconds before `until` (default now), newest first, at most `limit`.
+def events(db, start, until=None, limit=100, after=None, **filters) -> dict:
+    """{events, next}: IDEA events detected from `start` (Unix seconds) to before `until`, newest
+    first, at most `limit`; each with "id" (its IDEA ID) added. `after`: (micros, id, start) of a
+    decoded cursor, the page then begins after that event. filters: category, source, target, agent
+    (myason.store.query.events_sql). `next` is the cursor of the following page, None on the last.
 
     Through `db` (the pool, the read-only session and the query timeout, as every other route),
-    sorted and limited by the database.
+    sorted and limited by the database: one more row than asked tells whether a page follows.
     """
+    from myason.api.eventsearch import encode_cursor
     from myason.store.query import events_sql
-    end = (time.time() if now is None else now) if until is None else until
-    sql, params = events_sql(db.kind, end - since, category or None, source or None,
-                             until=None if until is None else end, limit=limit, newest_first=True)
+    sql, params = events_sql(db.kind, start, until=until, limit=limit + 1, newest_first=True,
+                             before=None if after is None else after[:2], **filters)
     _, rows = _fetch(db, sql, params)
+    out = []
+    for doc, _micros, _id in rows[:limit]:
+        ev = _idea(doc)
+        ev["id"] = ev.get("ID")
+        out.append(ev)
+    nxt = None
+    if len(rows) > limit:
+        _doc, micros, last_id = rows[limit - 1]
+        nxt = encode_cursor(micros, str(last_id), start)
+    return {"events": out, "next": nxt}
+
+
+def event(db, event_id) -> dict | None:
+    """The stored IDEA document of the event `event_id`, or None (PostgreSQL stores only UUIDs)."""
+    import uuid
+    from myason.store.query import event_sql
+    if db.kind == "postgresql":
+        try:
+            uuid.UUID(event_id)
+        except ValueError:
+            return None
+    _, rows = _fetch(db, event_sql(db.kind), [event_id])
+    return _idea(rows[0][0]) if rows else None
+
+
+def _idea(doc):
     # PostgreSQL gives jsonb as dicts, SQLite the JSON text.
-    return [orjson.loads(r[0]) if isinstance(r[0], (str, bytes)) else r[0] for r in rows]
+    return orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc
 
 
 def greylist(db, since, now=None) -> list:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 
 import orjson
 
@@ -35,7 +36,7 @@ def event_columns(event: dict) -> dict:
         for item in event.get(part) or ():
             out.extend(item.get("IP4") or ())
             out.extend(item.get("IP6") or ())
-        return _sorted_unique(str(a) for a in out)
+        return _sorted_unique(_address_text(a) for a in out)
 
     def ports(part):
         out = []
@@ -61,6 +62,15 @@ def event_columns(event: dict) -> dict:
     }
 
 
+def _address_text(value) -> str:
+    # Compressed, as the API's filters write an address, so SQLite's text match finds it
+    # (PostgreSQL's inet does not care); a network or range IDEA allows stays as written.
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        return str(value)
+
+
 def dumps(event: dict) -> bytes:
     """The event as compact JSON bytes."""
     return orjson.dumps(event)
@@ -79,3 +89,37 @@ def detector_of(event: dict) -> str:
         if text.startswith(prefix):
             return name
     return "other"
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+RETENTION_CHUNK = 10000
+
+
+def check_events_retention(key, value) -> float:
+    """Validator of a SQL writer's `events_retention`: a duration (90d, 1y) or 0 (keep); seconds out."""
+    from myason.store.rollup import parse_duration
+    return parse_duration(key, value)
+
+
+def delete_events_before(kind, conn, cutoff, chunk=RETENTION_CHUNK) -> int:
+    """Delete the events detected before `cutoff` (Unix seconds); returns how many.
+
+    `kind` is "sqlite" or "postgresql", `conn` the writer's (maintenance) connection. In chunks
+    found through the detecttime index, each committed on its own, so a writer inserting events
+    waits for one chunk at most.
+    """
+    if kind == "postgresql":
+        # The oldest first, in index order, deleted by their row addresses: with `id IN (...)` the
+        # planner hashes the chunk and scans the whole table to join it (EXPLAIN, docs/events.md).
+        sql = ("DELETE FROM events WHERE ctid = ANY (ARRAY(SELECT ctid FROM events"
+               " WHERE detecttime < to_timestamp(%s) ORDER BY detecttime LIMIT %s))")
+    else:
+        sql = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE detecttime < ? LIMIT ?)"
+    total = 0
+    while True:
+        n = conn.execute(sql, (float(cutoff), int(chunk))).rowcount
+        conn.commit()
+        total += n
+        if n < chunk:
+            return total

@@ -20,7 +20,7 @@ import time
 from myason.options import REQUIRED, check_int, check_str, parse_options
 from myason.schema import ENRICHED_ROW_FIELDS, ROW_FIELDS
 from myason.store.base import Writer, WriterError, encode_prepared, register
-from myason.store.events import EVENT_COLUMNS, dumps, event_columns
+from myason.store.events import EVENT_COLUMNS, check_events_retention, dumps, event_columns
 from myason.store.schema import load_migrations
 from myason.store.sqlite import retention_cutoff
 from myason.store import rollup, rollup_maintain
@@ -104,7 +104,8 @@ class PostgresWriter(Writer):
     retention ({raw, 1m, 15m, 1h, 1d: duration or 0}): per resolution, rollup partitions dropped
     after it (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N
     list; maintain_interval (default 60 s; 0 = only `myason maintain`): period of the collector's
-    maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping().
+    maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping();
+    events_retention (default 0 = keep): IDEA events detected longer ago are deleted by maintain().
     """
 
     name = "postgresql"
@@ -116,6 +117,7 @@ class PostgresWriter(Writer):
         "batch_keep_days": (7, check_int(lo=1)),
         "connect_timeout": (10, check_int(lo=1)),
         **rollup.option_spec(),
+        "events_retention": (0.0, check_events_retention),
     }
 
     def __init__(self, **options):
@@ -123,6 +125,7 @@ class PostgresWriter(Writer):
         opts = parse_options(self.name, options, self.SPEC)
         self.dsn = opts["dsn"]
         rollup.apply_options(self, opts)
+        self.events_retention = opts["events_retention"]
         self.copy_format = opts["copy"]
         self.batch_keep_days = opts["batch_keep_days"]
         self.connect_timeout = opts["connect_timeout"]
@@ -368,7 +371,7 @@ class PostgresWriter(Writer):
         s = rollup_maintain.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
         if s["busy"]:
             return s
-        r = rollup_maintain.apply_retention(self._conn, self.retention, now)
+        r = rollup_maintain.apply_retention(self._conn, self.retention, now, self.events_retention)
         s["dropped"] += r["dropped"]
         s["deleted"].update(r["deleted"])
         if self.retention_days:

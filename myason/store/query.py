@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import ipaddress
 import re
@@ -16,6 +17,7 @@ SQL_WRITERS = ("sqlite", "postgresql")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 GREYLIST_FIELDS = ("address", "categories", "first_seen", "last_seen", "events")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def parse_duration(key, text) -> float:
@@ -49,33 +51,79 @@ def fetch_events(writer: dict, since: float, category=None, source=None, until=N
     return _fetch_postgresql(writer["dsn"], since, category, source, until)
 
 
-def events_sql(kind, since, category=None, source=None, until=None, limit=None, newest_first=False):
-    """(sql, params) selecting the `event` column of stored events, since <= DetectTime (< until).
+def events_sql(kind, since, category=None, source=None, until=None, limit=None, newest_first=False,
+               target=None, agent=None, before=None):
+    """(sql, params) selecting (event, detecttime in Unix microseconds, id) of stored events with
+    since <= DetectTime (< until).
 
-    `kind` is "sqlite" or "postgresql"; ordered by DetectTime (then id), oldest first unless
-    newest_first, at most `limit` rows when given: the database sorts and stops, through the
-    detecttime index, instead of the caller reading every event.
+    `kind` is "sqlite" or "postgresql". category and agent (an IDEA Node name) match one of the
+    event's values exactly; source and target one of its addresses: an address (compressed, as
+    ipaddress prints it) or a network ("10.0.0.0/8", "2001:db8::/32"), see address_condition.
+    before: (microseconds, id), keyset paging: only events that sort after that one newest first.
+    Ordered by DetectTime, then id (oldest first unless newest_first); at most `limit` rows when
+    given: the database reads the (detecttime, id) index in order and stops.
     """
     pg = kind == "postgresql"
     p, t = ("%s", "to_timestamp(%s)") if pg else ("?", "?")
-    sql = "SELECT event FROM events WHERE detecttime >= %s" % t
+    micros = ("(extract(epoch FROM detecttime) * 1000000)::bigint" if pg
+              else "CAST(round(detecttime * 1000000) AS INTEGER)")
+    sql = "SELECT event, %s, id FROM events WHERE detecttime >= %s" % (micros, t)
     args = [since]
     if until is not None:
         sql += " AND detecttime < %s" % t
         args.append(until)
-    if category:
-        sql += (" AND category @> ARRAY[%s]::text[]" if pg
-                else " AND EXISTS (SELECT 1 FROM json_each(events.category) WHERE value = ?)")
-        args.append(category)
-    if source:
-        sql += (" AND source_ip @> ARRAY[%s]::inet[]" if pg
-                else " AND EXISTS (SELECT 1 FROM json_each(events.source_ip) WHERE value = ?)")
-        args.append(source)
+    for column, value in (("category", category), ("node_name", agent)):
+        if value:
+            sql += (" AND %s @> ARRAY[%%s]::text[]" % column if pg
+                    else " AND EXISTS (SELECT 1 FROM json_each(events.%s) WHERE value = ?)" % column)
+            args.append(value)
+    for column, value in (("source_ip", source), ("target_ip", target)):
+        if value:
+            sql += " AND " + address_condition(kind, column, value)
+            args.append(value)
+    if before is not None:
+        # A row comparison: both databases walk the (detecttime, id) index from the position on.
+        sql += " AND (detecttime, id) < (%s, %s)" % ((p, "%s::uuid") if pg else (p, p))
+        args += list(keyset_values(kind, *before))
     sql += " ORDER BY detecttime DESC, id DESC" if newest_first else " ORDER BY detecttime, id"
     if limit is not None:
         sql += " LIMIT %s" % p
         args.append(int(limit))
     return sql, args
+
+
+def address_condition(kind, column, value) -> str:
+    """SQL condition: the address array `column` holds the address `value`, or one inside the network
+    `value` ("ADDR/PREFIX"); takes `value` as its one parameter.
+
+    PostgreSQL keeps inet[]: an address is found through the GIN index (@>), a network by <<= on each
+    element (in the rows the time order reaches). SQLite keeps a JSON array of compressed address
+    texts: an address is a text match, a network needs in_net(address, network), the function the
+    API's reader registers on its connections (myason.api.db).
+    """
+    if kind == "postgresql":
+        if "/" in value:
+            return "EXISTS (SELECT 1 FROM unnest(%s) AS a WHERE a <<= %%s::inet)" % column
+        return "%s @> ARRAY[%%s]::inet[]" % column
+    if "/" in value:
+        return "EXISTS (SELECT 1 FROM json_each(events.%s) WHERE in_net(value, ?))" % column
+    return "EXISTS (SELECT 1 FROM json_each(events.%s) WHERE value = ?)" % column
+
+
+def keyset_values(kind, micros, event_id) -> tuple:
+    """The parameters (detecttime, id) of a keyset position, in the store's own types, exact.
+
+    SQLite stores detecttime as micros / 1e6 computed the same way (parse_time), so the equal
+    event compares equal; PostgreSQL gets a datetime, which carries microseconds exactly.
+    """
+    if kind == "postgresql":
+        return _EPOCH + dt.timedelta(microseconds=int(micros)), str(event_id)
+    return int(micros) / 1e6, str(event_id)
+
+
+def event_sql(kind) -> str:
+    """SQL selecting the `event` column of the event whose id is its one parameter."""
+    return "SELECT event FROM events WHERE id = %s" % ("%s::uuid" if kind == "postgresql" else "?")
 
 
 def greylist_sql(kind, since, until=None):

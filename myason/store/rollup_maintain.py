@@ -11,6 +11,7 @@ import time
 
 from myason.store.rollup import (COARSE, DIRTY_CHUNK, DIRTY_MINUTES, HEALTH_KEEP, RESOLUTIONS, SETTLE, enclosing,
                                  horizon, new_summary, ranges)
+from myason.store.events import delete_events_before
 from myason.store.rollup_sql import backend
 
 log = logging.getLogger("myason.store.rollup")
@@ -156,11 +157,12 @@ def _pending_step(db, now, h, top, summary):
         db.delete_pending([(r, b) for r in COARSE for b in due[r]] + stale)
 
 
-def apply_retention(target, retention, now=None) -> dict:
+def apply_retention(target, retention, now=None, events=0.0) -> dict:
     """Drop (PostgreSQL partitions) or delete (SQLite rows) rollups older than their retention.
 
-    Also deletes health_samples older than 7 days. Raw flows are the writers' own retention.
-    Returns a summary with "dropped" (partition names) and "deleted" ({table: rows}).
+    Also deletes health_samples older than 7 days, and IDEA events detected more than `events`
+    seconds ago (the writer's events_retention; 0 keeps them). Raw flows are the writers' own
+    retention. Returns a summary with "dropped" (partition names) and "deleted" ({table: rows}).
     """
     db = backend(getattr(target, "_conn", target))
     now = time.time() if now is None else float(now)
@@ -170,4 +172,6 @@ def apply_retention(target, retention, now=None) -> dict:
         if keep:
             db.expire(res, now - keep, summary)
     summary["deleted"]["health_samples"] = db.expire_health(now - HEALTH_KEEP)
+    if events:
+        summary["deleted"]["events"] = delete_events_before(db.d.kind, db.conn, now - events)
     return summary

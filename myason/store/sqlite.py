@@ -14,7 +14,7 @@ from myason import fsmode
 from myason.options import REQUIRED, check_float, check_int, check_str, parse_options
 from myason.schema import ENRICHED_ROW_FIELDS, INDEX, ROW_FIELDS
 from myason.store.base import Writer, WriterError, register
-from myason.store.events import EVENT_COLUMNS, dumps, event_columns
+from myason.store.events import EVENT_COLUMNS, check_events_retention, dumps, event_columns
 from myason.store import rollup, rollup_maintain
 from myason.store.rollup_batch import batch_partials
 from myason.store.rollup_sql import SqliteBackend
@@ -63,6 +63,7 @@ class SqliteWriter(Writer):
     (raw = retention_days, as a duration); rollup_top (default 25): keys kept per top-N list;
     maintain_interval (default 60 s; 0 = only `myason maintain`): period of the collector's
     maintenance thread (myason.collector.maintenance), which calls maintain() and housekeeping();
+    events_retention (default 0 = keep): IDEA events detected longer ago are deleted by maintain();
     file_mode (default 0640): the mode of the database file and its -wal and -shm files, whatever
     the umask, set at every open: the group (the collector's own, which `myason api`'s user joins)
     may read, others get nothing.
@@ -77,6 +78,7 @@ class SqliteWriter(Writer):
         "busy_timeout": (30.0, check_float(lo=0)),
         "file_mode": (0o640, fsmode.check_file_mode),
         **rollup.option_spec(),
+        "events_retention": (0.0, check_events_retention),
     }
 
     def __init__(self, **options):
@@ -84,6 +86,7 @@ class SqliteWriter(Writer):
         opts = parse_options(self.name, options, self.SPEC)
         self.path = opts["path"]
         rollup.apply_options(self, opts)
+        self.events_retention = opts["events_retention"]
         self.batch_keep_days = opts["batch_keep_days"]
         self.busy_timeout = opts["busy_timeout"]
         self.file_mode = opts["file_mode"]
@@ -211,7 +214,7 @@ class SqliteWriter(Writer):
             self.open()
         now = self.clock() if now is None else now
         s = rollup_maintain.maintain(self._conn, now, self.rollup_top, self.retention, wait=wait, deadline=deadline)
-        r = rollup_maintain.apply_retention(self._conn, self.retention, now)
+        r = rollup_maintain.apply_retention(self._conn, self.retention, now, self.events_retention)
         s["dropped"] += r["dropped"]
         s["deleted"].update(r["deleted"])
         if self.retention_days:
