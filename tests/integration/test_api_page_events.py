@@ -1,7 +1,7 @@
 """The web page's analyst views in a real headless Chromium against a real `myason api`: event search
 (filters, paging by cursor), one event as its IDEA document and its flows, the agent selector over
-every panel, UTC or local time, the greylist (table and CSV), the `#q=` deep link and a search
-answered 202 (polled through /status and read from /result).
+every panel, UTC or local time, the greylist (table and CSV), the `#q=` deep link, a search
+answered 202 (polled through /status and read from /result) and one whose result expired.
 
 The store is SQLite, written by the real SqliteWriter: flows of two agents, scans among them, and
 the IDEA events the real detectors (myason.detect) raise over those flows, plus one hand-made
@@ -307,6 +307,19 @@ def test_deep_link_runs_a_search_answered_later(api, browser, data):
     assert len(search_rows(browser)) == answer["count"] == sum(1 for r in rows if r[INDEX["src_ip"]] == "10.66.0.25")
     # No after/ nor before/: the default bound the API applied is stated.
     assert answer["bound"] in status.text
+    assert not page_errors(browser)
+
+
+def test_an_expired_search_is_shown_as_an_error(data, browser, shots):
+    """A result gone before it is read (result_ttl passed) is an error on the page, not an empty list."""
+    where = shots / "expiring"
+    where.mkdir(exist_ok=True)
+    with serve(data[0], where, "result_ttl: 0.001\n") as short_lived:
+        open_page(browser, short_lived, "&wait=0&q=" + urllib.parse.quote("host/10.66.0.26/port/22", safe=""))
+        status = wait_for(browser, lambda d: css(d, "#search-status.error[data-state='expired']"), "the error")[0]
+        assert "expired" in status.text and "Search failed" in status.text
+        assert "running" in status.get_attribute("data-seen") or "queued" in status.get_attribute("data-seen")
+        assert not css(browser, "#search-results tbody tr")
     assert not page_errors(browser)
 
 

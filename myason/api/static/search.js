@@ -116,7 +116,7 @@
       markLoaded(node, rows.length);
     } catch (err) {
       if (mine !== generation) return;
-      setStatus('Search failed: ' + err.message, 'error', 'failed');
+      setStatus('Search failed: ' + err.message, 'error', err.status === 410 ? 'expired' : 'failed');
       M.markError(node, err);
       node.replaceChildren();
     }
