@@ -15,7 +15,6 @@ import ipaddress
 import math
 import re
 
-import yaml
 
 from myason.errors import ConfigError
 
@@ -200,6 +199,7 @@ def to_plain(value):
 
 def read_yaml_mapping(path):
     """Load a YAML file that must hold a mapping; an empty file gives {}."""
+    import yaml     # here: a command without a config file (a replay) does not load PyYAML
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)

@@ -13,8 +13,6 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from cryptography.fernet import InvalidToken
-
 from myason.errors import WireError
 from myason.schema import FIELDS
 
@@ -317,6 +315,9 @@ def peek_agent(datagram):
 
 
 def _decrypt(token, keys, ttl, now, skew=CLOCK_SKEW):
+    # Imported here: the agent imports this module for its constants, and a replay without
+    # export should not pay for loading cryptography.
+    from cryptography.fernet import InvalidToken
     if len(token) < _MIN_TOKEN:
         raise WireError("short", "token of %d bytes" % len(token))
     if token[0] != 0x80 or (len(token) - _TOKEN_OVERHEAD) % 16:

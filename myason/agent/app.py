@@ -225,11 +225,12 @@ class AgentApp(reloading.LiveReload):
         return batcher, sender, record_file
 
     def _optional_lookups(self):
-        from myason.agent.asn import open_asn
         if self.live:
             from myason.agent.routes import RouteTable
             self._routes = RouteTable.from_system()
-        self._asn = open_asn(self.cfg.asn_database)
+        if self.cfg.asn_database:
+            from myason.agent.asn import open_asn      # maxminddb only when configured
+            self._asn = open_asn(self.cfg.asn_database)
 
     def install_signals(self):
         """SIGTERM/SIGINT stop the sources (everything cached is still sent); SIGHUP reloads."""

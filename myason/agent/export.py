@@ -163,7 +163,7 @@ class Exporter(threading.Thread):
             self.record_file.close()
 
     def _handle(self, rows):
-        # rows: a list of rows, or a fastoutput.RecordBlock (the fast engine's arrays), which
+        # rows: a list of rows, or a records.RecordBlock (the fast engine's arrays), which
         # the record file writes as it is and which makes rows only for the batcher.
         self.flows += len(rows)
         total = getattr(rows, "bytes_total", None)

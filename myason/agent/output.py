@@ -49,7 +49,7 @@ class RecordFile:
         self._fh.write(data.encode())
 
     def write(self, rows):
-        """Append rows: a list of rows, or a fastoutput.RecordBlock (formatted from its arrays,
+        """Append rows: a list of rows, or a records.RecordBlock (formatted from its arrays,
         the same bytes as its rows would give)."""
         if not rows or self.reader_gone:
             return

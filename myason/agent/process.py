@@ -12,7 +12,7 @@ import numpy as np
 from myason import kernels
 from myason.agent import decode as dec
 from myason.agent.cache import FlowCache
-from myason.agent.fastoutput import RecordBlock
+from myason.agent.records import RecordBlock
 
 log = logging.getLogger("myason.agent.process")
 
@@ -225,7 +225,7 @@ class PacketProcessor:
 
     def take_batch(self):
         """What the processor hands the exporter: take_rows(), or with the fast engine a
-        fastoutput.RecordBlock of the same records (rows are made only if export asks;
+        records.RecordBlock of the same records (rows are made only if export asks;
         --output writes the arrays directly). Empty: an empty list."""
         if self.engine != "fast":
             return self.take_rows()

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from myason import keys
 from myason.errors import CaptureError, ConfigError, KeyFileError
 
 log = logging.getLogger("myason.agent")
@@ -123,6 +122,7 @@ def load_new_config(path, export=True, live=True):
             raise ConfigError("key_file", "required to export")
         if not cfg.collectors:
             raise ConfigError("collectors", "at least one host:port is required to export")
+        from myason import keys     # here: only an exporting agent loads cryptography
         try:
             raw = tuple(keys.load_keys(cfg.key_file))
         except KeyFileError as exc:
@@ -210,6 +210,7 @@ class LiveReload:
         cfg, opened = plan.cfg, {"sources": {}}
         try:
             if self.export and plan.export:
+                from myason import keys
                 opened["key"] = keys.FernetKeys(raw_keys)
                 if plan.sender:
                     try:

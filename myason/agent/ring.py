@@ -112,7 +112,12 @@ class BlockReader:
         self.max_blocks = max(1, int(max_blocks))
         self.little = sys.byteorder == "little"
         self.kernels = kernels.load()
-        if self.kernels is None:
+        try:
+            # The block walker is numba's: loaded now, not when the first block is waiting.
+            self.walk_blocks = self.kernels.walk_blocks if self.kernels is not None else None
+        except RuntimeError:
+            self.walk_blocks = None
+        if self.walk_blocks is None:
             raise CaptureError("the ring engine needs numba (pip install numba); --engine python does without")
         self._view = memoryview(buf)
         self.u8 = np.frombuffer(buf, np.uint8, count=self.block_size * self.blocks)
@@ -155,7 +160,7 @@ class BlockReader:
         c = RingChunk(total)
         hdrs = np.empty(total, np.int64)
         dig = np.empty(total if digests else 0, np.uint64)
-        n, nbytes, truncated = self.kernels.walk_blocks(
+        n, nbytes, truncated = self.walk_blocks(
             self.u8, np.array(offsets, np.int64), self.linktype, self.little, self.ifindex, digests,
             c.ts, c.kw, c.iplen, c.flags, c.vlan, c.status, c.offs, c.lens, hdrs, dig)
         if n != total:      # pragma: no cover - the kernel's own count of the same blocks

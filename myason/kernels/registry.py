@@ -11,12 +11,19 @@ them into numba dispatchers and returns the kernels as one namespace:
 - a helper: numba.njit(nogil=True, inline=...), compiled into the kernels that call it;
 - None when numba is not installed: the callers use the reference engine (pure Python).
 
+The replay kernels (decode and flow table) also exist in C (myason.kernels.native, built by the
+same warm-up): load() serves those from the extension when it is built for the current source,
+and loads numba only when a kernel without a C version is first used (the ring walker, the
+store encoders), so a replay never imports numba. $MYASON_KERNELS chooses: auto (default),
+numba (numba only: the oracle the C kernels are tested against), native (the C kernels
+required: an error when they are not built).
+
 The cache. numba keeps each kernel's machine code on disk and, when loading it, checks only the
 file that defines the kernel: it would not notice an edited helper or constant imported from
 another module. So the cache directory is named after a hash of every source the kernels are
 built from (MODULES, this module, and every myason module they import, transitively) and of
 numba's, numpy's and Python's versions: any change selects a new, empty directory and the kernels
-are compiled once more. Roots: $MYASON_CACHE_DIR if set, else this package's __pycache__/numba,
+are compiled once more. Roots: $MYASON_CACHE_DIR if set, else this package's __pycache__/kernels,
 else ~/.cache/myason. `python -m myason.kernels` (run by scripts/install.sh) compiles every
 kernel into the first writable root and stamps the directory READY; a warmed directory serves
 read-only too (daemons under ProtectSystem=strict, users other than the installer), so an agent
@@ -54,6 +61,8 @@ READY = "READY"           # the stamp warm() leaves in a cache directory it fill
 _KERNELS = {}     # name -> (module name, function, signature); one namespace for all modules
 _HELPERS = {}     # (module name, name) -> (module name, function, inline)
 _loaded = []      # [namespace or None] once load() ran
+_numba = []       # [numba namespace or None] once load_numba() ran
+_numba_lock = threading.Lock()
 _fallback = []    # [namespace or None] once load_or_none() ran
 _lock = threading.Lock()
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]       # the myason package
@@ -61,9 +70,10 @@ _IMPORTS = re.compile(r"^[ \t]*(?:from[ \t]+(myason(?:\.\w+)*)[ \t]+import[ \t]+
                       r"|import[ \t]+(myason(?:\.\w+)*))", re.M)
 _TAG = re.compile(r"[0-9a-f]{16}")
 
-# What the last load() did: cache directory, kernels loaded from the cache and kernels compiled
-# (a warm cache compiles none), seconds spent.
-STATS = {"cache_dir": None, "writable": False, "loaded": [], "compiled": [], "seconds": 0.0}
+# What the last numba load did: cache directory, kernels loaded from the cache and kernels
+# compiled (a warm cache compiles none), seconds spent; and the C extension in use (native).
+STATS = {"cache_dir": None, "writable": False, "loaded": [], "compiled": [], "seconds": 0.0, "native": None}
+MODES = ("auto", "numba", "native")
 
 
 def kernel(signature):
@@ -138,11 +148,11 @@ def source_tag():
 
 def cache_roots():
     """Where cache directories may live, in order: $MYASON_CACHE_DIR if set, else this package's
-    __pycache__/numba (warmed by scripts/install.sh) and ~/.cache/myason."""
+    __pycache__/kernels (warmed by scripts/install.sh) and ~/.cache/myason."""
     env = os.environ.get("MYASON_CACHE_DIR")
     if env:
         return [Path(env)]
-    return [Path(__file__).resolve().parent / "__pycache__" / "numba", Path.home() / ".cache" / "myason"]
+    return [Path(__file__).resolve().parent / "__pycache__" / "kernels", Path.home() / ".cache" / "myason"]
 
 
 def _usable(d, write):
@@ -235,27 +245,103 @@ def _cache_class(directory, writable):
 
 # -- loading ----------------------------------------------------------------------------------
 
+class Kernels:
+    """The kernels as one namespace: those of `native` (the C extension) when given, every other
+    one from numba, loaded at its first use (load_numba). An attribute is resolved once."""
+
+    def __init__(self, native):
+        self._native = native
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from myason.kernels.native import NATIVE_KERNELS
+        if self._native is not None and name in NATIVE_KERNELS:
+            value = getattr(self._native, name)
+        else:
+            ns = load_numba()
+            if ns is None:
+                raise RuntimeError("kernel %s needs numba, which is not available in this process" % name)
+            value = getattr(ns, name)
+        setattr(self, name, value)
+        return value
+
+
+def mode():
+    """$MYASON_KERNELS (auto, numba, native); ValueError naming the variable when it is something else."""
+    value = os.environ.get("MYASON_KERNELS", "auto") or "auto"
+    if value not in MODES:
+        raise ValueError("MYASON_KERNELS must be one of %s, got %r" % (", ".join(MODES), value))
+    return value
+
+
 def load():
-    """The compiled kernels as a module-like namespace, or None without numba (see above)."""
+    """The compiled kernels as one namespace (Kernels), or None when neither the C extension nor
+    numba can be had (the callers use the reference engine then)."""
     with _lock:
         if not _loaded:
-            _loaded.append(_load())
+            _loaded.append(_namespace(mode()))
     return _loaded[0]
 
 
-def load_or_none():
-    """load(), or None (logged once) when the kernels cannot be had for any reason.
+def _namespace(how):
+    from myason.kernels import native
+    ext = None
+    if how != "numba":
+        ext = native.load(cache_roots())
+        if ext is None and how == "native":
+            raise ImportError("MYASON_KERNELS=native: the C kernels are not built for this source "
+                              "(python -m myason.kernels builds them)")
+        STATS["native"] = ext.__file__ if ext is not None else None
+    if ext is None and load_numba() is None:
+        return None
+    return Kernels(ext)
 
-    For optional users (the collector's encoders have pure-Python equivalents): numba's JIT
-    can fail at run time.
-    """
+
+def load_numba():
+    """The numba kernels as a module-like namespace (compiled or loaded from the cache once), or
+    None without numba."""
+    with _numba_lock:
+        if not _numba:
+            _numba.append(_load())
+    return _numba[0]
+
+def load_or_none():
+    """The numba kernels (load_numba), or None (logged once) when they cannot be had for any
+    reason. For optional users whose kernels are numba only (the collector's encoders have
+    pure-Python equivalents): numba's JIT can fail at run time."""
     if not _fallback:
         try:
-            _fallback.append(load())
+            _fallback.append(load_numba())
         except Exception as exc:  # noqa: BLE001 - the caller falls back to Python
             log.warning("compiled kernels unavailable (%s): using the Python code paths", exc)
             _fallback.append(None)
     return _fallback[0]
+
+
+def build_native():
+    """The C kernels for the current source: found built, else compiled into the first writable
+    cache root. Returns the path, or None with the reason in STATS["native_error"] (logged)."""
+    from myason.kernels import native
+    roots = cache_roots()
+    found = native.find(roots)
+    if found is not None:
+        STATS["native"] = str(found)
+        return found
+    for root in roots:
+        if _usable(root, write=True):
+            try:
+                path = native.build(root)
+            except (native.BuildError, OSError) as exc:
+                STATS["native_error"] = str(exc)
+                log.warning("the C kernels could not be built (%s): replays load numba instead (~0.3 s "
+                            "more per start)", exc)
+                return None
+            STATS["native"] = str(path)
+            return path
+    STATS["native_error"] = "no writable cache root (%s)" % ", ".join(map(str, roots))
+    log.warning("the C kernels could not be built: %s", STATS["native_error"])
+    return None
 
 
 def _load():
@@ -341,10 +427,12 @@ def _replace(modules, dispatchers):
 
 
 def warm():
-    """Compile every kernel into the cache (a no-op when it is warm) and leave the READY stamp;
-    remove the cache directories of other sources from the same root. Returns STATS, or None
+    """Build the C kernels (build_native), compile every numba kernel into the cache (a no-op
+    when it is warm) and leave the READY stamp; remove the cache directories of other sources
+    from the same root. Returns STATS, or None
     without numba; OSError when nothing could be saved (no writable cache directory)."""
-    if load() is None:
+    build_native()
+    if load_numba() is None:
         return None
     d = Path(STATS["cache_dir"]) if STATS["cache_dir"] else None
     if d is None or (STATS["compiled"] and not STATS["writable"]):

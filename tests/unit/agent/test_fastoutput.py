@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from myason.agent.fastoutput import SLICE, RecordBlock, format_block, format_rows
+from myason.agent.fastoutput import SLICE, format_block, format_rows
+from myason.agent.records import RecordBlock
 from myason.agent.output import RecordFile
 from myason.schema import END_REASONS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from myason.kernels import registry
+from myason.kernels import native, registry
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -56,19 +56,46 @@ def test_any_edit_to_a_source_selects_a_new_cache_directory(tmp_path, edited):
     assert tag_of(tmp_path) != before
 
 
-def test_without_numba_the_reference_paths_are_used():
-    code = ("import sys\n"
-            "sys.modules['numba'] = None\n"
-            "from myason import kernels\n"
-            "from myason.agent import process\n"
-            "from myason.store import pgcopy, influxdb\n"
-            "assert kernels.load() is None and kernels.load_or_none() is None\n"
-            "assert not process.fast_engine_available()\n"
-            "assert pgcopy._kernels() is None and influxdb.aggregate_fast([(0,)], 60, ()) is None\n"
-            "print('reference')\n")
+def _without_numba(code, kernels_mode):
+    code = "import sys\nsys.modules['numba'] = None\n" + code + "print('ok')\n"
+    env = dict(os.environ, MYASON_KERNELS=kernels_mode)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "reference", out.stderr[-2000:]
+                         timeout=300, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_without_numba_the_reference_paths_are_used():
+    _without_numba("from myason import kernels\n"
+                   "from myason.agent import process\n"
+                   "from myason.store import pgcopy, influxdb\n"
+                   "assert kernels.load() is None and kernels.load_or_none() is None\n"
+                   "assert not process.fast_engine_available()\n"
+                   "assert pgcopy._kernels() is None and influxdb.aggregate_fast([(0,)], 60, ()) is None\n",
+                   "numba")
+
+
+@pytest.mark.skipif(native.find(registry.cache_roots()) is None, reason="the C kernels are not built")
+def test_without_numba_the_c_kernels_still_serve_replays():
+    # Numba-only kernels fail loudly; the store encoders fall back to Python.
+    _without_numba("from myason import kernels\n"
+                   "from myason.agent import process\n"
+                   "from myason.store import pgcopy\n"
+                   "k = kernels.load()\n"
+                   "assert process.fast_engine_available() and callable(k.walk_pcap) and callable(k.run)\n"
+                   "try:\n"
+                   "    k.walk_blocks\n"
+                   "except RuntimeError as exc:\n"
+                   "    assert 'needs numba' in str(exc)\n"
+                   "else:\n"
+                   "    raise AssertionError('walk_blocks without numba')\n"
+                   "assert kernels.load_or_none() is None and pgcopy._kernels() is None\n",
+                   "auto")
+
+
+def test_kernels_mode_is_checked(monkeypatch):
+    monkeypatch.setenv("MYASON_KERNELS", "fast")
+    with pytest.raises(ValueError, match="MYASON_KERNELS"):
+        registry.mode()
 
 
 def test_a_warmed_directory_is_used_before_a_writable_one(tmp_path, monkeypatch):
@@ -90,4 +117,4 @@ def test_myason_cache_dir_is_the_only_root_when_set(monkeypatch, tmp_path):
     monkeypatch.setenv("MYASON_CACHE_DIR", str(tmp_path))
     assert registry.cache_roots() == [tmp_path]
     monkeypatch.delenv("MYASON_CACHE_DIR")
-    assert registry.cache_roots()[0] == ROOT / "myason" / "kernels" / "__pycache__" / "numba"
+    assert registry.cache_roots()[0] == ROOT / "myason" / "kernels" / "__pycache__" / "kernels"
