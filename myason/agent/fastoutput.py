@@ -47,9 +47,14 @@ SLICE = 1 << 15
 # every row, where the text that follows is folded in.
 
 def _digit_table(count, width):
-    """(count, width) uint8: the decimal digits of 0..count-1, zero-filled to width."""
-    v = np.arange(count, dtype=np.int64)[:, None] // (10 ** np.arange(width - 1, -1, -1))[None, :]
-    return (v % 10 + 48).astype(np.uint8)
+    """(count, width) uint8: the decimal digits of 0..count-1, zero-filled to width (count a
+    power of ten). Built by repeating the ten digits: integer division took 9 ms at every start."""
+    digits = np.arange(48, 58, dtype=np.uint8)
+    out = np.empty((count, width), np.uint8)
+    for j in range(width):
+        run = 10 ** (width - 1 - j)
+        out[:, j] = np.tile(np.repeat(digits, run), count // (10 * run))
+    return out
 
 
 def _as_words(table, shift=0):
