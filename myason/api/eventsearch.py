@@ -17,7 +17,7 @@ import uuid
 
 import orjson
 
-from myason.api.grammar import PROTOCOLS, GrammarError, parse_query, parse_time, resolve_time
+from myason.api.grammar import DEFAULT_LIMIT, PROTOCOLS, GrammarError, parse_query, parse_time, resolve_time
 
 # DetectTime +- this when an event has no window nor EventTime/CeaseTime to bound its flows.
 AROUND_DETECT = 300.0
@@ -67,9 +67,10 @@ def parse_place(text: str) -> str:
 
 # -- the flows of an event ------------------------------------------------------------------------
 
-def flow_clauses(event: dict) -> str:
+def flow_clauses(event: dict, default_limit: int = DEFAULT_LIMIT, max_limit: int = 10000) -> str:
     """Clauses for /q/{clauses} that cover the flows behind an IDEA event: its sources and targets,
-    its port and protocol when it names only one, and its time window.
+    its port and protocol when it names only one, its time window, and a limit when it counted more
+    flows than the API's default_limit shows.
 
     Every clause must hold (AND), so a side with one address becomes host/ADDR and a side with
     several becomes net/ of the smallest network holding them all (left out when that would be
@@ -78,6 +79,7 @@ def flow_clauses(event: dict) -> str:
     left out for the same reason. Time: `after` the earliest of WinStartTime and EventTime,
     `before` a second past the latest of WinEndTime and CeaseTime (IDEA times are truncated to the
     second; `before` is exclusive); DetectTime +- AROUND_DETECT where those are missing.
+    Limit: twice the flows it counted (their answers may match too), within max_limit.
     """
     parts = []
     for side in ("Source", "Target"):
@@ -92,8 +94,17 @@ def flow_clauses(event: dict) -> str:
         parts += ["proto", str(known.pop())]
     lo, hi = _window(event)
     parts += ["after", lo, "before", hi]
-    query = parse_query("/".join(parts))
-    return "/".join("%s/%s" % clause for clause in query.clauses)
+    limit = min(max_limit, 2 * _counted(event))
+    if limit > default_limit:
+        parts += ["limit", str(limit)]
+    query = parse_query("/".join(parts), max_limit, default_limit)
+    return "/".join("%s/%s" % clause for clause in query.clauses) + (
+        "/limit/%d" % query.limit if limit > default_limit else "")
+
+
+def _counted(event):
+    counts = [event.get(k) for k in ("ConnCount", "FlowCount")]
+    return max([c for c in counts if type(c) is int] + [0])
 
 
 def _addresses(event, side):
@@ -148,8 +159,8 @@ def _iso(t):
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def flows_link(event: dict) -> dict:
+def flows_link(event: dict, default_limit: int = DEFAULT_LIMIT, max_limit: int = 10000) -> dict:
     """{clauses, url, page}: the flow search of an event's flows, as /q and as the page's deep link."""
     from urllib.parse import quote
-    clauses = flow_clauses(event)
+    clauses = flow_clauses(event, default_limit, max_limit)
     return {"clauses": clauses, "url": "/q/" + clauses, "page": "/#q=" + quote(clauses, safe="")}

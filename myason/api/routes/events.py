@@ -78,7 +78,7 @@ def build(ctx, auth):
         if doc is None:
             raise ApiError(404, "no stored event has the ID %r" % event_id)
         try:
-            flows = flows_link(doc)
+            flows = flows_link(doc, ctx.config.default_limit, ctx.config.max_limit)
         except GrammarError as exc:
             # A stored event always has a DetectTime; this is a damaged document, not bad input.
             raise ApiError(500, "event %s: cannot build its flow search: %s" % (event_id, exc)) from None

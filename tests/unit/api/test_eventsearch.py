@@ -133,6 +133,15 @@ def test_window_falls_back_to_event_times_then_detect_time():
         flow_clauses(event(WinStartTime=None, WinEndTime=None, EventTime=None, CeaseTime=None, DetectTime="x"))
 
 
+def test_a_limit_when_the_event_counted_more_flows_than_a_page():
+    assert "/limit/" not in flow_clauses(event(ConnCount=50))
+    assert flow_clauses(event(ConnCount=600, FlowCount=600)).endswith("/before/2026-12-07T00:10:01Z/limit/1200")
+    assert flow_clauses(event(ConnCount=600), max_limit=1000).endswith("/limit/1000")
+    assert flow_clauses(event(ConnCount=60), default_limit=10).endswith("/limit/120")
+    assert "/limit/" not in flow_clauses(event(ConnCount="600"))
+    parse_query(flow_clauses(event(ConnCount=600)))
+
+
 def test_flows_link_shapes():
     link = flows_link(event())
     assert link["url"] == "/q/" + link["clauses"]
