@@ -105,8 +105,9 @@ class Searches:
     # -- asking ---------------------------------------------------------------------------------
 
     def ask(self, qid, query, bound, task):
-        """(Search, how): how is 'cached' (a fresh done result), 'shared' (joins the run in flight)
-        or 'queued' (a new run of `task`, a callable returning the result dict). Busy when full."""
+        """(Search, how, state): how is 'cached' (a fresh done result), 'shared' (joins the run in
+        flight) or 'queued' (a new run of `task`, a callable returning the result dict); state is the
+        search's state at that moment (a worker may change it at once). Busy when full."""
         self.sweep()
         with self._lock:
             s = self._known.get(qid)
@@ -116,11 +117,11 @@ class Searches:
                     s.shared += 1
                     self.counts["shared"] += 1
                     self._memo_count("shared")
-                    return s, "shared"
+                    return s, "shared", s.state
                 if s.state == "done" and self.cache_ttl > 0 and self.clock() < s.done_at + self.cache_ttl:
                     self.counts["cached"] += 1
                     self._memo_count("hits")
-                    return s, "cached"
+                    return s, "cached", s.state
             if len(self._queue) >= self.queue_size:
                 self.counts["rejected"] += 1
                 waves = (len(self._queue) + self._running) / self.workers
@@ -140,7 +141,7 @@ class Searches:
             forgotten = self._trim()
         for name in ([stale] if stale else []) + forgotten:
             self.spool.remove(name)
-        return s, "queued"
+        return s, "queued", "queued"
 
     def _memo_count(self, what):
         if self.memo is not None:

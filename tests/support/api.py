@@ -92,14 +92,18 @@ class TableLock:
 
     def __init__(self, dsn, table):
         import psycopg
+        self.dsn = dsn
         self.conn = psycopg.connect(dsn)
         self.conn.execute("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE" % table)
 
     def waiting(self, like):
         """Backends of this database waiting for a lock while running a statement LIKE `like`."""
-        return self.conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            " AND query LIKE %s", (like,)).fetchone()[0]
+        import psycopg
+        # A connection of its own each time: within a transaction pg_stat_activity is a snapshot.
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE %s", (like,)).fetchone()[0]
 
     def release(self):
         self.conn.rollback()

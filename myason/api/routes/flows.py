@@ -13,7 +13,7 @@ from myason.api.context import CSV_DOC, ApiError
 from myason.api.csvout import csv_response, wants_csv
 from myason.api import grammar
 from myason.api.grammar import CLAUSES, GrammarError, parse_query, parse_time
-from myason.api.searches import Busy
+from myason.api.searches import IN_FLIGHT, Busy
 
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _ORDER = {n: k for k, n in enumerate(CLAUSES)}
@@ -42,9 +42,9 @@ def with_bound(q, default_bound):
     return grammar.Query(tuple(clauses), q.limit), "after/%s (default)" % default_bound
 
 
-def accepted(s) -> JSONResponse:
-    """The 202 of a search not done yet."""
-    body = {"id": s.id, "query": s.query, "state": s.state, "status_url": "/status/" + s.id,
+def accepted(s, state) -> JSONResponse:
+    """The 202 of a search not done yet (`state`: queued or running, when last seen)."""
+    body = {"id": s.id, "query": s.query, "state": state, "status_url": "/status/" + s.id,
             "result_url": "/result/" + s.id}
     return JSONResponse(body, status_code=202, headers={"Location": "/result/" + s.id})
 
@@ -83,13 +83,18 @@ def build(ctx, auth):
             raise ApiError(400, str(exc)) from None
         now = ctx.clock()
         try:
-            s, how = searches.ask(q.id, q.canonical, bound, lambda: queries.flow_search(ctx.database, q, now))
+            s, how, state = searches.ask(q.id, q.canonical, bound, lambda: queries.flow_search(ctx.database, q, now))
         except Busy as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
         limit = config.search_wait if wait is None else min(wait, config.search_wait)
-        if how != "cached" and not searches.wait(s, limit):
-            return accepted(s)
-        return answer(s, as_csv, how == "cached")
+        if how == "cached" or (limit > 0 and searches.wait(s, limit)):
+            return answer(s, as_csv, how == "cached")
+        if limit > 0:
+            state = s.state
+            if state not in IN_FLIGHT:      # done between the end of the wait and now
+                return answer(s, as_csv, False)
+        # wait=0 never waits: the id at once, even when a worker is quicker than this answer.
+        return accepted(s, state)
 
     @router.get("/result/{qid}", response_model=models.QueryOut,
                 responses={**models.ERRORS, 200: CSV_DOC, 202: ACCEPTED, 404: UNKNOWN,
@@ -102,8 +107,9 @@ def build(ctx, auth):
         s = searches.get(qid[:16])
         if s is None:
             raise ApiError(404, "unknown query id %s" % qid[:16])
-        if s.state in ("queued", "running"):
-            return accepted(s)
+        state = s.state
+        if state in IN_FLIGHT:
+            return accepted(s, state)
         if s.state == "failed":
             raise ApiError(500, "the search failed: %s" % s.error)
         return answer(s, as_csv, False)
