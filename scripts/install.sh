@@ -51,11 +51,17 @@ if ! { [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$w
   echo "$want" > "$stamp"
 fi
 
-# The compiled kernels (myason/kernels: the agent's fast engine, the collector's encoders) are
-# built by numba once per kernel version (half a minute to a minute) into numba's cache:
-# myason/kernels/__pycache__/numba/<source hash>/ (or $MYASON_CACHE_DIR/<source hash>/ when set;
-# the daemons need the same setting then). Doing it here means no agent or collector process
-# compiles anything at start; a no-op when the cache is warm already.
+# The compiled kernels (myason/kernels: the agent's fast engine, the collector's encoders): the
+# replay kernels built from C (myason/kernels/_native.c, a second) into
+# myason/kernels/__pycache__/kernels/native-<source hash>/, and every kernel built by numba once
+# per kernel version (half a minute to a minute) into numba's cache beside it,
+# myason/kernels/__pycache__/kernels/<source hash>/ (or under $MYASON_CACHE_DIR when set; the
+# daemons need the same setting then). Doing it here means no agent or collector process
+# compiles anything at start; a no-op when both are built already. Python's own bytecode is
+# compiled too: the daemons run with a read-only tree (ProtectSystem=strict) and cannot write
+# it, and where PYTHONDONTWRITEBYTECODE is set nobody does (a replay would compile ~70 ms of
+# sources at every start).
+"$VENV/bin/python" -m compileall -q -j 0 myason >/dev/null
 set +e
 "$VENV/bin/python" -m myason.kernels
 rc=$?

@@ -25,6 +25,7 @@ config), so it is free as the padding byte; a value that would contain it sends 
 block through the row path.
 """
 import csv
+import functools
 import io
 import socket
 import sys
@@ -32,6 +33,7 @@ import sys
 import numpy as np
 import orjson
 
+from myason import kernels
 from myason.agent.rowvalues import round6, round6_units
 from myason.schema import END_REASONS, FIELDS
 
@@ -341,23 +343,24 @@ def _assemble(cols, fmt, n):
         else:
             blocks.append(p)
     width = sum(b[0].shape[-1] for b in blocks)
-    # The text between fields is the same in every row: one template row, copied to all rows
-    # at once, then the fields' words over it.
-    template = np.zeros(width, np.uint64)
-    fields, pos = [], 0
+    # The text between fields is the same in every row: broadcast to its columns; the fields'
+    # words to theirs.
+    mat = np.empty((n, width), np.uint64)
+    pos = 0
     for words, _ in blocks:
         c = words.shape[-1]
-        if words.ndim == 1:
-            template[pos:pos + c] = words
-        else:
-            fields.append((pos, words))
+        mat[:, pos:pos + c] = words
         pos += c
-    mat = np.empty((n, width), np.uint64)
-    mat[:] = template
-    for pos, words in fields:
-        mat[:, pos:pos + words.shape[1]] = words
+    squeeze = _squeezer()
+    if squeeze is not None:
+        return squeeze(mat)     # the C kernels' one pass, without the GIL
     # bytes.translate deletes the padding in one C loop (faster than a boolean mask).
     return mat.tobytes().translate(None, b"\0")
+
+
+@functools.cache
+def _squeezer():
+    return kernels.native_only("squeeze")
 
 
 def format_block(block, kind):

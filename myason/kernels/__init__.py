@@ -12,6 +12,7 @@ Layer rule: this package imports numpy, numba and the bottom layer (myason.schem
 myason.agent, myason.store, myason.collector or myason.api; the agent and the store import it
 (tests/unit/test_layers.py). Importing the package is cheap: numba is imported by load().
 """
-from myason.kernels.registry import RO_BYTES, STATS, helper, kernel, load, load_numba, load_or_none, ro
+from myason.kernels.registry import (RO_BYTES, STATS, helper, kernel, load, load_numba, load_or_none, native_only,
+                                     ro)
 
-__all__ = ["RO_BYTES", "STATS", "helper", "kernel", "load", "load_numba", "load_or_none", "ro"]
+__all__ = ["RO_BYTES", "STATS", "helper", "kernel", "load", "load_numba", "load_or_none", "native_only", "ro"]

@@ -267,6 +267,14 @@ class Kernels:
         return value
 
 
+def native_only(name):
+    """The extension's function `name` (native.NATIVE_ONLY) when the C kernels are in use, else
+    None (the caller has a Python fallback); never loads numba."""
+    k = load()
+    ext = getattr(k, "_native", None) if k is not None else None
+    return getattr(ext, name, None) if ext is not None else None
+
+
 def mode():
     """$MYASON_KERNELS (auto, numba, native); ValueError naming the variable when it is something else."""
     value = os.environ.get("MYASON_KERNELS", "auto") or "auto"

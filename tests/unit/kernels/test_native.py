@@ -281,3 +281,16 @@ def test_wrong_arrays_are_refused_not_read():
         NATIVE.rebuild_heap(tuple(T))
     with pytest.raises(TypeError, match="16 arrays"):
         NATIVE.rebuild_heap(tuple(T[:15]))
+
+
+def test_squeeze_is_translate_without_the_copy():
+    # fastoutput's padding removal: the C pass against the bytes.translate it replaces.
+    rng = np.random.default_rng(3)
+    for rows_, cols in ((0, 3), (1, 1), (7, 5), (3000, 61)):
+        a = rng.integers(0, 5, size=rows_ * cols * 8, dtype=np.uint8)
+        a[rng.random(a.size) < 0.4] = 0
+        words = a.view(np.uint64).reshape(rows_, cols)
+        assert NATIVE.squeeze(words) == words.tobytes().translate(None, b"\0")
+    assert NATIVE.squeeze(np.zeros((4, 4), np.uint64)) == b""
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        NATIVE.squeeze(np.zeros((4, 4), np.uint64)[:, ::2])
