@@ -343,6 +343,10 @@ def _assemble(cols, fmt, n):
         else:
             blocks.append(p)
     width = sum(b[0].shape[-1] for b in blocks)
+    assemble = _native("assemble")
+    if assemble is not None:
+        # The C kernels' one pass over the parts, without the GIL and without the matrix.
+        return assemble(n, [np.ascontiguousarray(words) for words, _ in blocks])
     # The text between fields is the same in every row: broadcast to its columns; the fields'
     # words to theirs.
     mat = np.empty((n, width), np.uint64)
@@ -351,16 +355,13 @@ def _assemble(cols, fmt, n):
         c = words.shape[-1]
         mat[:, pos:pos + c] = words
         pos += c
-    squeeze = _squeezer()
-    if squeeze is not None:
-        return squeeze(mat)     # the C kernels' one pass, without the GIL
     # bytes.translate deletes the padding in one C loop (faster than a boolean mask).
     return mat.tobytes().translate(None, b"\0")
 
 
 @functools.cache
-def _squeezer():
-    return kernels.native_only("squeeze")
+def _native(name):
+    return kernels.native_only(name)
 
 
 def format_block(block, kind):

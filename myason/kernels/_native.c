@@ -1000,47 +1000,78 @@ out:
     return res;
 }
 
-/* squeeze(words): the bytes of a C-contiguous uint64 array with every zero byte deleted, as
- * words.tobytes().translate(None, b"\0") gives them, in one pass without the GIL (fastoutput's
- * padding byte is 0; a record file's matrix is tens of MB). Not a numba kernel's twin: the
- * Python fallback is that translate. */
-static PyObject *squeeze(PyObject *self, PyObject *args)
+/* assemble(n, parts): n rows, each the words of every part in order with the zero bytes deleted;
+ * a part is a 1-D uint64 array (the same words in every row) or an (n, c) one (c words per row).
+ * The bytes fastoutput would get from the (n, width) matrix of all parts through
+ * tobytes().translate(None, b"\0"), in one pass without the GIL and without the matrix (a record
+ * file's matrix is tens of MB). Not a numba kernel's twin: that translate is the fallback. */
+static PyObject *assemble(PyObject *self, PyObject *args)
 {
-    PyObject *ow;
-    if (!PyArg_ParseTuple(args, "O", &ow))
+    Py_ssize_t n;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "nO", &n, &seq))
         return NULL;
-    Py_buffer v;
-    if (PyObject_GetBuffer(ow, &v, PyBUF_C_CONTIGUOUS) < 0)
+    PyObject *fast = PySequence_Fast(seq, "assemble: parts must be a sequence");
+    if (fast == NULL)
         return NULL;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, v.len);
-    if (out == NULL) {
-        PyBuffer_Release(&v);
-        return NULL;
+    Py_ssize_t np_ = PySequence_Fast_GET_SIZE(fast), width = 0;
+    Py_buffer *v = PyMem_Calloc(np_ ? np_ : 1, sizeof(Py_buffer));
+    Py_ssize_t *cols = PyMem_Calloc(np_ ? np_ : 1, sizeof(Py_ssize_t));
+    int *per_row = PyMem_Calloc(np_ ? np_ : 1, sizeof(int));
+    Py_ssize_t held = 0;
+    PyObject *out = NULL;
+    if (v == NULL || cols == NULL || per_row == NULL) {
+        PyErr_NoMemory();
+        goto done;
     }
-    const uint8_t *src = v.buf;
-    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
-    Py_ssize_t n = v.len, m = 0;
-    Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, src + i, 8);
-        if (w == 0)
-            continue;
-        for (int j = 0; j < 8; j++) {
-            uint8_t c = src[i + j];
-            dst[m] = c;
-            m += c != 0;
+    for (; held < np_; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, held), &v[held],
+                               PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            goto done;
+        Py_buffer *b = &v[held];
+        if (b->itemsize != 8 || (b->ndim != 1 && b->ndim != 2) || (b->ndim == 2 && b->shape[0] != n)) {
+            held++;
+            PyErr_Format(PyExc_ValueError, "assemble: part %zd is not 8-byte words of 1 row or %zd rows", held - 1, n);
+            goto done;
         }
+        per_row[held] = b->ndim == 2;
+        cols[held] = b->ndim == 2 ? b->shape[1] : b->shape[0];
+        width += cols[held];
     }
-    for (; i < n; i++) {
-        dst[m] = src[i];
-        m += src[i] != 0;
+    if (n < 0 || (width && n > PY_SSIZE_T_MAX / 8 / width)) {
+        PyErr_SetString(PyExc_ValueError, "assemble: bad row count");
+        goto done;
     }
+    out = PyBytes_FromStringAndSize(NULL, n * width * 8);
+    if (out == NULL)
+        goto done;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t m = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < n; r++)
+        for (Py_ssize_t p = 0; p < np_; p++) {
+            const uint64_t *w = (const uint64_t *)v[p].buf + (per_row[p] ? r * cols[p] : 0);
+            for (Py_ssize_t j = 0; j < cols[p]; j++) {
+                uint64_t x = w[j];
+                while (x) {          /* little-endian words: the low byte is the first */
+                    uint8_t c = (uint8_t)x;
+                    dst[m] = c;
+                    m += c != 0;
+                    x >>= 8;
+                }
+            }
+        }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&v);
     if (_PyBytes_Resize(&out, m) < 0)
-        return NULL;
+        out = NULL;
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        if (v[i].obj != NULL)
+            PyBuffer_Release(&v[i]);
+    PyMem_Free(v);
+    PyMem_Free(cols);
+    PyMem_Free(per_row);
+    Py_DECREF(fast);
     return out;
 }
 
@@ -1087,7 +1118,7 @@ static PyMethodDef methods[] = {
     {"flush_all", flush_all, METH_VARARGS, "flowtable.flush_all"},
     {"rebuild_heap", rebuild_heap, METH_VARARGS, "flowtable.rebuild_heap"},
     {"tick_schedule", tick_schedule, METH_VARARGS, "flowtable.tick_schedule"},
-    {"squeeze", squeeze, METH_VARARGS, "bytes of an array without its zero bytes (fastoutput)"},
+    {"assemble", assemble, METH_VARARGS, "rows of words without their zero bytes (fastoutput)"},
     {"set_reasons", set_reasons, METH_VARARGS, "set the end reason indexes (schema.END_REASONS)"},
     {"constants", constants, METH_NOARGS, "the packet constants compiled in (checked by native.py)"},
     {"flowtable_layout", flowtable_layout, METH_NOARGS, "the flow table layout compiled in (checked by native.py)"},

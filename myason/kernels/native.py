@@ -33,7 +33,7 @@ SOURCE = Path(__file__).resolve().parent / "_native.c"
 # The kernels _native.c implements (same names and arguments as the numba kernels).
 NATIVE_KERNELS = ("walk_pcap", "decode_frames", "run", "rehash", "flush_all", "rebuild_heap", "tick_schedule")
 # Functions of the extension with no numba twin (their Python fallback is named where they are used).
-NATIVE_ONLY = ("squeeze",)
+NATIVE_ONLY = ("assemble",)
 PREFIX = "native-"
 CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-Wall", "-Werror", "-std=gnu11")
 

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from myason.agent import fastoutput
 from myason.agent.fastoutput import SLICE, format_block, format_rows
 from myason.agent.records import RecordBlock
 from myason.agent.output import RecordFile
@@ -69,6 +70,12 @@ def check(block):
 @pytest.mark.parametrize("seed", range(4))
 def test_random_records(seed):
     check(make_block(3000, seed))
+
+
+def test_without_the_c_kernels_the_matrix_path_gives_the_same_bytes(monkeypatch):
+    monkeypatch.setattr(fastoutput, "_native", lambda name: None)
+    check(make_block(3000, 11))
+    check(make_block(500, 12, v6_share=1.0, shift=3.5))
 
 
 def test_only_ipv4_only_ipv6_and_typical_times():

@@ -283,14 +283,23 @@ def test_wrong_arrays_are_refused_not_read():
         NATIVE.rebuild_heap(tuple(T[:15]))
 
 
-def test_squeeze_is_translate_without_the_copy():
-    # fastoutput's padding removal: the C pass against the bytes.translate it replaces.
+def test_assemble_is_the_matrix_without_its_zero_bytes():
+    # fastoutput's rows: the C pass against the matrix-and-translate path it replaces.
     rng = np.random.default_rng(3)
-    for rows_, cols in ((0, 3), (1, 1), (7, 5), (3000, 61)):
-        a = rng.integers(0, 5, size=rows_ * cols * 8, dtype=np.uint8)
+
+    def words(shape):
+        a = rng.integers(0, 5, size=int(np.prod(shape)) * 8, dtype=np.uint8)
         a[rng.random(a.size) < 0.4] = 0
-        words = a.view(np.uint64).reshape(rows_, cols)
-        assert NATIVE.squeeze(words) == words.tobytes().translate(None, b"\0")
-    assert NATIVE.squeeze(np.zeros((4, 4), np.uint64)) == b""
-    with pytest.raises((TypeError, ValueError, BufferError)):
-        NATIVE.squeeze(np.zeros((4, 4), np.uint64)[:, ::2])
+        return a.view(np.uint64).reshape(shape)
+    for n in (0, 1, 7, 3000):
+        parts = [words((n, 2)), words((3,)), words((n, 1)), words((1,)), words((n, 5))]
+        mat = np.hstack([p if p.ndim == 2 else np.broadcast_to(p, (n, len(p))) for p in parts])
+        assert NATIVE.assemble(n, parts) == mat.tobytes().translate(None, b"\0")
+    assert NATIVE.assemble(2, [np.zeros((2, 4), np.uint64)]) == b""
+    assert NATIVE.assemble(0, []) == b""
+    with pytest.raises(ValueError, match="part 1"):
+        NATIVE.assemble(3, [np.zeros((3, 2), np.uint64), np.zeros((2, 2), np.uint64)])
+    with pytest.raises(ValueError, match="part 0"):
+        NATIVE.assemble(3, [np.zeros((3, 2), np.uint32)])
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        NATIVE.assemble(3, [np.zeros((3, 4), np.uint64)[:, ::2]])
