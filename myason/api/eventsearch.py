@@ -22,6 +22,7 @@ from myason.api.grammar import DEFAULT_LIMIT, PROTOCOLS, GrammarError, parse_que
 # DetectTime +- this when an event has no window nor EventTime/CeaseTime to bound its flows.
 AROUND_DETECT = 300.0
 _MAX_CURSOR = 200
+_LAST_SECOND = 253402300799.0      # 9999-12-31T23:59:59Z
 
 
 class CursorError(ValueError):
@@ -44,7 +45,7 @@ def decode_cursor(text: str, kind: str) -> tuple:
         micros, event_id, start = obj["t"], obj["id"], obj["from"]
         if type(micros) is not int or not isinstance(event_id, str) or type(start) not in (int, float):
             raise ValueError("wrong types")
-        if not (0 <= micros < 253402300800 * 10**6 and math.isfinite(start) and 0 <= start < 253402300800):
+        if not (0 <= micros <= _LAST_SECOND * 10**6 and math.isfinite(start) and 0 <= start <= _LAST_SECOND):
             raise ValueError("out of range")
         if kind == "postgresql":
             uuid.UUID(event_id)
@@ -156,7 +157,8 @@ def _window(event):
 
 
 def _iso(t):
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Within the years the grammar takes: an event at the end of 9999 still gets its link.
+    return dt.datetime.fromtimestamp(min(t, _LAST_SECOND), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def flows_link(event: dict, default_limit: int = DEFAULT_LIMIT, max_limit: int = 10000) -> dict:

@@ -131,6 +131,9 @@ def test_window_falls_back_to_event_times_then_detect_time():
     assert resolve_time(q.values("before")[0], 0) == detect + AROUND_DETECT
     with pytest.raises(GrammarError):
         flow_clauses(event(WinStartTime=None, WinEndTime=None, EventTime=None, CeaseTime=None, DetectTime="x"))
+    # At the end of the years the grammar takes, the window stops there.
+    ev = event(WinStartTime=None, WinEndTime=None, EventTime=None, CeaseTime=None, DetectTime="9999-12-31T23:59:00Z")
+    assert flow_clauses(ev).endswith("/after/9999-12-31T23:54:00Z/before/9999-12-31T23:59:59Z")
 
 
 def test_a_limit_when_the_event_counted_more_flows_than_a_page():
