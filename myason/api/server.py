@@ -123,6 +123,9 @@ def serve(cfg: ApiConfig, database_spec: dict, token, announce=print, terminal=N
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+        # lifespan="off" (above): the app's lifespan does not run, so the search workers are
+        # stopped here (a running search finishes, up to 5 s) before the database goes.
+        app.state.searches.close()
         database.close()
         if generated_file:
             with contextlib.suppress(OSError):

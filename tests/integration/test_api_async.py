@@ -213,7 +213,18 @@ def test_a_large_search_goes_to_the_background_and_a_restart_empties_the_spool(t
         assert status == 200 and len(text.splitlines()) == 10001
     finally:
         assert api.stop() == 0
-    # The ids died with the process: the next one on the same spool removes their results.
+    # A clean stop stops the workers and empties the spool.
+    assert [n for n in os.listdir(spool) if n.endswith(".json")] == []
+    # The ids die with the process: after a crash, the next one on the same spool removes them.
+    crashed = ApiProcess(config(db, spool, "search_wait: 0.01\n"), tmp_path)
+    try:
+        status, text = crashed.get("q/net/10.0.0.0/8/limit/10000")
+        qid = json.loads(text)["id"]
+        assert poll(crashed, "result/" + qid)[0] == 200
+        assert [n for n in os.listdir(spool) if n.endswith(".json")] == [qid + ".1.json"]
+    finally:
+        crashed.proc.kill()
+        crashed.proc.wait()
     again = ApiProcess(config(db, spool, ""), tmp_path)
     try:
         assert [n for n in os.listdir(spool) if n.endswith(".json")] == []
