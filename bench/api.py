@@ -1,7 +1,8 @@
 """Query API benchmark: latency of a 1-day top-talkers request and of a host search through a real
-`myason api` process over PostgreSQL holding >= 10 million flows spread over the last day.
+`myason api` process over PostgreSQL holding >= 10 million flows spread over the last --days days
+(default 1; with 2 or more, the default bound of a host search excludes the older flows).
 
-    python3 bench/api.py [--dsn DSN] [--flows N] [--requests N] [--keep] [--db NAME]
+    python3 bench/api.py [--dsn DSN] [--flows N] [--days N] [--requests N] [--keep] [--db NAME]
 
 Without --dsn, scripts/services.sh starts a throw-away PostgreSQL 15. The flows go in through
 the real PostgresWriter (binary COPY, rollup marks in the same transaction), in batches of
@@ -63,7 +64,7 @@ def make_batch(rnd, n, t0, t1, weights_cum):
     return rows
 
 
-def fill(dsn, flows, now, seed=1):
+def fill(dsn, flows, now, seed=1, days=1):
     from myason.store import rollup, rollup_maintain
     from myason.store.postgresql import PostgresWriter
     rnd = random.Random(seed)
@@ -73,8 +74,8 @@ def fill(dsn, flows, now, seed=1):
         weights.append(acc)
     w = PostgresWriter(dsn=dsn, maintain_interval=0)
     w.open()
-    t_start, t0 = time.monotonic(), now - 86400
-    span = 86400 - 300
+    t_start, t0 = time.monotonic(), now - 86400 * days
+    span = 86400 * days - 300
     for b in range(0, flows, BATCH):
         n = min(BATCH, flows - b)
         # Batches in time order, as a collector writes them.
@@ -136,6 +137,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dsn", help="PostgreSQL DSN (default: start one with scripts/services.sh)")
     ap.add_argument("--flows", type=int, default=10_000_000)
+    ap.add_argument("--days", type=int, default=1, help="the flows span the last N days")
     ap.add_argument("--requests", type=int, default=30, help="requests per measured case")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
     ap.add_argument("--db", help="measure an existing database (kept by --keep) instead of filling a new one")
@@ -144,7 +146,7 @@ def main():
     apis = []
     with bench_database("bench_api", args.dsn, args.db, args.keep) as (dsn, created):
         if created:
-            fill(dsn, args.flows, time.time())
+            fill(dsn, args.flows, time.time(), days=args.days)
         hosts = busy_hosts(3 * args.requests + 2)
         with tempfile.TemporaryDirectory() as tmp:
             try:
