@@ -4,7 +4,8 @@ A rule matches an event when every condition it sets holds; a condition left emp
 anything. Within one condition any listed value is enough: category prefixes ("Recon" takes
 "Recon.Scanning", never "Reconx"), source and target networks (any Source / Target address of
 the event inside one of them), node names (IDEA Node.Name: the detecting collector's
-`node_name`; the agents are not named in events, since one detector window spans agents).
+`node_name`), agents (the probes whose flows made the event: the event's `_Myason.Agents`,
+docs/events.md).
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ RULE_SPEC = {
     "source": ([], _check_networks),
     "target": ([], _check_networks),
     "nodes": ([], check_items(check_str(allow_empty=False))),
+    "agents": ([], check_items(check_str(allow_empty=False))),
     "webhooks": ([], check_items(check_name)),
     "mail": (None, check_optional(check_mapping)),
 }
@@ -62,12 +64,13 @@ RULE_SPEC = {
 class Rule:
     """One parsed rule: its conditions, the webhooks it sends to, its digest settings (or None)."""
 
-    def __init__(self, name, category=(), source=None, target=None, nodes=(), webhooks=(), mail=None):
+    def __init__(self, name, category=(), source=None, target=None, nodes=(), webhooks=(), mail=None, agents=()):
         self.name = name
         self.category = tuple(category)
         self.source = source or NetSet()
         self.target = target or NetSet()
         self.nodes = frozenset(nodes)
+        self.agents = frozenset(agents)
         self.webhooks = tuple(webhooks)
         self.mail = mail
 
@@ -81,7 +84,16 @@ class Rule:
             return False
         if self.nodes and not any(n.get("Name") in self.nodes for n in event.get("Node") or () if isinstance(n, dict)):
             return False
+        if self.agents and not any(a in self.agents for a in event_agents(event)):
+            return False
         return True
+
+
+def event_agents(event):
+    """The agents an event names (`_Myason.Agents`), or () when it names none."""
+    ext = event.get("_Myason")
+    agents = ext.get("Agents") if isinstance(ext, dict) else None
+    return [a for a in agents if isinstance(a, str)] if isinstance(agents, list) else ()
 
 
 def _category_match(category, prefix):
@@ -123,7 +135,7 @@ def parse_rules(key, value, webhook_names, mail_configured):
         if opts["name"] in (r.name for r in rules):
             raise ConfigError(k + ".name", "two rules are named %r" % opts["name"])
         rules.append(Rule(opts["name"], opts["category"], opts["source"], opts["target"], opts["nodes"],
-                          opts["webhooks"], mail))
+                          opts["webhooks"], mail, opts["agents"]))
     return rules
 
 

@@ -51,6 +51,17 @@ def test_nodes_and_empty_conditions():
     assert not rule(category=["Recon"], nodes=["org.example.b"]).matches(event())
 
 
+def test_agents_match_the_events_agents():
+    named = event(_Myason={"Agents": ["edge-1", "edge-2"]})
+    assert rule(agents=["edge-2"]).matches(named)
+    assert rule(agents=["core", "edge-1"]).matches(named)
+    assert not rule(agents=["core"]).matches(named)
+    # An event that names no agents (another source, or a malformed extension) matches no agents rule.
+    assert not rule(agents=["edge-1"]).matches(event())
+    assert not rule(agents=["edge-1"]).matches(event(_Myason={"Agents": "edge-1"}))
+    assert not rule(agents=["edge-1"]).matches(event(_Myason=["edge-1"]))
+
+
 @pytest.mark.parametrize("options, key", [
     ({"name": "r", "webhooks": ["soc"], "categry": ["Recon"]}, "notify.rules[0].categry"),
     ({"name": "r", "webhooks": ["nope"]}, "notify.rules[0].webhooks[0]"),
