@@ -23,11 +23,14 @@ from myason.options import check_bool, check_float, check_int, parse_options
 from myason.schema import FIELDS, indexes
 
 # Flow columns detectors read (rows start with FIELDS whatever follows).
-SRC, DST, SPORT, DPORT, PROTO, PACKETS, BYTES, FIRST, LAST, FLAGS = (
+SRC, DST, SPORT, DPORT, PROTO, PACKETS, BYTES, FIRST, LAST, FLAGS, AGENT = (
     indexes("src_ip", "dst_ip", "src_port", "dst_port", "proto", "packets", "bytes", "first", "last",
-            "tcp_flags"))
-_NCOLS = FLAGS + 1
-_ROW_DEFAULTS = {"src_ip": "", "dst_ip": "", "first": 0.0, "last": 0.0}
+            "tcp_flags", "agent"))
+_NCOLS = max(SRC, DST, SPORT, DPORT, PROTO, PACKETS, BYTES, FIRST, LAST, FLAGS, AGENT) + 1
+_ROW_DEFAULTS = {"src_ip": "", "dst_ip": "", "first": 0.0, "last": 0.0, "agent": ""}
+# Agents (probes) named per window at most: one or two in practice; past it the event says so
+# (`AgentsCapped`) instead of the window growing with every probe of a large deployment.
+MAX_AGENTS = 16
 
 TCP, UDP, ICMP, ICMP6, SCTP = 6, 17, 1, 58, 132
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -50,7 +53,8 @@ def proto_name(proto) -> str:
 
 
 def as_row(flow):
-    """A list with FIELDS[:tcp_flags] of a row (returned as is) or of a dict keyed by field name."""
+    """A list with the FIELDS detectors read (up to `agent`) of a dict keyed by field name; a row
+    is returned as is."""
     if isinstance(flow, dict):
         return [flow.get(name, _ROW_DEFAULTS.get(name, 0)) for name in FIELDS[:_NCOLS]]
     return flow
@@ -60,11 +64,13 @@ class Window:
     """Aggregates of one key's window: times, counts, a capped distinct set, detector extras.
 
     `start` places the window (see Detector.window_for); `first` and `last` are the earliest
-    start and latest end of the flows counted, which the event reports.
+    start and latest end of the flows counted, which the event reports. `agents`: the agents
+    (probes) whose flows were counted, None (none known), one id bare, or a set of at most
+    MAX_AGENTS ids (then `agents_capped` tells that more took part).
     """
 
     __slots__ = ("start", "first", "last", "flows", "packets", "bytes", "distinct", "capped",
-                 "extra", "extra_set")
+                 "extra", "extra_set", "agents", "agents_capped")
 
     def __init__(self, start):
         self.start = start
@@ -79,9 +85,12 @@ class Window:
         self.capped = False
         self.extra = 0
         self.extra_set = None
+        # As `distinct`: one agent bare, as nearly every window has (one probe sees the traffic).
+        self.agents = None
+        self.agents_capped = False
 
     def count(self, row):
-        """Add a flow's packets, bytes and times."""
+        """Add a flow's packets, bytes, times and agent."""
         self.flows += 1
         self.packets += row[PACKETS]
         self.bytes += row[BYTES]
@@ -90,6 +99,18 @@ class Window:
             self.first = first
         if last > self.last:
             self.last = last
+        agent = row[AGENT]
+        if agent != self.agents and agent:
+            self.add_agent(agent)
+
+    def add_agent(self, agent):
+        """Record the agent of a counted flow ('' is unknown), keeping at most MAX_AGENTS."""
+        if agent:
+            self.agents = _add(self.agents, agent, MAX_AGENTS, self, "agents_capped")
+
+    def agent_list(self):
+        """The agents of the counted flows, sorted."""
+        return sorted(_values(self.agents))
 
     def add(self, value, cap):
         """Add value to the distinct set, keeping at most cap values (then `capped` is set)."""
@@ -105,7 +126,8 @@ class Window:
         return 0 if d is None else len(d) if type(d) is set else 1
 
 
-def _add(current, value, cap, win):
+def _add(current, value, cap, win, flag="capped"):
+    # `flag`: the window's attribute set when a value is left out (the cap reached).
     if current is None:
         return value
     if type(current) is set:
@@ -113,12 +135,12 @@ def _add(current, value, cap, win):
             if len(current) < cap:
                 current.add(value)
             else:
-                win.capped = True
+                setattr(win, flag, True)
         return current
     if current == value:
         return current
     if cap < 2:
-        win.capped = True
+        setattr(win, flag, True)
         return current
     return {current, value}
 
@@ -281,4 +303,5 @@ class Detector:
                            {"conns": win.flows, "flows": win.flows, "packets": win.packets,
                             "bytes": win.bytes},
                            description, self.node_name, event_time=win.first,
-                           cease_time=win.last, **extra)
+                           cease_time=win.last, agents=win.agent_list(),
+                           agents_capped=win.agents_capped, **extra)

@@ -12,8 +12,8 @@ one from a few hundred.
 """
 from __future__ import annotations
 
-from myason.detect.base import (ACK, BYTES, DPORT, DST, FIRST, FLAGS, LAST, PACKETS, PROTO, SRC, SYN, TCP,
-                                Detector, proto_name)
+from myason.detect.base import (ACK, AGENT, BYTES, DPORT, DST, FIRST, FLAGS, LAST, PACKETS, PROTO, SRC, SYN,
+                                TCP, Detector, proto_name)
 from myason.options import check_float, check_int
 
 DOS, DDOS = "Availability.DoS", "Availability.DDoS"
@@ -62,6 +62,9 @@ class DosDetector(Detector):
             last = row[LAST]
             if last > win.last:
                 win.last = last
+            agent = row[AGENT]
+            if agent != win.agents and agent:     # Window.count's agent step, inlined as the rest
+                win.add_agent(agent)
             proto = row[PROTO]
             if proto == TCP and row[FLAGS] & (SYN | ACK) == SYN:
                 win.extra += packets

@@ -37,6 +37,9 @@ _COUNTS = (("conns", "ConnCount"), ("flows", "FlowCount"), ("packets", "PacketCo
            ("bytes", "ByteCount"))
 NODE_SW = ["myason"]
 NODE_TYPE = ["Flow", "Statistical"]
+# The private extension key (IDEA allows keys starting with "_"; Mentat's own are "_Mentat",
+# "_CESNET"): what IDEA has no place for, here the agents (probes) whose flows made the event.
+EXTENSION = "_Myason"
 
 
 def check_node_name(name, key="node_name") -> str:
@@ -96,13 +99,16 @@ def endpoint(addresses, ports=(), proto=None, types=None, note=None):
 
 def build_event(category, detect_time, window, sources, targets, counts, description, node_name,
                 proto=None, source_ports=(), target_ports=(), source_type=None, target_type=None,
-                event_time=None, cease_time=None, event_id=None, note=None) -> dict:
+                event_time=None, cease_time=None, event_id=None, note=None, agents=(),
+                agents_capped=False) -> dict:
     """An IDEA0 event dict.
 
     category: one IDEA category or a list; detect_time: Unix time; window: (start, end) Unix
     times; sources/targets: address texts (split into IP4/IP6); counts: {conns, flows, packets,
     bytes} (missing keys are left out); proto: e.g. ["tcp", "ssh"], set on Source and Target;
-    event_time/cease_time default to the window. Raises ConfigError for a category outside the
+    event_time/cease_time default to the window; agents: ids of the agents whose flows were
+    counted, as `_Myason.Agents` (sorted, de-duplicated, left out when empty), agents_capped:
+    more agents took part than were kept (`_Myason.AgentsCapped`). Raises ConfigError for a category outside the
     IDEA classification or an invalid node_name (both come from configuration).
     """
     categories = [category] if isinstance(category, str) else list(category)
@@ -135,4 +141,9 @@ def build_event(category, detect_time, window, sources, targets, counts, descrip
         event["Note"] = str(note)
     event["Node"] = [{"Name": node_name, "SW": list(NODE_SW), "Type": list(NODE_TYPE)}]
     event["Description"] = str(description)
+    agent_list = sorted({str(a) for a in agents if a})
+    if agent_list:
+        ext = event[EXTENSION] = {"Agents": agent_list}
+        if agents_capped:
+            ext["AgentsCapped"] = True
     return event

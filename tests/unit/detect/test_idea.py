@@ -98,3 +98,13 @@ def test_validator_rejects_what_we_must_never_emit():
             valid.Idea(broken)
     with pytest.raises(ValueError):
         valid.Idea(dict(ev, Node=[{"Name": "org.my-ason"}]))
+
+
+def test_agents_as_the_private_extension_key():
+    ev = check_idea(_event(agents=["edge-2", "edge-1", "edge-2", ""]))
+    assert ev["_Myason"] == {"Agents": ["edge-1", "edge-2"]}
+    assert list(ev)[-1] == "_Myason"            # after IDEA's own keys
+    ev = check_idea(_event(agents=["edge-1"], agents_capped=True))
+    assert ev["_Myason"] == {"Agents": ["edge-1"], "AgentsCapped": True}
+    for agents in ((), [""]):
+        assert "_Myason" not in check_idea(_event(agents=agents, agents_capped=True))
