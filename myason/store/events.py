@@ -8,7 +8,10 @@ import orjson
 
 # Columns of the `events` table besides the full event JSON, in insert order.
 EVENT_COLUMNS = ("id", "detecttime", "category", "source_ip", "target_ip", "source_port", "target_port",
-                 "protocol", "node_name", "description")
+                 "protocol", "node_name", "description", "agents")
+# The private IDEA key myason's detectors write (myason.detect.idea.EXTENSION; the store cannot
+# import detect): `Agents` lists the agents (probes) whose flows made the event.
+EXTENSION = "_Myason"
 
 
 def parse_time(text) -> float:
@@ -28,8 +31,9 @@ def _sorted_unique(values):
 def event_columns(event: dict) -> dict:
     """{column: value} of EVENT_COLUMNS for an IDEA dict; ValueError/TypeError/KeyError if malformed.
 
-    Lists (category, addresses, ports, protocols, node names) are sorted and de-duplicated, so
-    they can be stored as arrays and searched through an index (GIN in PostgreSQL).
+    Lists (category, addresses, ports, protocols, node names, agents) are sorted and de-duplicated,
+    so they can be stored as arrays and searched through an index (GIN in PostgreSQL). `agents`
+    comes from `_Myason.Agents`, empty for an event without it (another producer's, an older one).
     """
     def addresses(part):
         out = []
@@ -59,7 +63,15 @@ def event_columns(event: dict) -> dict:
         "protocol": _sorted_unique(protos),
         "node_name": _sorted_unique(str(n["Name"]) for n in event.get("Node") or () if "Name" in n),
         "description": str(event.get("Description", "")),
+        "agents": event_agents(event),
     }
+
+
+def event_agents(event: dict) -> list:
+    """The agents (probes) whose flows made the event: its `_Myason.Agents`, sorted, unique; [] when
+    it has none (another producer's event, or one stored before myason recorded them)."""
+    ext = event.get(EXTENSION)
+    return _sorted_unique(str(a) for a in (ext.get("Agents") or () if isinstance(ext, dict) else ()))
 
 
 def _address_text(value) -> str:

@@ -41,7 +41,7 @@ _NCOLS = len(ROW_FIELDS)
 _NCOLS_ENRICHED = len(ENRICHED_ROW_FIELDS)
 _CASTS = {"id": "::uuid", "detecttime": "", "category": "::text[]", "source_ip": "::inet[]",
           "target_ip": "::inet[]", "source_port": "::integer[]", "target_port": "::integer[]",
-          "protocol": "::text[]", "node_name": "::text[]", "description": ""}
+          "protocol": "::text[]", "node_name": "::text[]", "description": "", "agents": "::text[]"}
 INSERT_EVENT_SQL = "INSERT INTO events (%s, event) VALUES (%s, %%s::jsonb) ON CONFLICT (id) DO NOTHING" % (
     ", ".join(EVENT_COLUMNS),
     ", ".join("to_timestamp(%s)" if c == "detecttime" else "%s" + _CASTS[c] for c in EVENT_COLUMNS))

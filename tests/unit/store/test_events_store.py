@@ -6,9 +6,10 @@ import pytest
 from myason.collector.config import load_collector_config
 from myason.errors import ConfigError
 from myason.store.base import WriterError, decode_batch, decode_batch_events, encode_batch
-from myason.store.events import detector_of, event_columns, parse_time
+from myason.store.events import EVENT_COLUMNS, detector_of, event_columns, parse_time
 from myason.store.query import fetch_events, format_greylist, greylist, parse_duration
 from myason.store.sqlite import SqliteWriter
+from myason.store.sqlite import event_params as sqlite_params
 from tests.support.rows import numbered_rows
 
 
@@ -41,6 +42,38 @@ def test_event_columns_are_sorted_unique_lists():
     assert detector_of(ev(1)) == "scan_horizontal" and detector_of({}) == "other"
     with pytest.raises(KeyError):
         event_columns({"ID": "x"})
+
+
+def test_event_columns_agents_from_the_extension_key():
+    assert event_columns(ev(1))["agents"] == []
+    cols = event_columns(dict(ev(1), _Myason={"Agents": ["edge-2", "edge-1", "edge-2"]}))
+    assert cols["agents"] == ["edge-1", "edge-2"] and list(cols) == list(EVENT_COLUMNS)
+    for odd in ({}, {"Agents": None}, ["edge-1"], "edge-1"):
+        assert event_columns(dict(ev(1), _Myason=odd))["agents"] == []
+
+
+def test_sqlite_stores_agents_and_migrates_an_older_database(tmp_path):
+    db = str(tmp_path / "f.db")
+    w = SqliteWriter(path=db)
+    w.open()
+    # A database of the version before: no agents column, an event stored then.
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE events DROP COLUMN agents")
+    conn.execute("DELETE FROM schema_migrations WHERE name = 'event_agents'")
+    conn.execute("INSERT INTO events (%s, event) VALUES (%s)" % (
+        ", ".join(EVENT_COLUMNS[:-1]), ", ".join("?" * len(EVENT_COLUMNS))),
+        sqlite_params(ev(1))[:-2] + sqlite_params(ev(1))[-1:])
+    conn.commit()
+    conn.close()
+    w.close()
+    w.open()                                    # applies 006_event_agents
+    later = dict(ev(2), _Myason={"Agents": ["edge-1"]})
+    assert w.write("b1", [], events=[later]) is True
+    w.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT id, agents FROM events ORDER BY id").fetchall() == [
+        (ev(1)["ID"], "[]"), (ev(2)["ID"], '["edge-1"]')]
+    conn.close()
 
 
 def test_sqlite_stores_enriched_rows_and_events_once(tmp_path):

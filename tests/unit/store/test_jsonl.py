@@ -518,3 +518,9 @@ def test_file_mode_for_a_reader_in_the_group(tmp_path, umask022):
     with pytest.raises(ConfigError) as info:
         JsonlWriter(dir=str(d), file_mode="0644")
     assert info.value.key == "jsonl.file_mode"
+
+
+def test_events_keep_the_agents_extension_key(writer, tmp_path):
+    events = [dict(e, _Myason={"Agents": ["edge-1", "edge-2"], "AgentsCapped": True}) for e in make_events(2)]
+    assert writer.write("a", [], events=events) is True
+    assert read_events(tmp_path / "j") == events

@@ -90,3 +90,10 @@ def test_private_file_mode(tmp_path, umask022):
     assert {m for p, m in modes.items() if p.startswith("incoming/")} == {0o600}
     with pytest.raises(ConfigError, match="mentat.file_mode"):
         MentatWriter(queue_dir=str(tmp_path / "q"), file_mode=0o644)
+
+
+def test_events_keep_the_agents_extension_key(writer, tmp_path):
+    sent = [dict(e, _Myason={"Agents": ["edge-1", "edge-2"]}) for e in events(2)]
+    assert writer.write("b1", [], events=sent) is True
+    got = [json.loads((tmp_path / "q" / "incoming" / n).read_bytes()) for n in incoming(tmp_path)]
+    assert sorted(got, key=lambda e: e["ID"]) == sent

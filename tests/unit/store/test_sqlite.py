@@ -52,7 +52,8 @@ def test_schema_wal_and_migrations_are_applied_once(writer, db):
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("SELECT version, name FROM schema_migrations").fetchall() == [
-        (1, "flows"), (2, "enrich_events"), (3, "rollups"), (4, "service_port"), (5, "rollup_candidates")]
+        (1, "flows"), (2, "enrich_events"), (3, "rollups"), (4, "service_port"), (5, "rollup_candidates"),
+        (6, "event_agents")]
     cols = [r[1] for r in conn.execute("PRAGMA table_info(flows)")]
     assert cols == list(ENRICHED_ROW_FIELDS)
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(flows)")}
