@@ -144,10 +144,20 @@ class AgentsOut(BaseModel):
     agents: list[AgentOut]
 
 
-class EventsOut(BaseModel):
-    """IDEA events (each with "id", its IDEA ID), newest first; `next`: the cursor of the next page, or null."""
+class EventRow(BaseModel):
+    """One stored IDEA event, as stored, plus `id` (its IDEA ID) and `agents`: the agents (probes) whose
+    flows made it (its `_Myason.Agents`; [] for an event that does not name them)."""
 
-    events: list[dict[str, Any]]
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    agents: list[str]
+
+
+class EventsOut(BaseModel):
+    """IDEA events, newest first; `next`: the cursor of the next page, or null."""
+
+    events: list[EventRow]
     next: Optional[str]
 
 

@@ -296,7 +296,8 @@ def agents(db, since, now=None, until=None) -> list:
 
 def events(db, start, until=None, limit=100, after=None, **filters) -> dict:
     """{events, next}: IDEA events detected from `start` (Unix seconds) to before `until`, newest
-    first, at most `limit`; each with "id" (its IDEA ID) added. `after`: (micros, id, start) of a
+    first, at most `limit`; each with "id" (its IDEA ID) and "agents" (the probes whose flows made it,
+    from `_Myason.Agents`; [] when unknown) added. `after`: (micros, id, start) of a
     decoded cursor, the page then begins after that event. filters: category, source, target, agent
     (myason.store.query.events_sql). `next` is the cursor of the following page, None on the last.
 
@@ -304,6 +305,7 @@ def events(db, start, until=None, limit=100, after=None, **filters) -> dict:
     sorted and limited by the database: one more row than asked tells whether a page follows.
     """
     from myason.api.eventsearch import encode_cursor
+    from myason.store.events import event_agents
     from myason.store.query import events_sql
     sql, params = events_sql(db.kind, start, until=until, limit=limit + 1, newest_first=True,
                              before=None if after is None else after[:2], **filters)
@@ -312,6 +314,7 @@ def events(db, start, until=None, limit=100, after=None, **filters) -> dict:
     for doc, _micros, _id in rows[:limit]:
         ev = _idea(doc)
         ev["id"] = ev.get("ID")
+        ev["agents"] = event_agents(ev)
         out.append(ev)
     nxt = None
     if len(rows) > limit:

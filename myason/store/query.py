@@ -56,8 +56,9 @@ def events_sql(kind, since, category=None, source=None, until=None, limit=None, 
     """(sql, params) selecting (event, detecttime in Unix microseconds, id) of stored events with
     since <= DetectTime (< until).
 
-    `kind` is "sqlite" or "postgresql". category and agent (an IDEA Node name) match one of the
-    event's values exactly; source and target one of its addresses: an address (compressed, as
+    `kind` is "sqlite" or "postgresql". category matches one of the event's categories exactly,
+    agent one of its agents (the probes whose flows made it, `_Myason.Agents`) or its IDEA Node
+    name (the collector's `node_name`); source and target one of its addresses: an address (compressed, as
     ipaddress prints it) or a network ("10.0.0.0/8", "2001:db8::/32"), see address_condition.
     before: (microseconds, id), keyset paging: only events that sort after that one newest first.
     Ordered by DetectTime, then id (oldest first unless newest_first); at most `limit` rows when
@@ -72,11 +73,14 @@ def events_sql(kind, since, category=None, source=None, until=None, limit=None, 
     if until is not None:
         sql += " AND detecttime < %s" % t
         args.append(until)
-    for column, value in (("category", category), ("node_name", agent)):
-        if value:
-            sql += (" AND %s @> ARRAY[%%s]::text[]" % column if pg
-                    else " AND EXISTS (SELECT 1 FROM json_each(events.%s) WHERE value = ?)" % column)
-            args.append(value)
+    if category:
+        sql += " AND " + _has_text(pg, "category")
+        args.append(category)
+    if agent:
+        # A probe (the agents whose flows made the event) or the collector (the IDEA Node name):
+        # each side its own GIN index in PostgreSQL (a BitmapOr when the planner leaves the time scan).
+        sql += " AND (%s OR %s)" % (_has_text(pg, "agents"), _has_text(pg, "node_name"))
+        args += [agent, agent]
     for column, value in (("source_ip", source), ("target_ip", target)):
         if value:
             sql += " AND " + address_condition(kind, column, value)
@@ -90,6 +94,13 @@ def events_sql(kind, since, category=None, source=None, until=None, limit=None, 
         sql += " LIMIT %s" % p
         args.append(int(limit))
     return sql, args
+
+
+def _has_text(pg, column) -> str:
+    """SQL condition: the text array `column` holds the one parameter."""
+    if pg:
+        return "%s @> ARRAY[%%s]::text[]" % column
+    return "EXISTS (SELECT 1 FROM json_each(events.%s) WHERE value = ?)" % column
 
 
 def address_condition(kind, column, value) -> str:

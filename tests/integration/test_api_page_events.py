@@ -3,10 +3,12 @@
 every panel, UTC or local time, the greylist (table and CSV), the `#q=` deep link, a search
 answered 202 (polled through /status and read from /result) and one whose result expired.
 
-The store is SQLite, written by the real SqliteWriter: flows of two agents, scans among them, and
-the IDEA events the real detectors (myason.detect) raise over those flows, plus one hand-made
-event with markup in its text. One API process and one browser serve the whole module; the
-screenshots page-events-1400.png and page-events-420.png are left in its pytest tmp dir.
+The store is SQLite, written by the real SqliteWriter: flows of two agents (probes), scans among
+them (one seen by both), and the IDEA events the real detectors (myason.detect) of one collector
+raise over those flows, each naming the agents of its flows (`_Myason.Agents`), plus one hand-made
+event with markup in its text. The agent selector filters the events by probe. One API process
+and one browser serve the whole module; the screenshots page-events-1400.png and
+page-events-420.png are left in its pytest tmp dir.
 """
 import calendar
 import json
@@ -22,16 +24,20 @@ from tests.support.api import row
 from tests.support.browser import (TOKEN, api_json, api_text, css, full_screenshot, headless_chromium, page_errors,
                                    serve, set_viewport, wait_for)
 
-AGENT1, AGENT2 = "org.example.edge1", "org.example.edge2"   # agent ids that are also IDEA Node names
+AGENT1, AGENT2 = "edge-1", "edge-2"       # probe ids: never an IDEA Node name (that has no hyphen)
+NODE = "org.example.collector"             # the collector's node_name, the events' Node
 SCANNERS = {"10.66.0.%d" % i: AGENT1 if i <= 20 else AGENT2 for i in range(1, 29)}
+SHARED_SCANNER = "10.66.0.30"              # its probes pass both probes, half each
 BOTNET = "100.64.77.7"
 MARKUP = '<img src=x id=injected onerror="document.title=\'pwned\'"><b>bold</b>'
 
 
-def _scan(src, agent, t0):
-    """60 one-packet SYN flows from src to 192.0.2.1-60 on tcp/22: a horizontal scan."""
+def _scan(src, agents, t0):
+    """60 one-packet SYN flows from src to 192.0.2.1-60 on tcp/22: a horizontal scan, the j-th metered by
+    agents[j % len(agents)]."""
     out = []
     for j in range(60):
+        agent = agents[j % len(agents)]
         r = row(src, "192.0.2.%d" % (j + 1), 50000 + j, 22, 6, 60, t0 + j * 0.1, agent=agent,
                 if_name="eth0" if agent == AGENT1 else "eth1")
         r[INDEX["packets"]], r[INDEX["tcp_flags"]] = 1, 0x02
@@ -39,16 +45,19 @@ def _scan(src, agent, t0):
     return out
 
 
-def _detected(rows_by_agent):
-    """The events of the real detectors over each agent's flows, the agent as their Node name."""
+def _detected(batches):
+    """The events of one collector's real detectors over the agents' flows."""
     events = []
-    for agent, batches in rows_by_agent.items():
-        dets = build_detectors({"node_name": agent, "detectors": {"blocklist": {"lists": [
-            {"name": "testlist", "cidrs": ["100.64.77.0/24"], "category": "Intrusion.Botnet"}]}}})
-        for rows in batches:
-            dets.feed_rows(rows)
-            events += dets.flush(max(r[INDEX["last"]] for r in rows) + 5)
+    dets = build_detectors({"node_name": NODE, "detectors": {"blocklist": {"lists": [
+        {"name": "testlist", "cidrs": ["100.64.77.0/24"], "category": "Intrusion.Botnet"}]}}})
+    for rows in batches:
+        dets.feed_rows(rows)
+        events += dets.flush(max(r[INDEX["last"]] for r in rows) + 5)
     return events
+
+
+def agents_of(event):
+    return event.get("_Myason", {}).get("Agents", [])
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +67,21 @@ def data(tmp_path_factory):
     now = time.time()
     by_agent = {AGENT1: [], AGENT2: []}
     for i, (src, agent) in enumerate(SCANNERS.items()):
-        by_agent[agent].append(_scan(src, agent, now - 3300 + i * 100))
+        by_agent[agent].append(_scan(src, [agent], now - 3300 + i * 100))
+    by_agent[AGENT1].append(_scan(SHARED_SCANNER, [AGENT1, AGENT2], now - 400))
     busy1 = [row("10.1.0.1", "198.51.100.1", 41000 + i, 443, 6, 900000, now - 1800 + i, agent=AGENT1) for i in range(5)]
     busy2 = [row("10.2.0.1", "198.51.100.2", 42000 + i, 443, 6, 700000, now - 1700 + i, agent=AGENT2, if_name="eth1")
              for i in range(5)]
     botnet = [row("10.0.0.5", BOTNET, 45000, 443, 6, 3000, now - 600, agent=AGENT2, if_name="eth1")]
     by_agent[AGENT1].append(busy1)
     by_agent[AGENT2] += [busy2, botnet]
-    events = _detected(by_agent)
-    assert len(events) == len(SCANNERS) + 1, [e["Category"] for e in events]
+    events = _detected([b for batches in by_agent.values() for b in batches])
+    assert len(events) == len(SCANNERS) + 2, [e["Category"] for e in events]
+    assert sorted(map(tuple, map(agents_of, events))).count((AGENT1, AGENT2)) == 1
     crafted = {"Format": "IDEA0", "ID": str(uuid.uuid4()),
                "DetectTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 120)),
                "Category": ["Other"], "Description": MARKUP, "Note": "</pre><script>document.title='pwned'</script>",
-               "Source": [{"IP4": ["10.1.0.1"]}], "Node": [{"Name": AGENT1}]}
+               "Source": [{"IP4": ["10.1.0.1"]}], "Node": [{"Name": NODE}]}
     rows = [r for batches in by_agent.values() for b in batches for r in b]
     path = tmp_path_factory.mktemp("page-events") / "flows.db"
     w = SqliteWriter(path=str(path))
@@ -231,8 +242,21 @@ def test_agent_selector_applies_to_every_panel(api, browser, data):
         wait_for(browser, lambda d: css(d, "#events[data-loaded='1']") and events_ok(event_ids(d)),
                  "the events of %s" % agent)
 
-    shown(AGENT2, lambda t: set(t) <= addresses2,
-          lambda ids: set(ids) == {e["ID"] for e in events if e["Node"][0]["Name"] == AGENT2})
+    def events_of(agent):
+        return {e["ID"] for e in events if agent in agents_of(e)}
+
+    shown(AGENT2, lambda t: set(t) <= addresses2, lambda ids: set(ids) == events_of(AGENT2))
+    # Each row names the agents of its event: AGENT2 alone, or both for the shared scan.
+    want = {e["ID"]: ", ".join(agents_of(e)) for e in events if e["ID"] in events_of(AGENT2)}
+    assert sorted(set(want.values())) == [AGENT1 + ", " + AGENT2, AGENT2]
+    wait_for(browser, lambda d: {tr.get_attribute("data-id"): tr.find_element("css selector", "td.agents").text
+                                 for tr in css(d, "#events tbody tr")} == want, "the agents of each event")
+    # The other probe, chosen in the selector: its events (the shared scan among them), no longer AGENT2's.
+    select.select_by_value(AGENT1)
+    shown(AGENT1, lambda t: "10.1.0.1" in t, lambda ids: set(ids) == events_of(AGENT1))
+    assert len(events_of(AGENT1)) == 21 and events_of(AGENT1) & events_of(AGENT2)
+    select.select_by_value(AGENT2)
+    shown(AGENT2, lambda t: set(t) <= addresses2, lambda ids: set(ids) == events_of(AGENT2))
     box = browser.find_element("id", "search-input")
     box.send_keys("port/443/after/1h")
     box.submit()
@@ -283,7 +307,7 @@ def test_greylist_table_and_csv(api, browser, shots):
     listed = api_json(api, "greylist?since=1h")["rows"]
     trs = wait_for(browser, lambda d: css(d, "#greylist[data-loaded='1'] tbody tr"), "the greylist")
     assert [tr.find_elements("css selector", "td")[0].text for tr in trs] == [r["address"] for r in listed]
-    assert len(listed) == len(SCANNERS) + 2
+    assert len(listed) == len(SCANNERS) + 3     # the scanners, the shared one, 10.1.0.1 (crafted), the bot
     target = shots / "greylist.csv"
     target.unlink(missing_ok=True)
     browser.find_element("id", "greylist-csv").click()

@@ -257,7 +257,8 @@ def test_flows_link_finds_the_flows_of_each_detection(detected, kind):
     for listed in events:
         body = get(client, "/events/" + listed["id"])
         ev = body["idea"]
-        assert ev == {k: v for k, v in listed.items() if k != "id"}
+        assert ev == {k: v for k, v in listed.items() if k not in ("id", "agents")}
+        assert listed["agents"] == ev["_Myason"]["Agents"] == [col.AGENT_ID]
         found = get(client, body["flows"]["url"])
         assert not found["truncated"]
         rows = [dict(zip(found["columns"], r)) for r in found["rows"]]

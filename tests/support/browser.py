@@ -108,9 +108,13 @@ def page_errors(driver):
 
 def wait_for(driver, pred, what):
     """Poll pred(driver) until it returns something truthy; fail with the page's state after DEADLINE."""
+    from selenium.common.exceptions import StaleElementReferenceException
     deadline = time.monotonic() + DEADLINE
     while True:
-        value = pred(driver)
+        try:
+            value = pred(driver)
+        except StaleElementReferenceException:
+            value = None        # the page re-rendered what pred was reading: read it again
         if value:
             return value
         if time.monotonic() > deadline:

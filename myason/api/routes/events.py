@@ -15,6 +15,8 @@ from myason.api.grammar import GrammarError, parse_time, resolve_time
 START_HELP = ("start the period here (instead of `since`): ISO 8601 (2024-05-01T12:00:00Z, no zone = UTC), Unix"
               " seconds, or a duration ago (2h)")
 PLACE_HELP = "a %s address, or a network (10.0.0.0/8, 2001:db8::/32)"
+AGENT_HELP = ("an agent (probe) id: the events made from its flows (`_Myason.Agents`, each event's `agents`);"
+              " or a collector's IDEA Node name (`detect.node_name`): the events it detected")
 
 
 def _instant(name, text, now):
@@ -41,7 +43,7 @@ def build(ctx, auth):
                category: Optional[str] = Query(None, max_length=100, description="an IDEA category"),
                source: Optional[str] = Query(None, max_length=64, description=PLACE_HELP % "source"),
                target: Optional[str] = Query(None, max_length=64, description=PLACE_HELP % "target"),
-               agent: Optional[str] = Query(None, pattern=AGENT, description="the IDEA Node name of the event"),
+               agent: Optional[str] = Query(None, pattern=AGENT, description=AGENT_HELP),
                limit: int = Query(100, ge=1, le=ctx.config.events_limit),
                cursor: Optional[str] = Query(None, max_length=200,
                                              description="`next` of the previous page (same filters)")):

@@ -1,5 +1,6 @@
 // myason's built-in page: the event search (GET /events: category, source, target, agent, time
-// range, paged by cursor), one event as its full IDEA document with a link to its flows
+// range, paged by cursor; each event with the agents (probes) whose flows made it, which the
+// agent selector filters on), one event as its full IDEA document with a link to its flows
 // (GET /events/<id>), and the greylist of the events' sources (GET /greylist, /greylist.csv).
 'use strict';
 (function () {
@@ -65,10 +66,11 @@
           el('td', {class: 'time'}, link),
           el('td', {}, ...(ev.Category || []).map((c) => el('span', {class: 'tag', text: c}))),
           addrCell(addresses(ev.Source)), addrCell(addresses(ev.Target)),
+          el('td', {class: 'agents', text: (ev.agents || []).join(', ') || '\u2013'}),
           el('td', {text: ev.Description || ''}));
       });
       node.replaceChildren(events.length
-        ? el('div', {class: 'scroll'}, M.table([['time (' + M.zoneName() + ')'], ['category'], ['source'], ['target'], ['description']], trs, 'events'))
+        ? el('div', {class: 'scroll'}, M.table([['time (' + M.zoneName() + ')'], ['category'], ['source'], ['target'], ['agents'], ['description']], trs, 'events'))
         : el('div', {class: 'empty', text: page > 1 ? 'no older events' : 'no events match'}));
       $('ev-page').textContent = 'page ' + page + (events.length ? ': ' + events.length + ' event(s)' : '');
       $('ev-older').disabled = !paging.next;

@@ -24,7 +24,8 @@ def store(tmp_path_factory):
     w = SqliteWriter(path=path)
     w.clock = lambda: NOW
     w.open()
-    assert w.write("a", A, [idea(1, NOW - 600), idea(2, NOW - 300, "Attempt.Login", "198.51.100.1")])
+    assert w.write("a", A, [idea(1, NOW - 600), dict(idea(2, NOW - 300, "Attempt.Login", "198.51.100.1"),
+                                                      _Myason={"Agents": ["edge-1", "edge-2"]})])
     assert w.write("b", B + C)
     assert w.write("d", D)
     w.maintain(now=NOW)
@@ -378,6 +379,12 @@ def test_events_and_greylist(client):
     assert [e["ID"][-1] for e in get(client, "/events?category=Recon.Scanning").json()["events"]] == ["1"]
     assert [e["ID"][-1] for e in get(client, "/events?source=198.51.100.1").json()["events"]] == ["2"]
     assert get(client, "/events?since=4m").json()["events"] == []
+    # Each row names the agents of its event; agent= is a probe of them, or the collector's Node name.
+    assert [e["agents"] for e in evs] == [["edge-1", "edge-2"], []]
+    assert evs[0]["_Myason"] == {"Agents": ["edge-1", "edge-2"]} and evs[0]["id"] == evs[0]["ID"]
+    for agent, want in (("edge-2", ["2"]), ("edge-1", ["2"]), ("org.example.test", ["2", "1"]), ("edge-3", []),
+                        ("org.example", [])):
+        assert [e["ID"][-1] for e in get(client, "/events?agent=" + agent).json()["events"]] == want, agent
     grey = get(client, "/greylist").json()
     assert grey["since"] == "7d"
     assert {r["address"]: r["categories"] for r in grey["rows"]} == {

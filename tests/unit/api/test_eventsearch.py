@@ -157,11 +157,11 @@ def test_events_sql_filters_and_keyset_on_sqlite():
     conn = sqlite3.connect(":memory:")
     conn.create_function("in_net", 2, lambda a, n: ipaddress.ip_address(a) in ipaddress.ip_network(n))
     conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, detecttime REAL, category TEXT, source_ip TEXT,"
-                 " target_ip TEXT, node_name TEXT, event TEXT)")
-    rows = [("a", 10.0, '["X"]', '["10.0.0.1"]', '["2001:db8::1"]', '["n1"]', "{}"),
-            ("b", 10.0, '["Y"]', '["10.0.0.2"]', '["192.0.2.1"]', '["n2"]', "{}"),
-            ("c", 20.0, '["X"]', '["192.0.2.9"]', '["10.0.0.3"]', '["n1"]', "{}")]
-    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                 " target_ip TEXT, node_name TEXT, agents TEXT, event TEXT)")
+    rows = [("a", 10.0, '["X"]', '["10.0.0.1"]', '["2001:db8::1"]', '["n1"]', '["edge-1", "edge-2"]', "{}"),
+            ("b", 10.0, '["Y"]', '["10.0.0.2"]', '["192.0.2.1"]', '["n2"]', '["edge-2"]', "{}"),
+            ("c", 20.0, '["X"]', '["192.0.2.9"]', '["10.0.0.3"]', '["n1"]', '[]', "{}")]
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def ids(**kw):
         sql, args = events_sql("sqlite", 0, newest_first=True, **kw)
@@ -172,3 +172,6 @@ def test_events_sql_filters_and_keyset_on_sqlite():
     assert ids(target="2001:db8::/32") == ["a"] and ids(target="10.0.0.3", category="X", agent="n1") == ["c"]
     assert ids(before=(10_000_000, "b")) == ["a"] and ids(before=(20_000_000, "c")) == ["b", "a"]
     assert ids(limit=1) == ["c"]
+    # agent: a probe among the event's agents, or the collector's Node name; never a part of one.
+    assert ids(agent="edge-1") == ["a"] and ids(agent="edge-2") == ["b", "a"] and ids(agent="edge") == []
+    assert ids(agent="n1") == ["c", "a"] and ids(agent="edge-2", category="Y") == ["b"]
