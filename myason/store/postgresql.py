@@ -34,8 +34,13 @@ log = logging.getLogger("myason.store.postgresql")
 # Serialises migrations between collectors sharing a database (any constant of our own).
 _MIGRATION_LOCK = 0x6D7961736F6E
 _PARTITION_RE = re.compile(r"^flows_p(\d{8})$")
-# Btrees built on a day partition once the day is over (index name suffix, columns).
-CLOSED_INDEXES = (("src_ip", "src_ip"), ("dst_ip", "dst_ip"), ("agent_first", 'agent, "first"'))
+# Btrees built on a day partition once the day is over (index name suffix, columns). The address
+# indexes carry the time too: a host search with a time bound (the API's default after/24h) is then
+# one exact index range per side, where with (src_ip) alone PostgreSQL ANDed the partition's
+# lossy BRIN on "first" into the address bitmap and rechecked most of the day (docs/performance.md).
+CLOSED_INDEXES = (("src_first", 'src_ip, "first"'), ("dst_first", 'dst_ip, "first"'), ("agent_first", 'agent, "first"'))
+# Indexes of earlier releases that CLOSED_INDEXES replaces: dropped once their successors exist.
+SUPERSEDED_INDEXES = (("src_ip", "src_first"), ("dst_ip", "dst_first"))
 
 _NCOLS = len(ROW_FIELDS)
 _NCOLS_ENRICHED = len(ENRICHED_ROW_FIELDS)
@@ -358,6 +363,12 @@ class PostgresWriter(Writer):
                     self._conn.execute("CREATE INDEX CONCURRENTLY %s ON %s (%s)" % (name, part, cols))
                 built.append(name)
                 log.info("postgresql: indexed closed partition: %s", name)
+            for old, successor in SUPERSEDED_INDEXES:
+                name = "%s_%s_idx" % (part, old)
+                if name in have and ("%s_%s_idx" % (part, successor) in have or "%s_%s_idx" % (part, successor) in built):
+                    with autocommit(self._conn):
+                        self._conn.execute("DROP INDEX CONCURRENTLY IF EXISTS %s" % name)
+                    log.info("postgresql: dropped %s (superseded by %s_%s_idx)", name, part, successor)
         return built
 
     def maintain(self, now=None, wait=True, deadline=None):

@@ -135,9 +135,23 @@ def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer,
     writer.index_closed_partitions(today=dt.date(2023, 11, 16))
     names = {r[0] for r in pg_query(pg, "SELECT indexname FROM pg_indexes WHERE tablename LIKE 'flows_p2023111%'")}
     for day in ("20231114", "20231115"):
-        assert {"flows_p%s_%s_idx" % (day, s) for s in ("src_ip", "dst_ip", "agent_first")} <= names
-    assert not {"flows_p20231116_%s_idx" % s for s in ("src_ip", "dst_ip", "agent_first")} & names
+        assert {"flows_p%s_%s_idx" % (day, s) for s in ("src_first", "dst_first", "agent_first")} <= names
+    assert not {"flows_p20231116_%s_idx" % s for s in ("src_first", "dst_first", "agent_first")} & names
     assert writer.index_closed_partitions(today=dt.date(2023, 11, 16)) == []
+    cols = dict(pg_query(pg, "SELECT indexname, indexdef FROM pg_indexes WHERE indexname = 'flows_p20231114_src_first_idx'"))
+    assert "(src_ip, first)" in cols["flows_p20231114_src_first_idx"]
+
+
+def test_address_indexes_of_earlier_releases_are_replaced(writer, pg):
+    # A partition indexed by an earlier release has (src_ip) and (dst_ip) btrees: the next
+    # housekeeping builds the (address, first) ones and drops those.
+    writer.write("ix", spread_rows(30, t=T0 - DAY + 3600, span=2 * DAY))
+    for side in ("src", "dst"):
+        pg_query(pg, "CREATE INDEX flows_p20231114_%s_ip_idx ON flows_p20231114 (%s_ip)" % (side, side))
+    writer.index_closed_partitions(today=dt.date(2023, 11, 16))
+    names = {r[0] for r in pg_query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows_p20231114'")}
+    assert {"flows_p20231114_src_first_idx", "flows_p20231114_dst_first_idx"} <= names
+    assert not {"flows_p20231114_src_ip_idx", "flows_p20231114_dst_ip_idx"} & names
 
 
 @pytest.mark.parametrize("fmt", ["binary", "text"])
