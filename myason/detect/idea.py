@@ -37,8 +37,8 @@ _COUNTS = (("conns", "ConnCount"), ("flows", "FlowCount"), ("packets", "PacketCo
            ("bytes", "ByteCount"))
 NODE_SW = ["myason"]
 NODE_TYPE = ["Flow", "Statistical"]
-# The private extension key (IDEA allows keys starting with "_"; Mentat's own are "_Mentat",
-# "_CESNET"): what IDEA has no place for, here the agents (probes) whose flows made the event.
+# myason's own key, in the style of Mentat's private ones ("_CESNET", "_Mentat"): what IDEA has no
+# place for, here the agents (probes) whose flows made the event.
 EXTENSION = "_Myason"
 
 
