@@ -524,6 +524,18 @@ static void unhash(table_t *t, int64_t mask, int64_t s)
     t->HT[p] = -1;
 }
 
+static inline void heap_set(table_t *t, int64_t j, double key, uint32_t s, uint32_t gen)
+{
+    t->HK[j] = key;
+    t->HS[2 * j] = s;
+    t->HS[2 * j + 1] = gen;
+}
+
+static inline void heap_move(table_t *t, int64_t to, int64_t from)
+{
+    heap_set(t, to, t->HK[from], t->HS[2 * from], t->HS[2 * from + 1]);
+}
+
 static void push(table_t *t, double key, int64_t s, uint32_t gen)
 {
     int64_t j = t->I[HEAP_N];
@@ -532,14 +544,10 @@ static void push(table_t *t, double key, int64_t s, uint32_t gen)
         int64_t parent = (j - 1) >> 1;
         if (t->HK[parent] <= key)
             break;
-        t->HK[j] = t->HK[parent];
-        t->HS[2 * j] = t->HS[2 * parent];
-        t->HS[2 * j + 1] = t->HS[2 * parent + 1];
+        heap_move(t, j, parent);
         j = parent;
     }
-    t->HK[j] = key;
-    t->HS[2 * j] = (uint32_t)s;
-    t->HS[2 * j + 1] = gen;
+    heap_set(t, j, key, (uint32_t)s, gen);
 }
 
 static void pop(table_t *t, uint32_t *s, uint32_t *gen)
@@ -559,18 +567,14 @@ static void pop(table_t *t, uint32_t *s, uint32_t *gen)
             c++;
         if (t->HK[c] >= key)
             break;
-        t->HK[j] = t->HK[c];
-        t->HS[2 * j] = t->HS[2 * c];
-        t->HS[2 * j + 1] = t->HS[2 * c + 1];
+        heap_move(t, j, c);
         j = c;
     }
-    t->HK[j] = key;
-    t->HS[2 * j] = ls;
-    t->HS[2 * j + 1] = lg;
+    heap_set(t, j, key, ls, lg);
 }
 
 static inline int alive(table_t *t, int64_t s) { return (t->M[2 * s] >> 8) & ALIVE; }
-static inline double dmin(double a, double b) { return a < b ? a : b; }   /* as Python's min(a, b) */
+static inline double dmin(double a, double b) { return b < a ? b : a; }   /* as Python's min(a, b) */
 
 static inline int64_t reason_of(table_t *t, int64_t s)
 {
