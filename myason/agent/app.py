@@ -432,7 +432,7 @@ class AgentApp(reloading.LiveReload):
         return self._fast("replaying")
 
     def _fast_live(self):
-        fast = self._fast("capturing")
+        fast = self._fast("capturing", live=True)
         if fast:
             cfg = self.cfg
             from myason.agent.ring import ring_bytes
@@ -442,14 +442,14 @@ class AgentApp(reloading.LiveReload):
                      ring_bytes(cfg.ring_block_size, cfg.ring_blocks, cfg.workers) >> 20)
         return fast
 
-    def _fast(self, doing):
+    def _fast(self, doing, live=False):
         if self.engine == "python":
             return False
         if self.engine != "fast":
             raise ValueError("engine must be 'fast' or 'python', not %r" % (self.engine,))
         from myason.agent.process import fast_engine_available
         try:
-            if fast_engine_available():
+            if fast_engine_available(live):
                 return True
             log.warning("the compiled kernels are not available (numba is not installed, or cannot make "
                         "machine code in this process): %s with the python engine", doing)

@@ -24,9 +24,18 @@ FRAG_TTL = 30.0
 FRAG_TABLE_MAX = 65536
 
 
-def fast_engine_available():
-    """True when the fast path's compiled kernels can be loaded (see myason.kernels.load)."""
-    return kernels.load() is not None
+def fast_engine_available(live=False):
+    """True when the fast path's compiled kernels can be loaded (see myason.kernels.load); for
+    live capture also the ring walker, which only numba provides (the C kernels serve replays)."""
+    k = kernels.load()
+    if k is None:
+        return False
+    if live:
+        try:
+            k.walk_blocks
+        except RuntimeError:
+            return False
+    return True
 
 
 def pack_key(src, dst, sport, dport, proto, tos, ifindex):
