@@ -54,6 +54,12 @@ def known_params_only(request: Request):
     if unknown:
         raise ApiError(400, "unknown parameter %r%s" % (unknown[0], " (known: %s)" % ", ".join(sorted(known))
                                                         if known else " (this route takes none)"))
+    # Every parameter takes one value: given twice (?agent=a&agent=b), FastAPI would use the last
+    # one silently, and the caller may have meant either or both.
+    for name in known:
+        if len(request.query_params.getlist(name)) > 1:
+            raise ApiError(400, "parameter %r given %d times: it takes one value"
+                           % (name, len(request.query_params.getlist(name))))
 
 
 def create_app(config: ApiConfig, database: Optional[Database] = None, token: Optional[str] = None,

@@ -95,7 +95,8 @@ def test_migrate_twice_is_a_no_op(writer, pg):
     w2.close()
     assert pg_query(pg, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "flows"), (2, "closed_partition_indexes"), (3, "enrich_events"), (4, "rollups"),
-        (5, "service_port"), (6, "rollup_candidates"), (7, "reader_role")]
+        (5, "service_port"), (6, "rollup_candidates"), (7, "reader_role"), (8, "event_search"),
+        (9, "event_agents")]
     assert pg_query(pg, "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'flows'::regclass") == [("r",)]
     indexes = {r[0] for r in pg_query(pg, "SELECT indexname FROM pg_indexes WHERE tablename = 'flows'")}
     # Address btrees live on closed partitions only (migration 002); the parent keeps BRIN on time.
@@ -127,7 +128,7 @@ def test_writers_opening_a_fresh_database_at_once_all_succeed(pg):
     for w in writers:
         w.close()
     assert errors == []
-    assert [v for v, in pg_query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [v for v, in pg_query(pg, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def test_closed_partitions_get_address_indexes_and_the_open_one_does_not(writer, pg):

@@ -430,6 +430,8 @@ def test_metrics(client):
     ("/traffic?by=host", 400, "by"),
     ("/top/bogus", 400, "dimension"),
     ("/top/talkers?perod=1d", 400, "unknown parameter 'perod'"),
+    ("/events?agent=a&agent=b", 400, "parameter 'agent' given 2 times"),
+    ("/top/talkers?period=1d&period=1h", 400, "parameter 'period' given 2 times"),
     ("/ids?x=1", 400, "this route takes none"),
     ("/top/talkers?limit=0", 400, "limit"),
     ("/top/talkers?limit=abc", 400, "limit"),
