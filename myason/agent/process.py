@@ -32,7 +32,7 @@ def fast_engine_available(live=False):
         return False
     if live:
         try:
-            k.walk_blocks
+            return callable(k.walk_blocks)
         except RuntimeError:
             return False
     return True
