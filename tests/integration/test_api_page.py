@@ -5,7 +5,8 @@ data/demo.pcap (shifted by the agent's --time-shift to end 90 s ago, or with the
 2024 times) and one crafted IDEA event; rollup maintenance then runs as the writer's
 housekeeping would. The page is driven with Selenium (Debian's chromium and chromium-driver);
 the test skips only when those cannot be installed. The layout test leaves screenshots
-(page-1400.png, page-420.png) in its pytest tmp dir.
+(page-1400.png, page-420.png) in its pytest tmp dir and in test-artifacts/ (or
+$MYASON_TEST_ARTIFACTS), kept after the run.
 """
 import csv
 import subprocess

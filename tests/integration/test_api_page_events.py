@@ -8,7 +8,8 @@ them (one seen by both), and the IDEA events the real detectors (myason.detect) 
 raise over those flows, each naming the agents of its flows (`_Myason.Agents`), plus one hand-made
 event with markup in its text. The agent selector filters the events by probe. One API process
 and one browser serve the whole module; the screenshots page-events-1400.png and
-page-events-420.png are left in its pytest tmp dir.
+page-events-420.png are left in its pytest tmp dir and in test-artifacts/ (or
+$MYASON_TEST_ARTIFACTS), kept after the run.
 """
 import calendar
 import json

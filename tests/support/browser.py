@@ -146,11 +146,25 @@ def set_viewport(driver, width, height=1000):
                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
 
 
+def artifacts_dir():
+    """Where browser tests keep their screenshots past the run: $MYASON_TEST_ARTIFACTS, else
+    test-artifacts/ in the checkout (git-ignored); pytest's tmp dirs are pruned after three runs."""
+    return Path(os.environ.get("MYASON_TEST_ARTIFACTS") or ROOT / "test-artifacts")
+
+
 def full_screenshot(driver, path):
-    """A PNG of the whole page, not only the viewport."""
+    """A PNG of the whole page, not only the viewport, at `path` and under artifacts_dir() by the
+    same file name (kept there when the artefacts directory cannot be written: the test goes on)."""
     size = driver.execute_script("return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
     shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
         "format": "png", "captureBeyondViewport": True,
         "clip": {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}})
-    path.write_bytes(base64.b64decode(shot["data"]))
+    data = base64.b64decode(shot["data"])
+    path.write_bytes(data)
+    try:
+        keep = artifacts_dir()
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / path.name).write_bytes(data)
+    except OSError:
+        pass
     return path
