@@ -436,8 +436,8 @@ def unaccounted(res, sent):
 
 
 def clean(res, sent, allowance=0):
-    """No drop, and every frame sent metered (but `allowance`: see report())."""
-    return res["drops"] == 0 and sent - res["metered"] <= allowance
+    """No drop, and every frame sent metered (but `allowance`: see report()), none twice."""
+    return res["drops"] == 0 and 0 <= sent - res["metered"] <= allowance
 
 
 def _interrupt(_signum, _frame):
@@ -544,6 +544,11 @@ def report(runs, rates, args):
     head = "%-14s %10s %-10s %9s %9s %9s %7s %8s %7s %8s %10s" % (
         "offered pps", "sent pps", "meter", "sent", "metered", "drops", "unacc", "backlog", "cpu s", "rss MiB",
         "cpu s/Mfr")
+    over = [(r["rate"], r["repeat"] + 1, m, v["metered"], r["sent"]["sent"]) for r in runs
+            for m, v in r["meters"].items() if v["metered"] > r["sent"]["sent"]]
+    for rate, rep, m, metered, sent in over:
+        print("WARNING: %s #%d: %s metered %d frames of %d sent: frames counted more than once"
+              % (rate_label(rate, None), rep, m, metered, sent))
     print(head)
     print("-" * len(head))
     knees = {m: None for m in args.meters}
