@@ -107,6 +107,13 @@ def rehash(K, M, HT, cap):
 # -- heap of due times ------------------------------------------------------------------------
 
 @helper(inline=True)
+def _heap_set(HK, HS, j, key, s, gen):
+    HK[j] = key
+    HS[j, 0] = s
+    HS[j, 1] = gen
+
+
+@helper(inline=True)
 def _push(HK, HS, I, key, s, gen):
     j = I[HEAP_N]
     I[HEAP_N] = j + 1
@@ -114,13 +121,9 @@ def _push(HK, HS, I, key, s, gen):
         parent = (j - 1) >> 1
         if HK[parent] <= key:
             break
-        HK[j] = HK[parent]
-        HS[j, 0] = HS[parent, 0]
-        HS[j, 1] = HS[parent, 1]
+        _heap_set(HK, HS, j, HK[parent], HS[parent, 0], HS[parent, 1])
         j = parent
-    HK[j] = key
-    HS[j, 0] = s
-    HS[j, 1] = gen
+    _heap_set(HK, HS, j, key, s, gen)
 
 
 @helper(inline=True)
@@ -139,13 +142,9 @@ def _pop(HK, HS, I):
             c += 1
         if HK[c] >= key:
             break
-        HK[j] = HK[c]
-        HS[j, 0] = HS[c, 0]
-        HS[j, 1] = HS[c, 1]
+        _heap_set(HK, HS, j, HK[c], HS[c, 0], HS[c, 1])
         j = c
-    HK[j] = key
-    HS[j, 0] = ls
-    HS[j, 1] = lg
+    _heap_set(HK, HS, j, key, ls, lg)
     return s, gen
 
 
