@@ -117,30 +117,34 @@ def _write_all(fd, data):
         os.close(fd)
 
 
-def _read_private(path):
+def read_private(path, what="key file", limit=None):
+    """The bytes of a secret file (the first `limit` at most); KeyFileError when it is missing,
+    not a regular file, or readable by group or others (with the chmod that fixes it)."""
     # fstat on the opened descriptor so the mode checked is the mode of the file read.
-    # O_NONBLOCK: a FIFO put in place of the key file must not hang the program.
+    # O_NONBLOCK: a FIFO put in place of the file must not hang the program.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise KeyFileError("%s: key file not found" % path) from None
+        raise KeyFileError("%s: cannot open %s: not found" % (path, what)) from None
     except OSError as exc:
-        raise KeyFileError("%s: cannot open key file: %s" % (path, exc.strerror)) from None
+        raise KeyFileError("%s: cannot open %s: %s" % (path, what, exc.strerror)) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError("%s: not a regular file" % path)
         if st.st_mode & 0o077:
-            raise KeyFileError("%s: mode %04o lets group or others read the key; "
-                               "fix with: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path))
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
+            raise KeyFileError("%s: mode %04o lets group or others read the %s; "
+                               "fix with: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), what, path))
+        chunks, size = [], 0
+        while limit is None or size < limit:
+            chunk = os.read(fd, 65536 if limit is None else min(65536, limit - size))
             if not chunk:
-                return b"".join(chunks)
+                break
             chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     except OSError as exc:
-        raise KeyFileError("%s: cannot read key file: %s" % (path, exc.strerror)) from None
+        raise KeyFileError("%s: cannot read %s: %s" % (path, what, exc.strerror)) from None
     finally:
         os.close(fd)
 
@@ -148,7 +152,7 @@ def _read_private(path):
 def load_keys(path):
     """The raw keys of a key file, in file order; KeyFileError if missing, unsafe, empty or bad."""
     path = os.fspath(path)
-    data = _read_private(path)
+    data = read_private(path)
     keys = []
     for number, line in enumerate(data.split(b"\n"), 1):
         # Fernet keys never contain '#' or spaces, so a trailing comment is safe to cut.

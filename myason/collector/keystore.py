@@ -122,8 +122,8 @@ class Keystore:
     def load(cls, path):
         """Read a keystore file (must be mode 0600 or stricter); KeyFileError on any problem."""
         path = os.fspath(path)
-        # keys._read_private owns the regular-file and permission checks (with the chmod hint).
-        return cls(parse_keystore(_keys._read_private(path), path))
+        # keys.read_private owns the regular-file and permission checks (with the chmod hint).
+        return cls(parse_keystore(_keys.read_private(path, "keystore"), path))
 
     def keys_for(self, agent_id):
         """The agent's MultiFernet, or None for an agent not in the keystore."""

@@ -314,6 +314,7 @@ def load_numba():
             _numba.append(_load())
     return _numba[0]
 
+
 def load_or_none():
     """The numba kernels (load_numba), or None (logged once) when they cannot be had for any
     reason. For optional users whose kernels are numba only (the collector's encoders have
@@ -437,8 +438,8 @@ def _replace(modules, dispatchers):
 def warm():
     """Build the C kernels (build_native), compile every numba kernel into the cache (a no-op
     when it is warm) and leave the READY stamp; remove the cache directories of other sources
-    from the same root. Returns STATS, or None
-    without numba; OSError when nothing could be saved (no writable cache directory)."""
+    from the same root. Returns STATS, or None without numba; OSError when nothing could be
+    saved (no writable cache directory)."""
     build_native()
     if load_numba() is None:
         return None

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import stat
 
-from myason.errors import ConfigError
+from myason.errors import ConfigError, KeyFileError
+from myason.keys import read_private
 
 SIGNATURE_HEADER = "X-Myason-Signature"
 TIMESTAMP_HEADER = "X-Myason-Timestamp"
@@ -47,23 +46,9 @@ def read_secret(key, path, min_len=MIN_SECRET) -> bytes:
     if not isinstance(path, str) or not path:
         raise ConfigError(key, "must be the path of a file holding the secret, got %r" % (path,))
     try:
-        # O_NONBLOCK: a FIFO put in place of the file must not hang the start.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(key, "cannot open %s: %s" % (path, exc.strerror or exc)) from None
-    try:
-        # fstat on the descriptor read, so the mode checked is that of the file read.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(key, "%s is not a regular file" % path)
-        if st.st_mode & 0o077:
-            raise ConfigError(key, "%s has mode %04o: group or others may read the secret; fix with: chmod 600 %s"
-                              % (path, stat.S_IMODE(st.st_mode), path))
-        data = os.read(fd, _MAX_SECRET + 1)
-    except OSError as exc:
-        raise ConfigError(key, "cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    finally:
-        os.close(fd)
+        data = read_private(path, "secret file", limit=_MAX_SECRET + 1)
+    except KeyFileError as exc:
+        raise ConfigError(key, str(exc)) from None
     secret = data.strip()
     if len(data) > _MAX_SECRET or len(secret) < min_len:
         # Never echo the content: it is the secret, or most of it.
